@@ -1,0 +1,27 @@
+"""DVC stage `log`: forward the experiment's params, metrics, plots and model to MLflow."""
+
+from yolo_mlops.atomic import write_json
+from yolo_mlops.errors import run_stage
+from yolo_mlops.params import load_params
+from yolo_mlops.paths import MLFLOW_RUN_FILE
+from yolo_mlops.record import collect_record
+from yolo_mlops.tracking import log_record, public_uri, tracking_uri
+
+
+def main() -> None:
+    params = load_params()
+    record = collect_record(params)
+    logged = log_record(record, params.mlflow.experiment_name)
+    write_json(MLFLOW_RUN_FILE, {
+        "experiment_name": params.mlflow.experiment_name,
+        "experiment_id": logged.experiment_id,
+        "run_id": logged.run_id,
+        "run_name": logged.run_name,
+        "fingerprint": record.fingerprint,
+    })
+    print(f"log: {logged.action} MLflow run {logged.run_id} ({logged.run_name}) in experiment "
+          f"{params.mlflow.experiment_name!r} at {public_uri(tracking_uri())}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

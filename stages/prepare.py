@@ -1,0 +1,20 @@
+"""DVC stage `prepare`: COCO128 → data/tiny_coco/ (YOLO layout) and metrics/data.json."""
+
+from yolo_mlops.atomic import write_json
+from yolo_mlops.dataset import prepare_dataset
+from yolo_mlops.errors import run_stage
+from yolo_mlops.params import load_params
+from yolo_mlops.paths import DATA_METRICS_FILE, DATASET_DIR
+from yolo_mlops.source import resolve_source
+
+
+def main() -> None:
+    params = load_params().prepare
+    statistics = prepare_dataset(resolve_source(params.source), params, DATASET_DIR)
+    write_json(DATA_METRICS_FILE, statistics)
+    counts = ", ".join(f"{split}: {statistics[split]['images']}" for split in ("train", "val", "test"))
+    print(f"prepare: wrote {DATASET_DIR}/ ({counts} images) and {DATA_METRICS_FILE}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,25 @@
+"""DVC stage `train`: data/tiny_coco → models/ (best.pt, last.pt, results.csv) and dvclive/."""
+
+import tempfile
+from pathlib import Path
+
+from yolo_mlops.errors import run_stage
+from yolo_mlops.history import read_history, write_dvclive
+from yolo_mlops.params import load_params
+from yolo_mlops.paths import DATASET_DIR, MODELS_DIR, TRAIN_LIVE_DIR
+from yolo_mlops.yolo import export_run, resolve_device, resolve_model, staged_dataset, train
+
+
+def main() -> None:
+    params = load_params().train
+    model, device = resolve_model(params.model), resolve_device(params.device)
+    with staged_dataset(DATASET_DIR) as data_yaml, tempfile.TemporaryDirectory(prefix="yolo-train-") as scratch:
+        run_dir = train(data_yaml, params, model, device, Path(scratch) / "train")
+        history = read_history(run_dir / "results.csv")
+        export_run(run_dir, MODELS_DIR)
+    write_dvclive(history, TRAIN_LIVE_DIR)
+    print(f"train: {len(history)} epoch(s); weights in {MODELS_DIR}/, history in {TRAIN_LIVE_DIR}/")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,1 @@
+"""Track, compare and promote tiny YOLO person detectors with DVC and MLflow."""

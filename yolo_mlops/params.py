@@ -1,0 +1,189 @@
+"""Read and validate params.yaml: the single place the project's settings are read."""
+
+import re
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from yolo_mlops.errors import PipelineError
+from yolo_mlops.paths import PARAMS_FILE
+
+SPLITS = ("train", "val", "test")
+OPTIMIZERS = ("SGD", "Adam", "AdamW", "NAdam", "RAdam", "RMSProp", "MuSGD")
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|\d+(,\d+)*)$")
+
+
+@dataclass(frozen=True)
+class PrepareParams:
+    source: str
+    class_id: int
+    class_name: str
+    train: int
+    val: int
+    test: int
+    seed: int
+
+    @property
+    def split_sizes(self) -> dict[str, int]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    model: str
+    epochs: int
+    imgsz: int
+    lr0: float
+    seed: int
+    batch: int
+    optimizer: str
+    device: str
+    workers: int
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    conf: float
+    iou: float
+    splits: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MlflowParams:
+    experiment_name: str
+
+
+@dataclass(frozen=True)
+class Params:
+    prepare: PrepareParams
+    train: TrainParams
+    evaluate: EvaluateParams
+    mlflow: MlflowParams
+
+    def flat(self) -> dict[str, Any]:
+        """`section.key` → value, as DVC names params (`dvc exp show`, `-S`)."""
+        flat: dict[str, Any] = {}
+        for section, values in asdict(self).items():
+            for key, value in values.items():
+                flat[f"{section}.{key}"] = list(value) if isinstance(value, tuple) else value
+        return flat
+
+
+class _Section:
+    """Typed access to one section of the params file, with errors naming file and key."""
+
+    def __init__(self, path: Path, name: str, values: Any):
+        if not isinstance(values, dict):
+            raise PipelineError(f"{path}: section '{name}' is missing or not a mapping")
+        self.path, self.name, self.values = path, name, values
+
+    def fail(self, key: str, message: str) -> PipelineError:
+        return PipelineError(f"{self.path}: {self.name}.{key} {message} (got {self.values.get(key)!r})")
+
+    def get(self, key: str, kind: type) -> Any:
+        if key not in self.values:
+            raise PipelineError(f"{self.path}: {self.name}.{key} is missing")
+        value = self.values[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if kind is str and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # e.g. device: 0
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise self.fail(key, f"must be of type {kind.__name__}")
+        return value
+
+    def at_least(self, key: str, minimum: int) -> int:
+        value = self.get(key, int)
+        if value < minimum:
+            raise self.fail(key, f"must be >= {minimum}")
+        return value
+
+    def build(self, cls: type, **values: Any) -> Any:
+        unknown = sorted(set(self.values) - {field.name for field in fields(cls)})
+        if unknown:
+            raise PipelineError(f"{self.path}: unknown key(s) in '{self.name}': {', '.join(unknown)}")
+        return cls(**values)
+
+
+def _prepare(section: _Section) -> PrepareParams:
+    source = section.get("source", str).strip()
+    if not source:
+        raise section.fail("source", "must name a URL, a zip file or a folder")
+    return section.build(
+        PrepareParams,
+        source=source,
+        class_id=section.at_least("class_id", 0),
+        class_name=section.get("class_name", str),
+        train=section.at_least("train", 1),
+        val=section.at_least("val", 1),
+        test=section.at_least("test", 1),
+        seed=section.get("seed", int),
+    )
+
+
+def _train(section: _Section) -> TrainParams:
+    imgsz = section.get("imgsz", int)
+    if imgsz <= 0 or imgsz % 32:
+        raise section.fail("imgsz", "must be a positive multiple of 32")
+    lr0 = section.get("lr0", float)
+    if not lr0 > 0:
+        raise section.fail("lr0", "must be > 0")
+    optimizer = section.get("optimizer", str)
+    if optimizer not in OPTIMIZERS:
+        raise section.fail("optimizer", f"must be one of {', '.join(OPTIMIZERS)} (not 'auto', which ignores lr0)")
+    device = section.get("device", str).replace(" ", "")
+    if not _DEVICE_PATTERN.match(device):
+        raise section.fail("device", "must be auto, cpu, mps or CUDA indices such as 0 or 0,1")
+    model = section.get("model", str).strip()
+    if not model.endswith((".pt", ".yaml", ".yml")):
+        raise section.fail("model", "must be a .pt weights file or a .yaml config (e.g. yolov8n.pt, yolov8n.yaml)")
+    return section.build(
+        TrainParams,
+        model=model,
+        epochs=section.at_least("epochs", 1),
+        imgsz=imgsz,
+        lr0=lr0,
+        seed=section.get("seed", int),
+        batch=section.at_least("batch", 1),
+        optimizer=optimizer,
+        device=device,
+        workers=section.at_least("workers", 0),
+    )
+
+
+def _evaluate(section: _Section) -> EvaluateParams:
+    conf, iou = section.get("conf", float), section.get("iou", float)
+    if not 0 <= conf < 1:
+        raise section.fail("conf", "must be in [0, 1)")
+    if not 0 < iou <= 1:
+        raise section.fail("iou", "must be in (0, 1]")
+    splits = section.get("splits", list)
+    if not splits or any(split not in SPLITS for split in splits) or len(set(splits)) != len(splits):
+        raise section.fail("splits", f"must be a non-empty list of distinct splits among {', '.join(SPLITS)}")
+    return section.build(EvaluateParams, conf=conf, iou=iou, splits=tuple(splits))
+
+
+def _mlflow(section: _Section) -> MlflowParams:
+    name = section.get("experiment_name", str).strip()
+    if not name:
+        raise section.fail("experiment_name", "must not be empty")
+    return section.build(MlflowParams, experiment_name=name)
+
+
+def load_params(path: Path = PARAMS_FILE) -> Params:
+    """Load and validate every section, so a bad value is refused before any stage works."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: not found (run from the project root)") from None
+    except yaml.YAMLError as error:
+        raise PipelineError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{path}: must be a mapping of sections")
+    builders = {"prepare": _prepare, "train": _train, "evaluate": _evaluate, "mlflow": _mlflow}
+    unknown = sorted(set(raw) - set(builders))
+    if unknown:
+        raise PipelineError(f"{path}: unknown section(s): {', '.join(unknown)}")
+    return Params(**{name: build(_Section(path, name, raw.get(name))) for name, build in builders.items()})
