@@ -1,0 +1,121 @@
+"""Shared test helpers: synthetic COCO128-like sources and throw-away copies of the project."""
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# The real COCO128 lies in ../shared/data/ on the development and CI machines.
+COCO128_ZIP = Path(os.environ.get("COCO128_ZIP", PROJECT_ROOT.parent / "shared" / "data" / "coco128.zip"))
+needs_coco128 = pytest.mark.skipif(
+    not COCO128_ZIP.is_file(), reason=f"needs the real COCO128 at {COCO128_ZIP} (or set COCO128_ZIP)"
+)
+# Tiny settings for every test that trains: random init, 64 px, one epoch.
+TINY_PARAMS = {
+    "prepare.source": str(COCO128_ZIP),
+    "train.model": "yolov8n.yaml",
+    "train.imgsz": 64,
+    "train.epochs": 1,
+    "train.workers": 0,
+}
+
+
+def jpeg_bytes(width: int = 32, height: int = 24, color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def make_source(root: Path, labels: dict[str, str], as_zip: bool = True,
+                images: dict[str, bytes] | None = None) -> Path:
+    """A COCO128-shaped source: coco128/images/train2017/<name>.jpg and labels/train2017/<name>.txt.
+
+    `labels` maps image name → label file text ('' = an image with no label file)."""
+    images = images or {}
+    files: dict[str, bytes] = {"coco128/README.txt": b"synthetic test source\n"}
+    for index, (name, text) in enumerate(sorted(labels.items())):
+        files[f"coco128/images/train2017/{name}.jpg"] = images.get(name, jpeg_bytes(color=(index * 7 % 256, 80, 120)))
+        if text:
+            files[f"coco128/labels/train2017/{name}.txt"] = text.encode()
+    if as_zip:
+        target = root / "coco128.zip"
+        with zipfile.ZipFile(target, "w") as archive:
+            for member, data in files.items():
+                archive.writestr(member, data)
+        return target
+    for member, data in files.items():
+        (root / member).parent.mkdir(parents=True, exist_ok=True)
+        (root / member).write_bytes(data)
+    return root / "coco128"
+
+
+def person_labels(count: int, others: int = 2) -> dict[str, str]:
+    """`count` images with a person and a car, plus `others` images with only a car."""
+    labels = {f"{index:012d}": "0 0.5 0.5 0.2 0.4\n2 0.3 0.3 0.1 0.1\n" for index in range(count)}
+    labels |= {f"{count + index:012d}": "2 0.5 0.5 0.2 0.2\n" for index in range(others)}
+    return labels
+
+
+def write_params(project: Path, overrides: dict[str, object]) -> None:
+    """Set `section.key` values in the project's params.yaml."""
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for dotted, value in overrides.items():
+        section, key = dotted.split(".", 1)
+        params[section][key] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def project_env(**extra: str) -> dict[str, str]:
+    """The environment of a user in the project's virtualenv, with no tracking server set."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "DVC_", "YOLO_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env | extra
+
+
+def run(command: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True,
+        timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run a command like a user would; on an unexpected exit, fail with its output."""
+    result = subprocess.run(command, cwd=cwd, env=env or project_env(), capture_output=True, text=True,
+                            timeout=timeout)
+    if check and result.returncode != 0:
+        pytest.fail(f"{' '.join(command)} exited {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def copy_project(destination: Path, overrides: dict[str, object] | None = None) -> Path:
+    """A fresh git repository holding the project's files (tracked and new, not ignored),
+    with `overrides` applied to params.yaml and committed, as DVC's queue requires."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split("\0")
+    for name in filter(None, listed):
+        source = PROJECT_ROOT / name
+        if source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+    if overrides:
+        write_params(destination, overrides)
+    for command in (["git", "init", "-q", "-b", "main"], ["git", "config", "user.name", "test"],
+                    ["git", "config", "user.email", "test@example.invalid"], ["git", "add", "-A"],
+                    ["git", "commit", "-qm", "project under test"]):
+        run(command, destination)
+    return destination
+
+
+@pytest.fixture
+def tiny_project(tmp_path: Path) -> Path:
+    """A committed copy of the project set to the tiny training settings and the real COCO128."""
+    if not COCO128_ZIP.is_file():
+        pytest.skip(f"needs the real COCO128 at {COCO128_ZIP} (or set COCO128_ZIP)")
+    return copy_project(tmp_path / "project", TINY_PARAMS)
