@@ -27,6 +27,7 @@ from yolo_mlops.paths import (
 )
 
 UPSTREAM_STAGES = ("prepare", "train", "evaluate")
+RESULT_STAGES = ("train", "evaluate")  # stages whose outputs are results, not inputs
 TRACKED_PACKAGES = ("ultralytics", "torch", "torchvision", "mlflow", "dvc", "dvclive")
 
 
@@ -58,10 +59,19 @@ def read_lock(path: Path = DVC_LOCK_FILE) -> dict[str, Any]:
 
 
 def fingerprint(lock: dict[str, Any], experiment_name: str) -> str:
-    """Identity of an experiment: the command, code, data and params of every upstream stage,
-    as hashed by DVC in dvc.lock (its outputs are left out, as in DVC's run-cache). Logging
-    the same experiment again finds the same MLflow run instead of adding one."""
-    inputs = {stage: {key: entry.get(key) for key in ("cmd", "deps", "params")} for stage, entry in lock.items()}
+    """Identity of an experiment: command, code, data and params of every upstream stage, as
+    hashed by DVC in dvc.lock. Results are left out (the weights' bytes differ from one
+    training to the next even when every metric is the same), so logging the same experiment
+    again, even after retraining it, finds its MLflow run instead of adding one."""
+    results = {out["path"] for stage in RESULT_STAGES for out in lock[stage].get("outs", [])}
+    inputs = {
+        stage: {
+            "cmd": entry.get("cmd"),
+            "params": entry.get("params"),
+            "deps": [dep for dep in entry.get("deps", []) if dep["path"] not in results],
+        }
+        for stage, entry in lock.items()
+    }
     payload = json.dumps({"inputs": inputs, "experiment": experiment_name}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 

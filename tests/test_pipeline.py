@@ -1,0 +1,163 @@
+"""End to end: the real `dvc repro` of prepare → train → evaluate → log at tiny settings,
+checked on the DVC side (dvc.lock, metrics, plots) and the MLflow side (MlflowClient)."""
+
+import json
+import subprocess
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from tests.conftest import TINY_PARAMS, copy_project, needs_coco128, project_env, run, write_params
+from yolo_mlops.pyfunc_model import BOX_COLUMNS
+
+pytestmark = [pytest.mark.e2e, needs_coco128]
+EXPERIMENT = "cv_yolo_tiny"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real pipeline run shared by the tests of this module (they run in file order)."""
+    project = copy_project(tmp_path_factory.mktemp("pipeline"), TINY_PARAMS)
+    run(["dvc", "repro"], project)
+    return project
+
+
+def client(project: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+
+
+def runs(project: Path) -> list:
+    experiment = client(project).get_experiment_by_name(EXPERIMENT)
+    return client(project).search_runs([experiment.experiment_id]) if experiment else []
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_dvc_records_every_stage_and_the_workspace_is_clean(project: Path) -> None:
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    assert list(lock) == ["prepare", "train", "evaluate", "log"]
+    assert lock["train"]["params"]["params.yaml"]["train"]["imgsz"] == 64
+    assert all(out.get("md5") for stage in lock.values() for out in stage.get("outs", []))
+    status = run(["dvc", "status", "--json"], project)
+    assert json.loads(status.stdout) == {}  # Ultralytics' label caches did not touch the dataset output
+
+
+def test_outputs_metrics_and_plots(project: Path) -> None:
+    data = read_json(project / "metrics" / "data.json")
+    assert [data[split]["images"] for split in ("train", "val", "test")] == [40, 10, 10]
+    assert data["source_images_with_class"] == 61
+    assert all(data[split]["boxes"] >= data[split]["images"] for split in ("train", "val", "test"))
+    labels = list((project / "data" / "tiny_coco" / "labels").rglob("*.txt"))
+    assert len(labels) == 60 and all(line.startswith("0 ") for f in labels for line in f.read_text().splitlines())
+    evaluation = read_json(project / "metrics" / "eval.json")
+    for split in ("val", "test"):
+        assert set(evaluation[split]) == {"mAP50", "mAP50-95", "precision", "recall", "f1"}
+        assert all(0.0 <= value <= 1.0 for value in evaluation[split].values())
+        for image in ("confusion_matrix.png", "PR_curve.png", "F1_curve.png", "P_curve.png", "R_curve.png"):
+            assert (project / "plots" / split / image).stat().st_size > 1000
+        curve = pd.read_csv(project / "plots" / split / "precision_recall.csv")
+        assert list(curve.columns) == ["recall", "precision"] and len(curve) > 50
+    assert (project / "plots" / "results.png").is_file()
+    assert {p.name for p in (project / "models").iterdir()} >= {"best.pt", "last.pt", "results.csv"}
+    assert read_json(project / "dvclive" / "metrics.json")["step"] == 1
+    shown = run(["dvc", "exp", "show", "--json"], project)
+    assert "mAP50-95" in shown.stdout
+    run(["dvc", "plots", "show", "-o", str(project / "plots_html")], project)
+    assert (project / "plots_html" / "index.html").is_file()
+
+
+def test_one_mlflow_run_carries_params_metrics_history_artifacts_and_model(project: Path) -> None:
+    [logged] = runs(project)
+    assert logged.info.status == "FINISHED"
+    params = logged.data.params
+    assert params["train.lr0"] == "0.01" and params["train.imgsz"] == "64" and params["prepare.train"] == "40"
+    assert params["train.model"] == "yolov8n.yaml" and params["mlflow.experiment_name"] == EXPERIMENT
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    assert params["dvc.dataset_md5"] == lock["prepare"]["outs"][0]["md5"]
+    head = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    assert params["git.commit"] == head == logged.data.tags["mlflow.source.git.commit"]
+    assert params["version.ultralytics"] and params["version.mlflow"]
+    evaluation = read_json(project / "metrics" / "eval.json")
+    for split in ("val", "test"):
+        for name, value in evaluation[split].items():
+            assert logged.data.metrics[f"evaluate/{split}_{name}"] == pytest.approx(value)
+    assert logged.data.metrics["prepare/train_images"] == 40
+    history = client(project).get_metric_history(logged.info.run_id, "train/val_mAP50-95")
+    assert [metric.step for metric in history] == [1]  # one entry per epoch
+    listed = {a.path for folder in ("prepare", "train", "weights", "evaluate", "evaluate/plots", "evaluate/plots/test")
+              for a in client(project).list_artifacts(logged.info.run_id, folder)}
+    assert {"prepare/data.yaml", "prepare/data.json", "train/results.csv", "weights/best.pt", "weights/last.pt",
+            "evaluate/eval.json", "evaluate/plots/results.png", "evaluate/plots/test/confusion_matrix.png",
+            "evaluate/plots/test/PR_curve.png", "evaluate/plots/test/F1_curve.png"} <= listed
+    run_record = read_json(project / "metrics" / "mlflow_run.json")
+    assert run_record["run_id"] == logged.info.run_id
+
+
+def test_logged_model_predicts_person_boxes(project: Path) -> None:
+    [logged] = runs(project)
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model(f"runs:/{logged.info.run_id}/model")
+    images = sorted(str(p) for p in (project / "data" / "tiny_coco" / "images" / "test").iterdir())[:2]
+    boxes = model.predict(pd.DataFrame({"image": images}), params={"conf": 0.0})
+    assert list(boxes.columns) == BOX_COLUMNS
+    assert len(boxes) > 0 and set(boxes["class_name"]) == {"person"} and set(boxes["image"]) <= {0, 1}
+
+
+def test_exactly_once(project: Path) -> None:
+    unchanged = run(["dvc", "repro"], project)
+    assert "Running stage" not in unchanged.stdout and len(runs(project)) == 1
+    write_params(project, {"train.lr0": 0.005})
+    run(["dvc", "repro"], project)
+    assert sorted(r.data.params["train.lr0"] for r in runs(project)) == ["0.005", "0.01"]
+    relog = run(["dvc", "repro", "--force", "--single-item", "log"], project)
+    assert "unchanged MLflow run" in relog.stdout and len(runs(project)) == 2
+
+
+def test_tracking_outage_keeps_results_and_a_rerun_sends_them_once(project: Path) -> None:
+    write_params(project, {"evaluate.conf": 0.002})
+    down = run(["dvc", "repro"], project, env=project_env(MLFLOW_TRACKING_URI="http://127.0.0.1:9"), check=False)
+    assert down.returncode != 0
+    assert "unreachable" in down.stderr and "Nothing is lost" in down.stderr and "Traceback" not in down.stderr
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    assert lock["evaluate"]["params"]["params.yaml"]["evaluate"]["conf"] == 0.002  # evaluate finished and is kept
+    before = len(runs(project))
+    resent = run(["dvc", "repro"], project)
+    assert "Running stage 'evaluate'" not in resent.stdout and "created MLflow run" in resent.stdout
+    assert len(runs(project)) == before + 1
+    assert json.loads(run(["dvc", "status", "--json"], project).stdout) == {}
+
+
+def test_same_seed_gives_identical_results(project: Path) -> None:
+    evaluation, history = read_json(project / "metrics" / "eval.json"), read_json(project / "dvclive" / "metrics.json")
+    dataset_hash = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["prepare"]["outs"][0]["md5"]
+    count = len(runs(project))
+    run(["dvc", "repro", "--force"], project)
+    assert read_json(project / "metrics" / "eval.json") == evaluation
+    assert read_json(project / "dvclive" / "metrics.json") == history
+    assert yaml.safe_load((project / "dvc.lock").read_text())["stages"]["prepare"]["outs"][0]["md5"] == dataset_hash
+    assert len(runs(project)) == count  # the same experiment again: its run is found, not duplicated
+
+
+def test_bad_param_is_refused_before_any_work(tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "bad", TINY_PARAMS | {"train.lr0": -1})
+    result = run(["dvc", "repro"], project, check=False)
+    assert result.returncode != 0
+    assert "params.yaml: train.lr0 must be > 0" in result.stderr and "Traceback" not in result.stderr
+    assert not (project / "data" / "tiny_coco").exists()
+
+
+def test_pretrained_weights_offline_fail_within_the_train_stage(tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "offline", TINY_PARAMS | {"train.model": "yolov8n.pt"})
+    result = run(["dvc", "repro"], project, check=False)
+    assert result.returncode != 0
+    if "cannot be downloaded" not in result.stderr:
+        pytest.skip("this machine can reach the download host; the offline path is covered by test_yolo")
+    assert "train.model=yolov8n.yaml" in result.stderr and not (project / "models").exists()
+    assert subprocess.run(["git", "status", "--porcelain", "params.yaml"], cwd=project,
+                          capture_output=True, text=True).stdout == ""

@@ -1,0 +1,50 @@
+"""Where runs go, and how a wrong tracking location is reported."""
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from yolo_mlops import tracking
+from yolo_mlops.errors import PipelineError
+
+
+def test_embedded_store_lives_at_the_project_root_also_in_dvc_copies(monkeypatch: pytest.MonkeyPatch,
+                                                                      tmp_path: Path) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.chdir(tmp_path.parent)
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path}/mlflow.db"
+    assert tracking.embedded_artifact_location("exp") == (tmp_path / "mlartifacts" / "exp").as_uri()
+
+
+@pytest.mark.parametrize(("uri", "message"), [
+    ("htp://localhost:5000", "unsupported scheme 'htp'"),
+    ("localhost:5000", "unsupported scheme 'localhost'"),
+    ("http://", "no host name"),
+])
+def test_malformed_tracking_uris_are_refused(monkeypatch: pytest.MonkeyPatch, uri: str, message: str) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with pytest.raises(PipelineError, match=f"MLFLOW_TRACKING_URI=.*{message}"):
+        tracking.tracking_uri()
+
+
+def test_credentials_never_appear_in_messages() -> None:
+    assert tracking.public_uri("http://alice:s3cret@mlflow.local:5000/") == "http://mlflow.local:5000/"
+    assert tracking.public_uri("sqlite:///x/mlflow.db") == "sqlite:///x/mlflow.db"
+
+
+def test_unreachable_server_fails_fast_saying_results_are_safe() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(PipelineError) as error:
+        tracking.check_server(f"http://127.0.0.1:{port}")
+    assert "unreachable" in str(error.value) and "Nothing is lost" in str(error.value)
+    assert "run `dvc repro` again" in str(error.value)
+
+
+def test_model_requirements_are_exact_public_versions() -> None:
+    requirements = tracking.model_requirements()
+    assert all("==" in line and "+" not in line for line in requirements)
+    assert any(line.startswith("ultralytics==") for line in requirements)
