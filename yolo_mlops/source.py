@@ -14,8 +14,8 @@ from yolo_mlops.paths import cache_dir, project_root
 
 DOWNLOAD_TIMEOUT_S = 15
 OFFLINE_HINT = (
-    "Offline? Point prepare.source at a local copy, e.g. "
-    "`dvc exp run -S prepare.source=/path/to/coco128.zip` (a zip or an extracted folder)."
+    "Offline? Point prepare.source at a local copy (a zip or an extracted folder): "
+    "`make run COCO128=/path/to/coco128.zip` or `dvc exp run -S prepare.source=/path/to/coco128.zip`."
 )
 
 
