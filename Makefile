@@ -9,13 +9,16 @@ COCO128 ?=
 MODEL ?=
 OVERRIDES := $(if $(COCO128),-S prepare.source=$(COCO128)) $(if $(MODEL),-S train.model=$(MODEL))
 
-.PHONY: help setup run test lint ui clean-venv
+.PHONY: help setup run test lint ui up down remote clean-venv
 
 help:
 	@echo "make run    set up .venv and run the pipeline (prepare → train → evaluate → log)"
 	@echo "            offline: make run COCO128=path/to/coco128.zip MODEL=yolov8n.yaml"
 	@echo "make test   set up .venv with the test tools, run ruff and the test suite"
-	@echo "make ui     open the MLflow UI on the embedded store (http://127.0.0.1:5000)"
+	@echo "make ui     open the MLflow UI on the embedded store (http://127.0.0.1:5000),"
+	@echo "            or print the server's address when MLFLOW_TRACKING_URI is set"
+	@echo "make up     start the team stack (MinIO, PostgreSQL, MLflow server) from .env; make down stops it"
+	@echo "make remote make the stack's MinIO bucket this clone's DVC remote (credentials from .env)"
 
 $(VENV)/.installed: requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -48,6 +51,31 @@ test: lint
 ui: setup
 	@if [ -n "$$MLFLOW_TRACKING_URI" ]; then echo "MLFLOW_TRACKING_URI is set: open $$MLFLOW_TRACKING_URI"; \
 	else mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000; fi
+
+# The team stack (docker-compose.yml); `down` keeps the named volumes, so every run survives.
+up:
+	@test -f .env || { echo "error: .env is missing: cp .env.example .env, then replace its change-me values"; exit 1; }
+	@! grep -q change-me .env || { echo "error: .env still holds change-me placeholder passwords"; exit 1; }
+	docker compose up -d --build --wait --wait-timeout 300
+	@echo "MLflow: http://localhost:5000   MinIO console: http://localhost:9001"
+	@echo "Point a clone at it: export MLFLOW_TRACKING_URI=http://localhost:5000; make remote"
+
+down:
+	docker compose down
+
+# DVC remote `minio` (.dvc/config): endpoint and credentials go to .dvc/config.local (git-ignored).
+remote:
+	@test -f .env || { echo "error: .env is missing: cp .env.example .env (values from your stack's admin)"; exit 1; }
+	@command -v dvc >/dev/null || { echo "error: dvc not found: run make setup first"; exit 1; }
+	@set -a && . ./.env && set +a && \
+	for name in DVC_S3_ENDPOINT_URL DVC_S3_ACCESS_KEY_ID DVC_S3_SECRET_ACCESS_KEY; do \
+		[ -n "$${!name:-}" ] || { echo "error: .env: $$name is not set (see .env.example)"; exit 1; }; \
+	done && \
+	dvc remote modify --local minio endpointurl "$$DVC_S3_ENDPOINT_URL" && \
+	dvc remote modify --local minio access_key_id "$$DVC_S3_ACCESS_KEY_ID" && \
+	dvc remote modify --local minio secret_access_key "$$DVC_S3_SECRET_ACCESS_KEY" && \
+	dvc remote default --local minio && \
+	echo "DVC remote: minio (s3://dvc at $$DVC_S3_ENDPOINT_URL), credentials in .dvc/config.local"
 
 clean-venv:
 	rm -rf $(VENV)

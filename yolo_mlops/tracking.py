@@ -31,6 +31,8 @@ HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
+# Bounded retries for direct S3 uploads (MLFLOW_S3_ENDPOINT_URL); boto3 reads these variables.
+S3_DEFAULTS = {"AWS_MAX_ATTEMPTS": "3", "AWS_RETRY_MODE": "standard"}
 HEALTH_TIMEOUT_S = 5
 MODEL_PACKAGES = ("mlflow", "ultralytics", "torch", "torchvision", "pandas", "pillow", "numpy")
 
@@ -81,7 +83,8 @@ def check_server(uri: str) -> None:
             return
     except (urllib.error.URLError, OSError) as error:
         raise PipelineError(
-            f"MLflow tracking server {public_uri(uri)} is unreachable ({getattr(error, 'reason', error)}). "
+            f"MLflow tracking server {public_uri(uri)} (MLFLOW_TRACKING_URI) is unreachable "
+            f"({getattr(error, 'reason', error)}). "
             f"{SAFE_RESULTS}"
         ) from None
 
@@ -91,6 +94,20 @@ SAFE_RESULTS = (
     "server is back, run `dvc repro` again: only the log stage runs, and it completes the same MLflow run "
     "instead of adding one."
 )
+
+
+def artifact_store_hint(error: Exception) -> str:
+    """What to check when artifacts could not be stored, named by the variables that configure it."""
+    text = str(error)
+    if "mlflow-artifacts" in text and "500" in text:  # the server proxies artifacts and could not store them
+        return ("The tracking server could not write to its artifact store: check the server's "
+                "MLFLOW_S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, and that its bucket exists "
+                "(team stack: `docker compose logs mlflow`). ")
+    if type(error).__module__.split(".")[0] in ("botocore", "boto3"):  # this client uploads to S3 itself
+        endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or "AWS S3"
+        return (f"Direct upload to S3 at {endpoint} failed: check MLFLOW_S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY. ")
+    return ""
 
 
 def model_requirements() -> list[str]:
@@ -166,7 +183,7 @@ def _send(client: MlflowClient, run_id: str, run: Run | None, record: Experiment
 
 def log_record(record: ExperimentRecord, experiment_name: str) -> LoggedRun:
     """Create or complete the experiment's single MLflow run."""
-    for name, value in HTTP_DEFAULTS.items():
+    for name, value in (HTTP_DEFAULTS | S3_DEFAULTS).items():
         os.environ.setdefault(name, value)
     uri = tracking_uri()
     check_server(uri)
@@ -197,7 +214,7 @@ def log_record(record: ExperimentRecord, experiment_name: str) -> LoggedRun:
             client.set_terminated(run_id, "FAILED")
         raise PipelineError(
             f"MLflow at {public_uri(uri)}: sending run {run_id} failed ({type(error).__name__}: {error}). "
-            + SAFE_RESULTS
+            + artifact_store_hint(error) + SAFE_RESULTS
         ) from None
     if run is None:
         return LoggedRun(run_id, experiment_id, record.run_name, "created")

@@ -1,0 +1,200 @@
+"""The pipeline against the team stack: a real `mlflow server` (SQLite or PostgreSQL backend,
+artifacts proxied to S3) and a DVC remote on S3. moto's S3 server stands in for MinIO, which
+cannot be installed on these machines (see tests/stack.py)."""
+
+import json
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from conftest import TINY_PARAMS, copy_project, needs_coco128, project_env, run
+from stack import (
+    S3_ENV,
+    MlflowServer,
+    S3Server,
+    client_env,
+    copy_results,
+    mlflow_server,
+    postgres_server,
+    s3_server,
+)
+
+pytestmark = [needs_coco128, pytest.mark.e2e]
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    with s3_server(tmp_path_factory.mktemp("logs")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """prepare → train → evaluate done once; each test works on a copy."""
+    project = copy_project(tmp_path_factory.mktemp("trained") / "project", TINY_PARAMS)
+    run(["dvc", "repro", "evaluate"], project)
+    return project
+
+
+@dataclass(frozen=True)
+class Logged:
+    project: Path
+    server: MlflowServer
+    output: str
+    run_id: str
+    experiment_id: str
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def logged(request: pytest.FixtureRequest, s3: S3Server, trained: Path,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Logged]:
+    """`dvc repro` with only MLFLOW_TRACKING_URI set, against a server on SQLite or PostgreSQL."""
+    root = tmp_path_factory.mktemp(request.param)
+    backend_store = postgres_server() if request.param == "postgresql" else nullcontext(f"sqlite:///{root}/mlflow.db")
+    with backend_store as backend, \
+            mlflow_server(backend, s3.endpoint, root) as server:
+        project = copy_results(trained, root / "project")
+        result = run(["dvc", "repro"], project, env=client_env(server.uri))
+        record = json.loads((project / "metrics/mlflow_run.json").read_text())
+        yield Logged(project, server, result.stdout + result.stderr, record["run_id"], record["experiment_id"])
+
+
+def rest(server: MlflowServer, endpoint: str, **query: str) -> dict:
+    """GET one of MLflow's REST endpoints, as any HTTP client would."""
+    url = f"{server.uri}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(query)}"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.load(response)
+
+
+def flat_eval_metrics(project: Path) -> dict[str, float]:
+    evaluation = json.loads((project / "metrics/eval.json").read_text())
+    return {f"evaluate/{split}_{name}": value for split, values in evaluation.items() for name, value in values.items()}
+
+
+def test_only_the_log_stage_talks_to_the_server(logged: Logged) -> None:
+    assert "Running stage 'log'" in logged.output
+    for stage in ("prepare", "train", "evaluate"):
+        assert f"Stage '{stage}' didn't change, skipping" in logged.output
+    assert f"created MLflow run {logged.run_id}" in logged.output
+
+
+def test_rest_api_returns_the_runs_metrics(logged: Logged) -> None:
+    run_info = rest(logged.server, "runs/get", run_id=logged.run_id)["run"]
+    assert run_info["info"]["status"] == "FINISHED"
+    metrics = {metric["key"]: metric["value"] for metric in run_info["data"]["metrics"]}
+    expected = flat_eval_metrics(logged.project)
+    assert expected and {name: metrics.get(name) for name in expected} == expected
+    epochs = TINY_PARAMS["train.epochs"]
+    history = rest(logged.server, "metrics/get-history", run_id=logged.run_id, metric_key="train/val_mAP50")
+    assert sorted(point["step"] for point in history["metrics"]) == list(range(1, epochs + 1))
+
+
+def test_artifacts_and_model_are_in_the_s3_bucket(logged: Logged, s3: S3Server) -> None:
+    prefix = f"{logged.experiment_id}/{logged.run_id}/artifacts/"
+    keys = s3.keys("mlflow", prefix)
+    for name in ("weights/best.pt", "evaluate/eval.json", "train/results.csv", "dvc/dvc.lock",
+                 "evaluate/plots/test/confusion_matrix.png"):
+        assert prefix + name in keys, f"{name} missing from s3://mlflow/{prefix}"
+    stored = s3.client().get_object(Bucket="mlflow", Key=prefix + "weights/best.pt")["Body"].read()
+    assert stored == (logged.project / "models/best.pt").read_bytes()
+    model_ids = [output["model_id"] for output in
+                 rest(logged.server, "runs/get", run_id=logged.run_id)["run"]["outputs"]["model_outputs"]]
+    assert len(model_ids) == 1
+    model_keys = s3.keys("mlflow", f"{logged.experiment_id}/models/{model_ids[0]}/artifacts/")
+    assert any(key.endswith("/MLmodel") for key in model_keys)
+    assert any(key.endswith("/best.pt") for key in model_keys)
+
+
+def test_model_loads_back_through_the_server(logged: Logged, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client holds no S3 endpoint or credentials: the server streams the model from S3."""
+    for name in [*S3_ENV, "MLFLOW_S3_ENDPOINT_URL"]:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(logged.project / ".ultralytics"))
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(logged.server.uri)
+    try:
+        model = mlflow.pyfunc.load_model(f"runs:/{logged.run_id}/model")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    image = sorted((logged.project / "data/tiny_coco/images/test").iterdir())[0]
+    boxes = model.predict(pd.DataFrame({"image": [str(image)]}), params={"conf": 0.0})
+    assert list(boxes.columns) == ["image", "x1", "y1", "x2", "y2", "confidence", "class_id", "class_name"]
+    assert len(boxes) > 0 and set(boxes["image"]) == {0}
+
+
+def test_postgresql_backend_holds_the_run(logged: Logged) -> None:
+    if not logged.server.backend_uri.startswith("postgresql"):
+        pytest.skip("checks the PostgreSQL backend; this instance runs on SQLite")
+    import psycopg2
+
+    with psycopg2.connect(logged.server.backend_uri) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT status FROM runs WHERE run_uuid = %s", (logged.run_id,))
+        assert cursor.fetchall() == [("FINISHED",)]
+
+
+def test_dvc_remote_on_s3_shares_data_models_run_cache_and_experiments(
+        trained: Path, s3: S3Server, tmp_path: Path) -> None:
+    """Push to the S3 remote with `make remote`'s settings; two fresh clones pull it back."""
+    origin = tmp_path / "origin.git"
+    run(["git", "init", "-q", "--bare", str(origin)], tmp_path)
+    first = copy_results(trained, tmp_path / "first")
+    env = project_env()
+    run(["git", "remote", "add", "origin", str(origin)], first)
+    run(["git", "push", "-q", "origin", "main"], first)  # the project before any result
+    configure_remote(first, s3)
+    run(["dvc", "exp", "run", "-n", "shared"], first, env=env)  # only the log stage runs, embedded store
+    run(["git", "add", "-A"], first)
+    run(["git", "commit", "-qm", "results"], first)
+    run(["git", "push", "-q", "origin", "main"], first)
+    run(["dvc", "push", "--run-cache"], first, env=env)
+    run(["dvc", "exp", "push", "origin", "shared"], first, env=env)
+    assert s3.keys("dvc", "files/md5/") and s3.keys("dvc", "runs/")
+    assert ".dvc/config.local" not in run(["git", "ls-files", ".dvc"], first).stdout
+
+    # A teammate's clone of the results commit: `dvc pull` brings back the exact files.
+    second = tmp_path / "second"
+    run(["git", "clone", "-q", str(origin), str(second)], tmp_path)
+    configure_remote(second, s3)
+    run(["dvc", "pull"], second, env=env)
+    for output in ("data/tiny_coco", "models"):
+        assert tree_bytes(second / output) == tree_bytes(first / output)
+    run(["dvc", "exp", "pull", "origin", "shared"], second, env=env)
+    experiments = run(["dvc", "exp", "list", "--name-only", "--all-commits"], second, env=env).stdout.split()
+    assert "shared" in experiments
+
+    # A clone of the commit before any result: the run-cache replaces training.
+    third = tmp_path / "third"
+    run(["git", "clone", "-q", str(origin), str(third)], tmp_path)
+    run(["git", "checkout", "-q", "HEAD~1"], third)
+    assert not (third / "dvc.lock").exists()
+    configure_remote(third, s3)
+    run(["dvc", "pull", "--run-cache"], third, env=env)
+    output = run(["dvc", "repro"], third, env=env)
+    log = output.stdout + output.stderr
+    for stage in ("prepare", "train", "evaluate"):
+        assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in log
+    assert "Running stage 'train'" not in log and "Ultralytics" not in log
+    for output_dir in ("data/tiny_coco", "models"):
+        assert tree_bytes(third / output_dir) == tree_bytes(first / output_dir)
+
+
+def configure_remote(project: Path, s3: S3Server) -> None:
+    """`make remote` with a .env that points at the test's S3 endpoint."""
+    env_file = (project / ".env.example").read_text()
+    values = dict(line.split("=", 1) for line in env_file.splitlines() if line and not line.startswith("#"))
+    values |= {"DVC_S3_ENDPOINT_URL": s3.endpoint, "DVC_S3_ACCESS_KEY_ID": S3_ENV["AWS_ACCESS_KEY_ID"],
+               "DVC_S3_SECRET_ACCESS_KEY": S3_ENV["AWS_SECRET_ACCESS_KEY"]}
+    (project / ".env").write_text("".join(f"{name}={value}\n" for name, value in values.items()))
+    run(["make", "remote"], project)
+    assert values["DVC_S3_SECRET_ACCESS_KEY"] in (project / ".dvc/config.local").read_text()
+    assert values["DVC_S3_SECRET_ACCESS_KEY"] not in (project / ".dvc/config").read_text()
+
+
+def tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
