@@ -164,7 +164,7 @@ def postgres_server() -> Iterator[str]:
         postgres("pg_ctl", "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", str(START_TIMEOUT_S),
                  "-o", f"-c listen_addresses={HOST} -p {port} -k {root}", "start")
         postgres("createdb", "-h", HOST, "-p", str(port), "-U", "mlflow", "mlflow")
-        yield f"postgresql://mlflow:{password}@{HOST}:{port}/mlflow"
+        yield f"postgresql+psycopg2://mlflow:{password}@{HOST}:{port}/mlflow"  # the driver installed
     finally:
         if (data / "postmaster.pid").exists():
             postgres("pg_ctl", "-D", str(data), "-m", "fast", "-w", "-t", str(STOP_TIMEOUT_S), "stop")

@@ -133,7 +133,7 @@ def test_postgresql_backend_holds_the_run(logged: Logged) -> None:
         pytest.skip("checks the PostgreSQL backend; this instance runs on SQLite")
     import psycopg2
 
-    with psycopg2.connect(logged.server.backend_uri) as connection, connection.cursor() as cursor:
+    with psycopg2.connect(logged.server.backend_uri.replace("+psycopg2", "")) as connection, connection.cursor() as cursor:
         cursor.execute("SELECT status FROM runs WHERE run_uuid = %s", (logged.run_id,))
         assert cursor.fetchall() == [("FINISHED",)]
 

@@ -1,0 +1,184 @@
+"""Faults of the team stack: nothing is lost, nothing is sent twice, errors say what to do.
+
+Real `mlflow server` processes (SQLite backend) and DVC; moto's S3 server stands in for MinIO,
+which cannot be installed on these machines (see tests/stack.py)."""
+
+import json
+import subprocess
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import TINY_PARAMS, copy_project, needs_coco128, run
+from mlflow import MlflowClient
+from stack import (
+    S3_ENV,
+    MlflowServer,
+    S3Server,
+    client_env,
+    copy_results,
+    free_port,
+    mlflow_server,
+    s3_server,
+    wait_for,
+)
+
+from yolo_mlops.tracking import COMPLETE_TAG
+
+pytestmark = [needs_coco128, pytest.mark.e2e]
+# The log stage's own bound: a refused connection fails at once, a 500 after MLflow's 2 retries.
+LOG_STAGE_TIMEOUT_S = 240
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    with s3_server(tmp_path_factory.mktemp("logs")) as server:
+        yield server
+
+
+@dataclass(frozen=True)
+class Offline:
+    project: Path
+    result: subprocess.CompletedProcess
+    port: int  # where the tracking server should have been
+
+
+@pytest.fixture(scope="module")
+def offline(tmp_path_factory: pytest.TempPathFactory) -> Offline:
+    """The whole pipeline run while the tracking server is down; tests work on copies."""
+    port = free_port()
+    project = copy_project(tmp_path_factory.mktemp("offline") / "project", TINY_PARAMS)
+    result = run(["dvc", "repro"], project, env=client_env(f"http://127.0.0.1:{port}"), check=False)
+    return Offline(project, result, port)
+
+
+def output(result: subprocess.CompletedProcess) -> str:
+    return result.stdout + result.stderr
+
+
+def runs_of(server: MlflowServer) -> list:
+    """Every run in the experiment, whatever its fingerprint."""
+    client = MlflowClient(server.uri)
+    experiment = client.get_experiment_by_name("cv_yolo_tiny")
+    return client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+def assert_one_complete_run(server: MlflowServer, project: Path, epochs: int) -> str:
+    runs = runs_of(server)
+    assert len(runs) == 1, f"{len(runs)} runs in MLflow"
+    run_info = runs[0]
+    assert run_info.info.status == "FINISHED" and run_info.data.tags[COMPLETE_TAG] == "complete"
+    record = json.loads((project / "metrics/mlflow_run.json").read_text())
+    assert record["run_id"] == run_info.info.run_id
+    client = MlflowClient(server.uri)
+    steps = sorted(metric.step for metric in client.get_metric_history(run_info.info.run_id, "train/val_mAP50"))
+    assert steps == list(range(1, epochs + 1))
+    artifacts = {item.path for item in client.list_artifacts(run_info.info.run_id)}
+    assert {"prepare", "train", "weights", "evaluate", "dvc"} <= artifacts
+    weights = {item.path for item in client.list_artifacts(run_info.info.run_id, "weights")}
+    assert weights == {"weights/best.pt", "weights/last.pt"}
+    assert len(run_info.outputs.model_outputs) == 1
+    return run_info.info.run_id
+
+
+def test_server_down_before_the_run_keeps_results_and_sends_them_once_later(
+        offline: Offline, s3: S3Server, tmp_path: Path) -> None:
+    text = output(offline.result)
+    assert offline.result.returncode != 0
+    assert "failed to reproduce 'log'" in text and "Traceback" not in text
+    assert f"127.0.0.1:{offline.port} (MLFLOW_TRACKING_URI) is unreachable" in text
+    assert "Nothing is lost" in text and "run `dvc repro` again" in text
+    project = copy_results(offline.project, tmp_path / "project")
+    for kept in ("data/tiny_coco/data.yaml", "models/best.pt", "metrics/eval.json", "plots"):
+        assert (project / kept).exists(), kept
+    env = client_env(f"http://127.0.0.1:{offline.port}")
+
+    # Still down: only the log stage runs again, and fails again quickly (the timeout bounds it).
+    again = run(["dvc", "repro"], project, env=env, check=False, timeout=LOG_STAGE_TIMEOUT_S)
+    assert again.returncode != 0 and "is unreachable" in output(again)
+    assert "Stage 'train' didn't change, skipping" in output(again)
+
+    with mlflow_server(f"sqlite:///{tmp_path}/mlflow.db", s3.endpoint, tmp_path, port=offline.port) as server:
+        sent = run(["dvc", "repro"], project, env=env, timeout=LOG_STAGE_TIMEOUT_S)
+        assert "Running stage 'train'" not in output(sent) and "created MLflow run" in output(sent)
+        run_id = assert_one_complete_run(server, project, TINY_PARAMS["train.epochs"])
+        forced = run(["dvc", "repro", "--force", "--single-item", "log"], project, env=env,
+                     timeout=LOG_STAGE_TIMEOUT_S)
+        assert f"unchanged MLflow run {run_id}" in output(forced)
+        assert assert_one_complete_run(server, project, TINY_PARAMS["train.epochs"]) == run_id
+
+
+def test_server_killed_during_training_ends_with_one_complete_run(s3: S3Server, tmp_path: Path) -> None:
+    epochs = 2
+    project = copy_project(tmp_path / "project", TINY_PARAMS | {"train.epochs": epochs})
+    with mlflow_server(f"sqlite:///{tmp_path}/mlflow.db", s3.endpoint, tmp_path) as server:
+        env = client_env(server.uri)
+        log = tmp_path / "repro.log"
+        with log.open("w") as sink:
+            pipeline = subprocess.Popen(["dvc", "repro"], cwd=project, env=env, stdout=sink,
+                                        stderr=subprocess.STDOUT, text=True)
+        try:
+            wait_for(lambda: "Running stage 'train'" in log.read_text(), "the train stage", timeout=600)
+            assert server.service is not None
+            server.service.kill()
+            pipeline.wait(timeout=900)
+        finally:
+            if pipeline.poll() is None:
+                pipeline.kill()
+        text = log.read_text()
+        assert pipeline.returncode != 0, text[-3000:]
+        assert f"train: {epochs} epoch(s)" in text and "is unreachable" in text
+        assert "Traceback" not in text
+
+        server.start()  # same port, same database
+        resent = run(["dvc", "repro"], project, env=env, timeout=LOG_STAGE_TIMEOUT_S)
+        assert "Running stage 'train'" not in output(resent)
+        assert_one_complete_run(server, project, epochs)
+
+
+@pytest.mark.parametrize("fault", ["server's S3 endpoint down", "client without S3 credentials"])
+def test_s3_fault_during_upload_is_reported_and_a_rerun_completes_the_same_run(
+        fault: str, offline: Offline, tmp_path: Path) -> None:
+    """Artifacts proxied by the server (the stack's setting), or uploaded by the client itself
+    (`--no-serve-artifacts`, the documented alternative with MLFLOW_S3_ENDPOINT_URL + AWS_*)."""
+    project = copy_results(offline.project, tmp_path / "project")
+    s3_port = free_port()
+    endpoint = f"http://127.0.0.1:{s3_port}"
+    proxied = fault == "server's S3 endpoint down"
+    with mlflow_server(f"sqlite:///{tmp_path}/mlflow.db", endpoint, tmp_path, proxy_artifacts=proxied) as server:
+        if proxied:
+            env, fixed_env = client_env(server.uri), client_env(server.uri)
+            expected = "check the server's MLFLOW_S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        else:
+            env = client_env(server.uri, MLFLOW_S3_ENDPOINT_URL=endpoint)
+            fixed_env = env | S3_ENV
+            expected = f"Direct upload to S3 at {endpoint} failed: check MLFLOW_S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID"
+        with s3_server(tmp_path, port=s3_port) if not proxied else nullcontext():
+            failed = run(["dvc", "repro"], project, env=env, check=False, timeout=LOG_STAGE_TIMEOUT_S)
+        text = output(failed)
+        assert failed.returncode != 0 and expected in text, text[-3000:]
+        assert "Nothing is lost" in text and "Traceback" not in text
+        [first] = runs_of(server)
+        assert first.data.tags.get(COMPLETE_TAG) != "complete"
+
+        with s3_server(tmp_path, port=s3_port):
+            resent = run(["dvc", "repro"], project, env=fixed_env, timeout=LOG_STAGE_TIMEOUT_S)
+            assert f"completing run {first.info.run_id}" in output(resent)
+            assert assert_one_complete_run(server, project, TINY_PARAMS["train.epochs"]) == first.info.run_id
+
+
+@pytest.mark.parametrize(("uri", "named"), [
+    ("htp://127.0.0.1:5000", "MLFLOW_TRACKING_URI='htp://127.0.0.1:5000': unsupported scheme 'htp'"),
+    ("localhost:5000", "MLFLOW_TRACKING_URI='localhost:5000': unsupported scheme 'localhost'"),
+    ("http://locahost:5000", "http://locahost:5000 (MLFLOW_TRACKING_URI) is unreachable"),
+])
+def test_wrong_tracking_uri_gives_a_clear_error(uri: str, named: str, offline: Offline, tmp_path: Path) -> None:
+    project = copy_results(offline.project, tmp_path / "project")
+    before = (project / "models/best.pt").read_bytes()
+    result = run(["dvc", "repro"], project, env=client_env(uri), check=False, timeout=LOG_STAGE_TIMEOUT_S)
+    assert result.returncode != 0
+    assert f"error: {named}" in output(result)
+    assert "Traceback" not in output(result)
+    assert (project / "models/best.pt").read_bytes() == before
