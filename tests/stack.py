@@ -22,7 +22,8 @@ from pathlib import Path
 
 import boto3
 import pytest
-from conftest import project_env
+
+from tests.conftest import project_env
 
 HOST = "127.0.0.1"
 BUCKETS = ("mlflow", "dvc")  # as created by the compose file's init service

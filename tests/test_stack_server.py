@@ -13,8 +13,9 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-from conftest import TINY_PARAMS, copy_project, needs_coco128, project_env, run
-from stack import (
+
+from tests.conftest import TINY_PARAMS, copy_project, needs_coco128, project_env, run
+from tests.stack import (
     S3_ENV,
     MlflowServer,
     S3Server,
@@ -133,7 +134,8 @@ def test_postgresql_backend_holds_the_run(logged: Logged) -> None:
         pytest.skip("checks the PostgreSQL backend; this instance runs on SQLite")
     import psycopg2
 
-    with psycopg2.connect(logged.server.backend_uri.replace("+psycopg2", "")) as connection, connection.cursor() as cursor:
+    dsn = logged.server.backend_uri.replace("+psycopg2", "")
+    with psycopg2.connect(dsn) as connection, connection.cursor() as cursor:
         cursor.execute("SELECT status FROM runs WHERE run_uuid = %s", (logged.run_id,))
         assert cursor.fetchall() == [("FINISHED",)]
 
