@@ -7,6 +7,7 @@ in for MinIO: it speaks the S3 protocol over HTTP to boto3, DVC and MLflow alike
 
 import glob
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -143,14 +144,17 @@ def postgres_server() -> Iterator[str]:
     if bindir is None:
         pytest.skip("PostgreSQL is not installed (apt-get install -y postgresql; .ci/run does it on CI)")
     as_user: list[str] = []
-    root = Path(tempfile.mkdtemp(prefix="stack-postgres-"))  # under /tmp: the postgres user can enter it
     if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root, and there is no `postgres` user to run PostgreSQL as")
         as_user = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(root, "postgres", "postgres")
+    root = Path(tempfile.mkdtemp(prefix="stack-postgres-"))  # under /tmp: the postgres user can enter it
     port, password = free_port(), "stack-test-db-password"
     (root / "password").write_text(password)
-    if as_user:
-        shutil.chown(root / "password", "postgres", "postgres")
+    for path in (root, root / "password") if as_user else ():
+        shutil.chown(path, "postgres", "postgres")
     data, env = root / "data", project_env(PGPASSWORD=password)
 
     def postgres(*command: str) -> None:
