@@ -140,7 +140,7 @@ def test_server_killed_during_training_ends_with_one_complete_run(s3: S3Server, 
 
 @pytest.mark.parametrize("fault", ["server's S3 endpoint down", "client without S3 credentials"])
 def test_s3_fault_during_upload_is_reported_and_a_rerun_completes_the_same_run(
-        fault: str, offline: Offline, tmp_path: Path) -> None:
+        fault: str, offline: Offline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Artifacts proxied by the server (the stack's setting), or uploaded by the client itself
     (`--no-serve-artifacts`, the documented alternative with MLFLOW_S3_ENDPOINT_URL + AWS_*)."""
     project = copy_results(offline.project, tmp_path / "project")
@@ -154,6 +154,8 @@ def test_s3_fault_during_upload_is_reported_and_a_rerun_completes_the_same_run(
         else:
             env = client_env(server.uri, MLFLOW_S3_ENDPOINT_URL=endpoint)
             fixed_env = env | S3_ENV
+            for name, value in {"MLFLOW_S3_ENDPOINT_URL": endpoint, **S3_ENV}.items():  # this test reads S3 too
+                monkeypatch.setenv(name, value)
             expected = f"Direct upload to S3 at {endpoint} failed: check MLFLOW_S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID"
         with s3_server(tmp_path, port=s3_port) if not proxied else nullcontext():
             failed = run(["dvc", "repro"], project, env=env, check=False, timeout=LOG_STAGE_TIMEOUT_S)
@@ -171,7 +173,7 @@ def test_s3_fault_during_upload_is_reported_and_a_rerun_completes_the_same_run(
 
 @pytest.mark.parametrize(("uri", "named"), [
     ("htp://127.0.0.1:5000", "MLFLOW_TRACKING_URI='htp://127.0.0.1:5000': unsupported scheme 'htp'"),
-    ("http://locahost:5000", "http://locahost:5000 (MLFLOW_TRACKING_URI) is unreachable"),
+    ("http://locahost:5000", "MLflow tracking server http://locahost:5000 (MLFLOW_TRACKING_URI) is unreachable"),
 ])
 def test_wrong_tracking_uri_gives_a_clear_error(uri: str, named: str, offline: Offline, tmp_path: Path) -> None:
     project = copy_results(offline.project, tmp_path / "project")
