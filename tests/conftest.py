@@ -7,10 +7,14 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import yaml
 from PIL import Image
+
+if TYPE_CHECKING:
+    from tests.stack import Offline
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # The real COCO128 lies in ../shared/data/ on the development and CI machines.
@@ -119,3 +123,14 @@ def tiny_project(tmp_path: Path) -> Path:
     if not COCO128_ZIP.is_file():
         pytest.skip(f"needs the real COCO128 at {COCO128_ZIP} (or set COCO128_ZIP)")
     return copy_project(tmp_path / "project", TINY_PARAMS)
+
+
+@pytest.fixture(scope="session")
+def offline_results(tmp_path_factory: pytest.TempPathFactory) -> "Offline":
+    """The tiny pipeline run once while its tracking server is down, shared by the team-stack
+    tests (tests/stack.py), which work on copies of it."""
+    from tests.stack import run_without_server
+
+    if not COCO128_ZIP.is_file():
+        pytest.skip(f"needs the real COCO128 at {COCO128_ZIP} (or set COCO128_ZIP)")
+    return run_without_server(tmp_path_factory.mktemp("offline") / "project")

@@ -24,7 +24,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tests.conftest import project_env
+from tests.conftest import TINY_PARAMS, copy_project, project_env, run
 
 HOST = "127.0.0.1"
 BUCKETS = ("mlflow", "dvc")  # as created by the compose file's init service
@@ -228,3 +228,21 @@ def copy_results(source: Path, destination: Path) -> Path:
     """A copy of a project folder with its git history, DVC cache and outputs."""
     shutil.copytree(source, destination, symlinks=True)
     return destination
+
+
+@dataclass(frozen=True)
+class Offline:
+    """The tiny pipeline run while its tracking server is down."""
+
+    project: Path
+    result: subprocess.CompletedProcess
+    port: int  # where the tracking server should have been
+
+
+def run_without_server(project_dir: Path) -> Offline:
+    """`dvc repro` with MLFLOW_TRACKING_URI at a port nothing listens on: prepare, train and
+    evaluate complete, the log stage fails. Tests work on copies of the project."""
+    port = free_port()
+    project = copy_project(project_dir, TINY_PARAMS)
+    result = run(["dvc", "repro"], project, env=client_env(f"http://{HOST}:{port}"), check=False)
+    return Offline(project, result, port)

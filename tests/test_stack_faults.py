@@ -7,7 +7,6 @@ import json
 import subprocess
 from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from tests.conftest import TINY_PARAMS, copy_project, needs_coco128, run
 from tests.stack import (
     S3_ENV,
     MlflowServer,
+    Offline,
     S3Server,
     client_env,
     copy_results,
@@ -36,22 +36,6 @@ LOG_STAGE_TIMEOUT_S = 240
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     with s3_server(tmp_path_factory.mktemp("logs")) as server:
         yield server
-
-
-@dataclass(frozen=True)
-class Offline:
-    project: Path
-    result: subprocess.CompletedProcess
-    port: int  # where the tracking server should have been
-
-
-@pytest.fixture(scope="module")
-def offline(tmp_path_factory: pytest.TempPathFactory) -> Offline:
-    """The whole pipeline run while the tracking server is down; tests work on copies."""
-    port = free_port()
-    project = copy_project(tmp_path_factory.mktemp("offline") / "project", TINY_PARAMS)
-    result = run(["dvc", "repro"], project, env=client_env(f"http://127.0.0.1:{port}"), check=False)
-    return Offline(project, result, port)
 
 
 def output(result: subprocess.CompletedProcess) -> str:
@@ -84,23 +68,24 @@ def assert_one_complete_run(server: MlflowServer, project: Path, epochs: int) ->
 
 
 def test_server_down_before_the_run_keeps_results_and_sends_them_once_later(
-        offline: Offline, s3: S3Server, tmp_path: Path) -> None:
-    text = output(offline.result)
-    assert offline.result.returncode != 0
+        offline_results: Offline, s3: S3Server, tmp_path: Path) -> None:
+    text = output(offline_results.result)
+    assert offline_results.result.returncode != 0
     assert "failed to reproduce 'log'" in text and "Traceback" not in text
-    assert f"127.0.0.1:{offline.port} (MLFLOW_TRACKING_URI) is unreachable" in text
+    assert f"127.0.0.1:{offline_results.port} (MLFLOW_TRACKING_URI) is unreachable" in text
     assert "Nothing is lost" in text and "run `dvc repro` again" in text
-    project = copy_results(offline.project, tmp_path / "project")
+    project = copy_results(offline_results.project, tmp_path / "project")
     for kept in ("data/tiny_coco/data.yaml", "models/best.pt", "metrics/eval.json", "plots"):
         assert (project / kept).exists(), kept
-    env = client_env(f"http://127.0.0.1:{offline.port}")
+    env = client_env(f"http://127.0.0.1:{offline_results.port}")
 
     # Still down: only the log stage runs again, and fails again quickly (the timeout bounds it).
     again = run(["dvc", "repro"], project, env=env, check=False, timeout=LOG_STAGE_TIMEOUT_S)
     assert again.returncode != 0 and "is unreachable" in output(again)
     assert "Stage 'train' didn't change, skipping" in output(again)
 
-    with mlflow_server(f"sqlite:///{tmp_path}/mlflow.db", s3.endpoint, tmp_path, port=offline.port) as server:
+    backend = f"sqlite:///{tmp_path}/mlflow.db"
+    with mlflow_server(backend, s3.endpoint, tmp_path, port=offline_results.port) as server:
         sent = run(["dvc", "repro"], project, env=env, timeout=LOG_STAGE_TIMEOUT_S)
         assert "Running stage 'train'" not in output(sent) and "created MLflow run" in output(sent)
         run_id = assert_one_complete_run(server, project, TINY_PARAMS["train.epochs"])
@@ -140,10 +125,10 @@ def test_server_killed_during_training_ends_with_one_complete_run(s3: S3Server, 
 
 @pytest.mark.parametrize("fault", ["server's S3 endpoint down", "client without S3 credentials"])
 def test_s3_fault_during_upload_is_reported_and_a_rerun_completes_the_same_run(
-        fault: str, offline: Offline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        fault: str, offline_results: Offline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Artifacts proxied by the server (the stack's setting), or uploaded by the client itself
     (`--no-serve-artifacts`, the documented alternative with MLFLOW_S3_ENDPOINT_URL + AWS_*)."""
-    project = copy_results(offline.project, tmp_path / "project")
+    project = copy_results(offline_results.project, tmp_path / "project")
     s3_port = free_port()
     endpoint = f"http://127.0.0.1:{s3_port}"
     proxied = fault == "server's S3 endpoint down"
@@ -175,8 +160,9 @@ def test_s3_fault_during_upload_is_reported_and_a_rerun_completes_the_same_run(
     ("htp://127.0.0.1:5000", "MLFLOW_TRACKING_URI='htp://127.0.0.1:5000': unsupported scheme 'htp'"),
     ("http://locahost:5000", "MLflow tracking server http://locahost:5000 (MLFLOW_TRACKING_URI) is unreachable"),
 ])
-def test_wrong_tracking_uri_gives_a_clear_error(uri: str, named: str, offline: Offline, tmp_path: Path) -> None:
-    project = copy_results(offline.project, tmp_path / "project")
+def test_wrong_tracking_uri_gives_a_clear_error(uri: str, named: str, offline_results: Offline,
+                                                tmp_path: Path) -> None:
+    project = copy_results(offline_results.project, tmp_path / "project")
     before = (project / "models/best.pt").read_bytes()
     result = run(["dvc", "repro"], project, env=client_env(uri), check=False, timeout=LOG_STAGE_TIMEOUT_S)
     assert result.returncode != 0

@@ -14,10 +14,11 @@ import mlflow
 import pandas as pd
 import pytest
 
-from tests.conftest import TINY_PARAMS, copy_project, needs_coco128, project_env, run
+from tests.conftest import TINY_PARAMS, needs_coco128, project_env, run
 from tests.stack import (
     S3_ENV,
     MlflowServer,
+    Offline,
     S3Server,
     client_env,
     copy_results,
@@ -35,14 +36,6 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         yield server
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """prepare → train → evaluate done once; each test works on a copy."""
-    project = copy_project(tmp_path_factory.mktemp("trained") / "project", TINY_PARAMS)
-    run(["dvc", "repro", "evaluate"], project)
-    return project
-
-
 @dataclass(frozen=True)
 class Logged:
     project: Path
@@ -53,14 +46,14 @@ class Logged:
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def logged(request: pytest.FixtureRequest, s3: S3Server, trained: Path,
+def logged(request: pytest.FixtureRequest, s3: S3Server, offline_results: Offline,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Logged]:
     """`dvc repro` with only MLFLOW_TRACKING_URI set, against a server on SQLite or PostgreSQL."""
     root = tmp_path_factory.mktemp(request.param)
     backend_store = postgres_server() if request.param == "postgresql" else nullcontext(f"sqlite:///{root}/mlflow.db")
     with backend_store as backend, \
             mlflow_server(backend, s3.endpoint, root) as server:
-        project = copy_results(trained, root / "project")
+        project = copy_results(offline_results.project, root / "project")
         result = run(["dvc", "repro"], project, env=client_env(server.uri))
         record = json.loads((project / "metrics/mlflow_run.json").read_text())
         yield Logged(project, server, result.stdout + result.stderr, record["run_id"], record["experiment_id"])
@@ -141,12 +134,12 @@ def test_postgresql_backend_holds_the_run(logged: Logged) -> None:
 
 
 def test_dvc_remote_on_s3_shares_data_models_run_cache_and_experiments(
-        trained: Path, s3: S3Server, tmp_path: Path) -> None:
+        offline_results: Offline, s3: S3Server, tmp_path: Path) -> None:
     """Push to the S3 remote configured by `make remote`; a fresh clone pulls it back and
     reproduces nothing: every result is reused, none is recomputed."""
     origin = tmp_path / "origin.git"
     run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], tmp_path)
-    first = copy_results(trained, tmp_path / "first")
+    first = copy_results(offline_results.project, tmp_path / "first")
     env = project_env()
     run(["git", "remote", "add", "origin", str(origin)], first)
     configure_remote(first, s3)
