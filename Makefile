@@ -55,7 +55,7 @@ ui: setup
 # The team stack (docker-compose.yml); `down` keeps the named volumes, so every run survives.
 up:
 	@test -f .env || { echo "error: .env is missing: cp .env.example .env, then replace its change-me values"; exit 1; }
-	@! grep -q change-me .env || { echo "error: .env still holds change-me placeholder passwords"; exit 1; }
+	@! grep -Eq '^[A-Z_]+=change-me' .env || { echo "error: .env still holds change-me placeholder passwords"; exit 1; }
 	docker compose up -d --build --wait --wait-timeout 300
 	@echo "MLflow: http://localhost:5000   MinIO console: http://localhost:9001"
 	@echo "Point a clone at it: export MLFLOW_TRACKING_URI=http://localhost:5000; make remote"

@@ -112,3 +112,17 @@ def test_make_remote_refuses_an_incomplete_env_file(env_file: str | None, messag
     result = run(["make", "remote"], project, env=project_env(), check=False)
     assert result.returncode != 0 and message in result.stdout + result.stderr
     assert not (project / ".dvc/config.local").exists()
+
+
+@pytest.mark.parametrize(("env_file", "message"), [
+    (None, "error: .env is missing"),
+    ("example", "error: .env still holds change-me placeholder passwords"),
+])
+def test_make_up_refuses_missing_or_placeholder_credentials(env_file: str | None, message: str,
+                                                            tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "project")
+    if env_file == "example":
+        (project / ".env").write_text((project / ".env.example").read_text())
+    result = run(["make", "up"], project, env=project_env(), check=False)
+    assert result.returncode != 0 and message in result.stdout + result.stderr
+    assert "docker compose" not in result.stdout

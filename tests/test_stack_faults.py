@@ -159,7 +159,7 @@ def test_s3_fault_during_upload_is_reported_and_a_rerun_completes_the_same_run(
 @pytest.mark.parametrize(("uri", "named"), [
     ("htp://127.0.0.1:5000", "MLFLOW_TRACKING_URI='htp://127.0.0.1:5000': unsupported scheme 'htp'"),
     ("http://locahost:5000", "MLflow tracking server http://locahost:5000 (MLFLOW_TRACKING_URI) is unreachable"),
-])
+], ids=["bad scheme", "typo in host"])
 def test_wrong_tracking_uri_gives_a_clear_error(uri: str, named: str, offline_results: Offline,
                                                 tmp_path: Path) -> None:
     project = copy_results(offline_results.project, tmp_path / "project")

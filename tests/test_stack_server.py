@@ -3,10 +3,11 @@ artifacts proxied to S3) and a DVC remote on S3. moto's S3 server stands in for 
 cannot be installed on these machines (see tests/stack.py)."""
 
 import json
+import sqlite3
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,15 +123,21 @@ def test_model_loads_back_through_the_server(logged: Logged, monkeypatch: pytest
     assert len(boxes) > 0 and set(boxes["image"]) == {0}
 
 
-def test_postgresql_backend_holds_the_run(logged: Logged) -> None:
-    if not logged.server.backend_uri.startswith("postgresql"):
-        pytest.skip("checks the PostgreSQL backend; this instance runs on SQLite")
-    import psycopg2
+def test_backend_store_holds_the_run(logged: Logged) -> None:
+    """The run is in the server's own database (SQLite file or PostgreSQL), read directly."""
+    query = "SELECT status, experiment_id FROM runs WHERE run_uuid = "
+    backend = logged.server.backend_uri
+    if backend.startswith("sqlite:///"):
+        with closing(sqlite3.connect(backend.removeprefix("sqlite:///"))) as connection:
+            rows = connection.execute(query + "?", (logged.run_id,)).fetchall()
+    else:
+        import psycopg2
 
-    dsn = logged.server.backend_uri.replace("+psycopg2", "")
-    with psycopg2.connect(dsn) as connection, connection.cursor() as cursor:
-        cursor.execute("SELECT status FROM runs WHERE run_uuid = %s", (logged.run_id,))
-        assert cursor.fetchall() == [("FINISHED",)]
+        with closing(psycopg2.connect(backend.replace("+psycopg2", ""))) as connection, \
+                connection.cursor() as cursor:
+            cursor.execute(query + "%s", (logged.run_id,))
+            rows = cursor.fetchall()
+    assert rows == [("FINISHED", int(logged.experiment_id))]
 
 
 def test_dvc_remote_on_s3_shares_data_models_run_cache_and_experiments(
