@@ -72,7 +72,7 @@ def flat_eval_metrics(project: Path) -> dict[str, float]:
     return {f"evaluate/{split}_{name}": value for split, values in evaluation.items() for name, value in values.items()}
 
 
-def test_only_the_log_stage_talks_to_the_server(logged: Logged) -> None:
+def test_with_only_the_tracking_uri_set_the_log_stage_sends_the_run_to_the_server(logged: Logged) -> None:
     assert "Running stage 'log'" in logged.output
     for stage in ("prepare", "train", "evaluate"):
         assert f"Stage '{stage}' didn't change, skipping" in logged.output
