@@ -7,6 +7,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -119,3 +120,48 @@ def tiny_project(tmp_path: Path) -> Path:
     if not COCO128_ZIP.is_file():
         pytest.skip(f"needs the real COCO128 at {COCO128_ZIP} (or set COCO128_ZIP)")
     return copy_project(tmp_path / "project", TINY_PARAMS)
+
+
+
+@pytest.fixture
+def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """An MlflowClient on a fresh embedded SQLite tracking store and model registry, set as the
+    user's MLFLOW_TRACKING_URI."""
+    from yolo_mlops.tracking import connect
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client, _ = connect()
+    return client
+
+
+def echo_model() -> Any:
+    """The smallest pyfunc model (returns its input): registry tests need a logged model, not YOLO."""
+    import mlflow.pyfunc
+
+    class EchoModel(mlflow.pyfunc.PythonModel):
+        def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+            return model_input
+
+    return EchoModel()
+
+
+def log_synthetic_run(client: Any, experiment_id: str, name: str, metrics: dict[str, float],
+                      params: dict[str, object] | None = None, baseline: str = "base", status: str = "FINISHED",
+                      model: bool = False) -> str:
+    """An MLflow run shaped like the log stage's: `val.mAP50` → metric `evaluate/val_mAP50`, tags
+    naming the DVC experiment; `model=True` logs `echo_model()` under `model`."""
+    import mlflow
+    from mlflow.entities import Metric, Param
+
+    tags = {"dvc.exp_name": name, "dvc.baseline_rev": baseline, "yolo_mlops.log_status": "complete"}
+    run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+    client.log_batch(
+        run_id,
+        metrics=[Metric(f"evaluate/{key.replace('.', '_', 1)}", value, 0, 0) for key, value in metrics.items()],
+        params=[Param(key, str(value)) for key, value in (params or {}).items()],
+    )
+    if model:
+        with mlflow.start_run(run_id=run_id):
+            mlflow.pyfunc.log_model(name="model", python_model=echo_model(), pip_requirements=["mlflow"])
+    client.set_terminated(run_id, status)
+    return run_id
