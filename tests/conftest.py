@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,15 +124,16 @@ def tiny_project(tmp_path: Path) -> Path:
 
 
 
-@pytest.fixture
-def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+@pytest.fixture(scope="module")
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """An MlflowClient on a fresh embedded SQLite tracking store and model registry, set as the
-    user's MLFLOW_TRACKING_URI."""
+    user's MLFLOW_TRACKING_URI; one per test module (tests use their own experiment or model name)."""
     from yolo_mlops.tracking import connect
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    client, _ = connect()
-    return client
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}")
+        client, _ = connect()
+        yield client
 
 
 def echo_model() -> Any:
@@ -139,7 +141,7 @@ def echo_model() -> Any:
     import mlflow.pyfunc
 
     class EchoModel(mlflow.pyfunc.PythonModel):
-        def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+        def predict(self, context, model_input, params=None):  # untyped: MLflow infers no schema from it
             return model_input
 
     return EchoModel()

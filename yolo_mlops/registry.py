@@ -76,7 +76,7 @@ def gates(candidate: RunSummary, champion: ModelVersion | None, params: PromoteP
 
 def aliases(client: MlflowClient, name: str) -> dict[str, str]:
     try:
-        return dict(client.get_registered_model(name).aliases)
+        return {alias: str(version) for alias, version in client.get_registered_model(name).aliases.items()}
     except MlflowException as error:
         if error.error_code == "RESOURCE_DOES_NOT_EXIST":
             return {}
@@ -100,10 +100,11 @@ def mirror_stages(client: MlflowClient, name: str) -> None:
     """Tag each version Production / Staging / Archived from the aliases (stages are deprecated)."""
     current = aliases(client, name)
     for version in client.search_model_versions(f"name = '{name}'"):
-        stage = ("Production" if current.get(CHAMPION) == version.version
-                 else "Staging" if current.get(CHALLENGER) == version.version else "Archived")
+        number = str(version.version)
+        stage = ("Production" if current.get(CHAMPION) == number
+                 else "Staging" if current.get(CHALLENGER) == number else "Archived")
         if version.tags.get(STAGE_TAG) != stage:
-            client.set_model_version_tag(name, version.version, STAGE_TAG, stage)
+            client.set_model_version_tag(name, number, STAGE_TAG, stage)
 
 
 def _model_id(client: MlflowClient, run_id: str) -> str:
@@ -135,7 +136,7 @@ def promote(client: MlflowClient, run: RunSummary, params: PromoteParams) -> Pro
     try:
         existing = client.search_model_versions(f"name = '{name}' and run_id = '{run.run_id}'")
         if existing:
-            version = max(existing, key=lambda v: int(v.version)).version
+            version = str(max(int(v.version) for v in existing))
         else:
             step = "registering the model"
             if not before and not client.search_registered_models(f"name = '{name}'"):
@@ -143,6 +144,7 @@ def promote(client: MlflowClient, run: RunSummary, params: PromoteParams) -> Pro
             model_id = _model_id(client, run.run_id)
             version = client.create_model_version(name, f"models:/{model_id}", run_id=run.run_id,
                                                   tags=version_tags(run), model_id=model_id).version
+            version = str(version)
             created = version
         champion = _champion(client, name, before)
         results = gates(run, champion, params)
@@ -152,7 +154,7 @@ def promote(client: MlflowClient, run: RunSummary, params: PromoteParams) -> Pro
         if approved and before.get(CHAMPION) != version:
             step = f"setting alias {CHAMPION}"
             if champion is not None:
-                client.set_model_version_tag(name, version, PREVIOUS_TAG, champion.version)
+                client.set_model_version_tag(name, version, PREVIOUS_TAG, str(champion.version))
             _set_alias(client, name, CHAMPION, version, before)
         step = f"mirroring the aliases as {STAGE_TAG} tags"
         mirror_stages(client, name)
@@ -183,9 +185,10 @@ def rollback(client: MlflowClient, name: str, to_version: str | None = None) -> 
     if CHAMPION not in current:
         raise PipelineError(f"registered model {name!r} has no {CHAMPION} to roll back")
     champion = client.get_model_version(name, current[CHAMPION])
+    previous = str(champion.version)
     target = to_version or champion.tags.get(PREVIOUS_TAG)
     if not target:
-        raise PipelineError(f"{name} version {champion.version} is the first champion: nothing to roll back to "
+        raise PipelineError(f"{name} version {previous} is the first champion: nothing to roll back to "
                             "(name a version with --to)")
     try:
         client.get_model_version(name, target)
@@ -193,5 +196,5 @@ def rollback(client: MlflowClient, name: str, to_version: str | None = None) -> 
         raise PipelineError(f"{name} has no version {target}") from None
     client.set_registered_model_alias(name, CHAMPION, target)
     mirror_stages(client, name)
-    print(f"rollback: {name}@{CHAMPION} moved from version {champion.version} to version {target}", file=sys.stderr)
-    return champion.version, target
+    print(f"rollback: {name}@{CHAMPION} moved from version {previous} to version {target}", file=sys.stderr)
+    return previous, target
