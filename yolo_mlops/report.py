@@ -112,11 +112,21 @@ def insights_text(data: ReportData) -> str:
     return "\n".join([f"- {line}" for line in lines] + [f"- not ranked: {line}" for line in failed])
 
 
+def wilson_interval(rate: float, count: float, z: float = 1.96) -> tuple[float, float]:
+    """95 % interval of a rate measured on `count` trials (here: recall over the test boxes)."""
+    if math.isnan(rate) or math.isnan(count) or count <= 0:
+        return math.nan, math.nan
+    denominator = 1 + z * z / count
+    centre = (rate + z * z / (2 * count)) / denominator
+    half = z * math.sqrt(rate * (1 - rate) / count + z * z / (4 * count * count)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def risks(data: ReportData) -> str:
     best, insights = data.comparison.ranked[0], data.insights
     boxes = _m(best, "data.test_boxes")
     recall = _m(best, "test.recall")
-    half_width = 1.96 * math.sqrt(recall * (1 - recall) / boxes) if boxes > 0 and not math.isnan(recall) else math.nan
+    low, high = wilson_interval(recall, boxes)
     precision = _m(best, "test.precision")
     curve = data.curves.get(best.name, [])
     rising = len(curve) > 1 and curve[-1][1] > curve[-2][1]
@@ -124,8 +134,8 @@ def risks(data: ReportData) -> str:
     items = [
         ("Tiny test set",
          f"{int(_m(best, 'data.test_images')) if not math.isnan(_m(best, 'data.test_images')) else '?'} test images, "
-         f"{int(boxes) if not math.isnan(boxes) else '?'} boxes: test recall {_fmt(recall)} is uncertain by about "
-         f"±{_fmt(half_width)} (95 %, normal approximation).",
+         f"{int(boxes) if not math.isnan(boxes) else '?'} boxes: test recall {_fmt(recall)} could be anywhere in "
+         f"[{_fmt(low)}, {_fmt(high)}] (95 % Wilson interval over the boxes).",
          "Evaluate on a larger held-out set before relying on the figures; report intervals, not points."),
         ("Seed variance",
          f"typical seed std {insights.seed_std:.4f} {insights.metric}; winner's margin "
