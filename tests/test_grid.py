@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import copy_project, run
+from tests.conftest import copy_project, project_env, run
 from yolo_mlops import experiments
 from yolo_mlops.errors import PipelineError
 from yolo_mlops.params import load_grid, load_params
@@ -125,3 +125,25 @@ def test_uncommitted_pipeline_changes_are_refused_before_queueing(tmp_path: Path
     assert result.returncode == 1 and "error: uncommitted pipeline changes" in result.stderr
     assert "Nothing was queued" in result.stderr
     assert "Queued" not in run(["dvc", "queue", "status"], project).stdout
+
+
+@pytest.fixture(scope="module")
+def bare_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A committed copy of the project whose embedded MLflow store holds nothing yet."""
+    return copy_project(tmp_path_factory.mktemp("bare") / "project")
+
+
+@pytest.mark.parametrize(("command", "env", "message"), [
+    (["compare"], {}, "mlflow.experiment_name: no MLflow experiment 'cv_yolo_tiny'"),
+    (["rollback"], {}, "promote.registered_model: no registered model 'yolo_tiny_person'"),
+    (["compare"], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}, "MLflow tracking server http://127.0.0.1:9 is "
+                                                                 "unreachable"),
+    (["run", "-S", "train.lr0=0.1"], {}, "-S train.lr0=0.1: train.lr0 is an axis of the grid; change it in grid.yaml"),
+])
+def test_course_errors_are_clear_and_exit_1(bare_project: Path, command: list[str], env: dict[str, str],
+                                            message: str):
+    result = run(["python", "-m", "yolo_mlops.course", *command], bare_project, env=project_env(**env),
+                 check=False, timeout=120)
+    assert result.returncode == 1 and f"error: {message}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Queued" not in run(["dvc", "queue", "status"], bare_project).stdout

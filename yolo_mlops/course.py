@@ -11,6 +11,7 @@
 import argparse
 import os
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,8 +79,11 @@ def compare_grid(client: MlflowClient, exp_id: str, root: Path, params: Params) 
     charts.config_chart(found, root / REPORTS_DIR / charts.CONFIG_CHART)
     charts.curves_chart(curves, f"val.{metric}", root / REPORTS_DIR / charts.CURVES_CHART)
     names = [run.name for run in comparison.ranked]
-    subprocess.run(["dvc", "plots", "diff", *names, "-o", str(DVC_PLOTS_DIR)], cwd=root, check=False,
-                   capture_output=True)
+    plots = subprocess.run(["dvc", "plots", "diff", *names, "-o", str(DVC_PLOTS_DIR)], cwd=root,
+                           capture_output=True, text=True)
+    if plots.returncode != 0:
+        print(f"warning: dvc plots diff failed, {DVC_PLOTS_DIR}/ not updated: {plots.stderr.strip()[-500:]}",
+              file=sys.stderr)
     print(f"\nRuns ranked by {', then '.join(comparison.rank_by)} ({split} ranks, test alongside):\n")
     print(table(comparison))
     print("\n" + "\n".join(f"- {line}" for line in found.lines()))
