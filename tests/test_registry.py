@@ -143,3 +143,15 @@ def test_unknown_registered_model_and_missing_champion(registry):
 def test_nan_metric_fails_the_gates():
     run = RunSummary("r1", "exp", "FINISHED", {}, test_metrics(math.nan, math.nan))
     assert not any(gate.passed for gate in gates(run, None, gate_params("m"))[:2])
+
+
+def test_connecting_leaves_the_users_environment_alone(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    """Queued experiments started after connect() must still see the embedded store as embedded."""
+    import os
+
+    from yolo_mlops.tracking import connect
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    connect()
+    assert "MLFLOW_TRACKING_URI" not in os.environ

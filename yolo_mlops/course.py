@@ -41,8 +41,8 @@ class Compared:
     curves: dict[str, list[tuple[int, float]]]
 
 
-def queue_grid(root: Path, params: Params, overrides: list[str]) -> int:
-    """Queue the grid points this commit has no experiment for; returns how many were queued."""
+def queue_grid(root: Path, params: Params, overrides: list[str]) -> None:
+    """Queue the grid points this commit has no experiment for."""
     grid = load_grid(params=params)
     extra = experiments.parse_overrides(overrides, grid, params.flat())
     experiments.refuse_uncommitted(root)
@@ -52,7 +52,6 @@ def queue_grid(root: Path, params: Params, overrides: list[str]) -> int:
           f"{experiments.head_rev(root)[:7]}, {len(missing)} to queue")
     if missing:
         experiments.queue(root, grid, missing, extra)
-    return len(missing)
 
 
 def sync_grid(client: MlflowClient, root: Path, params: Params) -> None:
@@ -151,7 +150,9 @@ def main(argv: list[str] | None = None) -> None:
             rollback(client, params.promote.registered_model, args.to)
             return
         if args.command in ("run", "start"):
-            queued = queue_grid(root, params, args.overrides) if args.command == "run" else _queued(root)
+            if args.command == "run":
+                queue_grid(root, params, args.overrides)
+            queued = _queued(root)  # with any queued earlier: DVC runs them all
             if queued:
                 experiments.run_queue(root, queued)
             sync_grid(client, root, params)
@@ -166,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _queued(root: Path) -> int:
+    """How many experiments wait in DVC's queue."""
     status = subprocess.run(["dvc", "queue", "status"], cwd=root, capture_output=True, text=True).stdout
     return sum(" Queued" in line for line in status.splitlines())
 

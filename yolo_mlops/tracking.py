@@ -100,7 +100,13 @@ def connect() -> tuple[MlflowClient, str]:
         os.environ.setdefault(name, value)
     uri = tracking_uri()
     check_server(uri)
+    user_setting = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
+    if user_setting is None:
+        # set_tracking_uri also exports MLFLOW_TRACKING_URI. Keep the user's environment as it was: the
+        # embedded store is recognised by its absence, and the DVC stages started from here (queued
+        # experiments) must put their artifacts at DVC_ROOT, not in their temporary copy.
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
     return MlflowClient(uri), uri
 
 
