@@ -158,17 +158,14 @@ def _yaml_scalar(value: Any) -> str:
 
 
 def queue(root: Path, grid: dict[str, tuple[Any, ...]], points: list[dict[str, Any]],
-          overrides: dict[str, Any]) -> list[str]:
+          overrides: dict[str, Any]) -> None:
     """Queue the points: the whole grid in one `dvc exp run --queue` (DVC expands `key=a,b`), or one
-    command per point when only some are missing. Returns the names DVC gave the experiments."""
+    command per point when only some are missing."""
     whole = len(points) == len(combinations(grid))
-    names = []
     for values in [grid] if whole else points:
         command = ["dvc", "exp", "run", "--queue", *set_args(values | overrides)]
         print("$ " + " ".join(command), flush=True)
-        output = _dvc(root, *command[1:])
-        names += [line.split("'")[1] for line in output.splitlines() if line.startswith("Queued experiment '")]
-    return names
+        print(_dvc(root, *command[1:]), end="", flush=True)
 
 
 def run_queue(root: Path, total: int) -> None:
