@@ -61,8 +61,6 @@ def gates(candidate: RunSummary, champion: ModelVersion | None, params: PromoteP
     ]
     if champion is None:
         return [*result, Gate("beats champion", True, "no champion yet")]
-    if champion.run_id == candidate.run_id:
-        return [*result, Gate("beats champion", True, f"it is the champion already (version {champion.version})")]
     dataset = candidate.params.get("dvc.dataset_md5")
     if champion.tags.get("dvc.dataset_md5") != dataset:
         return [*result, Gate("beats champion", False,
@@ -147,6 +145,9 @@ def promote(client: MlflowClient, run: RunSummary, params: PromoteParams) -> Pro
             version = str(version)
             created = version
         champion = _champion(client, name, before)
+        if champion is not None and str(champion.version) == version:  # promoted before: same gates as then
+            previous = champion.tags.get(PREVIOUS_TAG)
+            champion = client.get_model_version(name, previous) if previous else None
         results = gates(run, champion, params)
         approved = all(gate.passed for gate in results)
         step = f"setting alias {CHALLENGER}"
