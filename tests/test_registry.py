@@ -103,12 +103,14 @@ def test_other_test_split_is_not_comparable(registry):
 
 def test_promoting_the_same_run_again_changes_nothing(registry):
     client, exp, name = registry
-    run = candidate(client, exp, "exp-a", 0.30)
-    promote(client, run, gate_params(name))
+    promote(client, candidate(client, exp, "exp-a", 0.30), gate_params(name))
+    run = candidate(client, exp, "exp-b", 0.50)
+    first = promote(client, run, gate_params(name))
     before = snapshot(client, name)
     again = promote(client, run, gate_params(name))
-    assert not again.created and again.approved and again.version == "1"
-    assert snapshot(client, name) == before and aliases(client, name) == {CHALLENGER: "1", CHAMPION: "1"}
+    assert not again.created and again.approved and again.version == "2"
+    assert again.gates == first.gates  # judged against the champion it replaced, as the first time
+    assert snapshot(client, name) == before and aliases(client, name) == {CHALLENGER: "2", CHAMPION: "2"}
 
 
 def test_failure_half_way_restores_the_aliases(registry, monkeypatch: pytest.MonkeyPatch):
