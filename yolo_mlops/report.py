@@ -150,7 +150,8 @@ def risks(data: ReportData) -> str:
          "Tune the confidence threshold on the val PR curve for the use case (missed people vs false alarms)."),
         ("Too few epochs / under-fitting",
          f"{best.params.get('train.epochs', '?')} epoch(s); {insights.metric} "
-         + ("was still rising at the last epoch" if rising else "had levelled off or fallen by the last epoch")
+         + ("was still rising at the last epoch" if rising else "had levelled off or fallen by the last epoch"
+            if len(curve) > 1 else "has a single epoch: no trend to judge")
          + ".",
          "Train longer with early stopping (Ultralytics `patience`) and compare the curves in epoch_curves.png."),
         ("Training from scratch vs pretrained",
