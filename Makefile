@@ -9,11 +9,13 @@ COCO128 ?=
 MODEL ?=
 OVERRIDES := $(if $(COCO128),-S prepare.source=$(COCO128)) $(if $(MODEL),-S train.model=$(MODEL))
 
-.PHONY: help setup run test lint ui up down remote clean-venv
+.PHONY: help setup run rollback test lint ui up down remote clean-venv
 
 help:
-	@echo "make run    set up .venv and run the pipeline (prepare → train → evaluate → log)"
+	@echo "make run    set up .venv, run the grid of grid.yaml through DVC's queue, compare the runs,"
+	@echo "            promote the best in the MLflow Model Registry, write reports/decision.md"
 	@echo "            offline: make run COCO128=path/to/coco128.zip MODEL=yolov8n.yaml"
+	@echo "make rollback [TO=version]  move the champion alias back to the previous champion"
 	@echo "make test   set up .venv with the test tools, run ruff and the test suite"
 	@echo "make ui     open the MLflow UI on the embedded store (http://127.0.0.1:5000),"
 	@echo "            or print the server's address when MLFLOW_TRACKING_URI is set"
@@ -35,12 +37,15 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 setup: $(VENV)/.installed
 
 run: setup
-	dvc exp run $(OVERRIDES)
+	python -m yolo_mlops.course run $(OVERRIDES)
 	@echo
 	@dvc exp show --no-pager --only-changed --drop 'dvclive|data.json' 2>/dev/null || true
 	@echo
-	@echo "Results: metrics/eval.json, plots/ (dvc plots show), models/best.pt"
-	@echo "MLflow:  run 'make ui' and open http://127.0.0.1:5000 (experiment cv_yolo_tiny)"
+	@echo "Results: reports/decision.md, reports/runs.csv, reports/*.png, reports/dvc_plots/index.html"
+	@echo "MLflow:  run 'make ui' and open http://127.0.0.1:5000 (experiment cv_yolo_tiny, model yolo_tiny_person)"
+
+rollback: setup
+	python -m yolo_mlops.course rollback $(if $(TO),--to $(TO))
 
 lint: $(VENV)/.installed-dev
 	ruff check .

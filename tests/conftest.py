@@ -6,8 +6,9 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
@@ -134,3 +135,48 @@ def offline_results(tmp_path_factory: pytest.TempPathFactory) -> "Offline":
     if not COCO128_ZIP.is_file():
         pytest.skip(f"needs the real COCO128 at {COCO128_ZIP} (or set COCO128_ZIP)")
     return run_without_server(tmp_path_factory.mktemp("offline") / "project")
+
+
+@pytest.fixture(scope="module")
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """An MlflowClient on a fresh embedded SQLite tracking store and model registry, set as the
+    user's MLFLOW_TRACKING_URI; one per test module (tests use their own experiment or model name)."""
+    from yolo_mlops.tracking import connect
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}")
+        client, _ = connect()
+        yield client
+
+
+def echo_model() -> Any:
+    """The smallest pyfunc model (returns its input): registry tests need a logged model, not YOLO."""
+    import mlflow.pyfunc
+
+    class EchoModel(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):  # untyped: MLflow infers no schema from it
+            return model_input
+
+    return EchoModel()
+
+
+def log_synthetic_run(client: Any, experiment_id: str, name: str, metrics: dict[str, float],
+                      params: dict[str, object] | None = None, baseline: str = "base", status: str = "FINISHED",
+                      model: bool = False) -> str:
+    """An MLflow run shaped like the log stage's: `val.mAP50` → metric `evaluate/val_mAP50`, tags
+    naming the DVC experiment; `model=True` logs `echo_model()` under `model`."""
+    import mlflow
+    from mlflow.entities import Metric, Param
+
+    tags = {"dvc.exp_name": name, "dvc.baseline_rev": baseline, "yolo_mlops.log_status": "complete"}
+    run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+    client.log_batch(
+        run_id,
+        metrics=[Metric(f"evaluate/{key.replace('.', '_', 1)}", value, 0, 0) for key, value in metrics.items()],
+        params=[Param(key, str(value)) for key, value in (params or {}).items()],
+    )
+    if model:
+        with mlflow.start_run(run_id=run_id):
+            mlflow.pyfunc.log_model(name="model", python_model=echo_model(), pip_requirements=["mlflow"])
+    client.set_terminated(run_id, status)
+    return run_id

@@ -8,9 +8,12 @@ from typing import Any
 import yaml
 
 from yolo_mlops.errors import PipelineError
-from yolo_mlops.paths import PARAMS_FILE
+from yolo_mlops.paths import GRID_FILE, PARAMS_FILE
 
 SPLITS = ("train", "val", "test")
+EVAL_METRICS = ("mAP50", "mAP50-95", "precision", "recall", "f1")
+# The sections the DVC stages read: an experiment's params (MLflow run params, `dvc exp show`).
+PIPELINE_SECTIONS = ("prepare", "train", "evaluate", "mlflow")
 OPTIMIZERS = ("SGD", "Adam", "AdamW", "NAdam", "RAdam", "RMSProp", "MuSGD")
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|\d+(,\d+)*)$")
 
@@ -56,16 +59,32 @@ class MlflowParams:
 
 
 @dataclass(frozen=True)
+class CompareParams:
+    rank_by: tuple[str, ...]  # `split.metric` as in metrics/eval.json: the primary metric, then tie-breaks
+
+
+@dataclass(frozen=True)
+class PromoteParams:
+    registered_model: str
+    min_test_map50_95: float
+    min_test_recall: float
+    min_margin: float  # over the current champion's test mAP50-95, on the same test split
+
+
+@dataclass(frozen=True)
 class Params:
     prepare: PrepareParams
     train: TrainParams
     evaluate: EvaluateParams
     mlflow: MlflowParams
+    compare: CompareParams
+    promote: PromoteParams
 
     def flat(self) -> dict[str, Any]:
-        """`section.key` → value, as DVC names params (`dvc exp show`, `-S`)."""
+        """`section.key` → value of the pipeline sections, as DVC names params (`dvc exp show`, `-S`)."""
         flat: dict[str, Any] = {}
-        for section, values in asdict(self).items():
+        for section in PIPELINE_SECTIONS:
+            values = asdict(getattr(self, section))
             for key, value in values.items():
                 flat[f"{section}.{key}"] = list(value) if isinstance(value, tuple) else value
         return flat
@@ -172,6 +191,38 @@ def _mlflow(section: _Section) -> MlflowParams:
     return section.build(MlflowParams, experiment_name=name)
 
 
+def _compare(section: _Section) -> CompareParams:
+    rank_by = section.get("rank_by", list)
+    wanted = f"split.metric with split in {', '.join(SPLITS[1:])} and metric in {', '.join(EVAL_METRICS)}"
+    for name in rank_by:
+        split, _, metric = str(name).partition(".")
+        if split not in SPLITS[1:] or metric not in EVAL_METRICS:
+            raise section.fail("rank_by", f"entries must be {wanted}, e.g. val.mAP50-95")
+    if not rank_by or len(set(rank_by)) != len(rank_by):
+        raise section.fail("rank_by", "must list the primary metric, then distinct tie-breaks")
+    return section.build(CompareParams, rank_by=tuple(rank_by))
+
+
+def _fraction(section: _Section, key: str) -> float:
+    value = section.get(key, float)
+    if not 0 <= value <= 1:
+        raise section.fail(key, "must be in [0, 1]")
+    return value
+
+
+def _promote(section: _Section) -> PromoteParams:
+    name = section.get("registered_model", str).strip()
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise section.fail("registered_model", "must be a name of letters, digits, '_', '.' or '-'")
+    return section.build(
+        PromoteParams,
+        registered_model=name,
+        min_test_map50_95=_fraction(section, "min_test_map50_95"),
+        min_test_recall=_fraction(section, "min_test_recall"),
+        min_margin=_fraction(section, "min_margin"),
+    )
+
+
 def load_params(path: Path = PARAMS_FILE) -> Params:
     """Load and validate every section, so a bad value is refused before any stage works."""
     try:
@@ -182,8 +233,39 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
         raise PipelineError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(raw, dict):
         raise PipelineError(f"{path}: must be a mapping of sections")
-    builders = {"prepare": _prepare, "train": _train, "evaluate": _evaluate, "mlflow": _mlflow}
+    builders = {
+        "prepare": _prepare, "train": _train, "evaluate": _evaluate, "mlflow": _mlflow,
+        "compare": _compare, "promote": _promote,
+    }
     unknown = sorted(set(raw) - set(builders))
     if unknown:
         raise PipelineError(f"{path}: unknown section(s): {', '.join(unknown)}")
     return Params(**{name: build(_Section(path, name, raw.get(name))) for name, build in builders.items()})
+
+
+def load_grid(path: Path = GRID_FILE, params: Params | None = None) -> dict[str, tuple[Any, ...]]:
+    """The experiment grid: params.yaml key → the values to try (every combination is one experiment).
+
+    Only the shape is checked here; a value a stage refuses makes that experiment fail, visibly."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: not found (run from the project root)") from None
+    except yaml.YAMLError as error:
+        raise PipelineError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict) or not raw:
+        raise PipelineError(f"{path}: must map params.yaml keys (e.g. train.imgsz) to lists of values")
+    known = (params or load_params()).flat()
+    grid: dict[str, tuple[Any, ...]] = {}
+    for key, values in raw.items():
+        if key not in known or isinstance(known[key], list):
+            raise PipelineError(f"{path}: {key!r} is not a single-valued key of params.yaml (e.g. train.lr0)")
+        if not isinstance(values, list) or not values:
+            raise PipelineError(f"{path}: {key} must be a non-empty list of values (got {values!r})")
+        for value in values:
+            if not isinstance(value, str | int | float) or (isinstance(value, str) and ("," in value or not value)):
+                raise PipelineError(f"{path}: {key} value {value!r} must be a number or a text without commas")
+        if len(set(values)) != len(values):
+            raise PipelineError(f"{path}: {key} lists a value twice ({values!r})")
+        grid[key] = tuple(values)
+    return grid

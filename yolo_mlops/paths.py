@@ -12,6 +12,9 @@ TRAIN_LIVE_DIR = Path("dvclive")
 EVAL_METRICS_FILE = Path("metrics/eval.json")
 PLOTS_DIR = Path("plots")
 MLFLOW_RUN_FILE = Path("metrics/mlflow_run.json")
+GRID_FILE = Path("grid.yaml")
+REPORTS_DIR = Path("reports")
+DECISION_TEMPLATE = REPORTS_DIR / "templates" / "decision_template.md"
 
 
 def project_root() -> Path:

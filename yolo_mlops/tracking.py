@@ -110,12 +110,30 @@ def artifact_store_hint(error: Exception) -> str:
     return ""
 
 
+def connect() -> tuple[MlflowClient, str]:
+    """A client on the tracking store (and its model registry), failing within seconds when a
+    tracking server does not answer."""
+    for name, value in (HTTP_DEFAULTS | S3_DEFAULTS).items():
+        os.environ.setdefault(name, value)
+    uri = tracking_uri()
+    check_server(uri)
+    user_setting = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if user_setting is None:
+        # set_tracking_uri also exports MLFLOW_TRACKING_URI. Keep the user's environment as it was: the
+        # embedded store is recognised by its absence, and the DVC stages started from here (queued
+        # experiments) must put their artifacts at DVC_ROOT, not in their temporary copy.
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    return MlflowClient(uri), uri
+
+
 def model_requirements() -> list[str]:
     """Exact versions of what loading the model needs (public releases, without +cuXXX)."""
     return [f"{package}=={version(package).split('+')[0]}" for package in MODEL_PACKAGES]
 
 
-def _experiment_id(client: MlflowClient, name: str, embedded: bool) -> str:
+def ensure_experiment(client: MlflowClient, name: str, embedded: bool) -> str:
+    """The id of experiment `name`, created (artifacts at the project root when embedded) if missing."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         location = embedded_artifact_location(name) if embedded else None
@@ -183,15 +201,10 @@ def _send(client: MlflowClient, run_id: str, run: Run | None, record: Experiment
 
 def log_record(record: ExperimentRecord, experiment_name: str) -> LoggedRun:
     """Create or complete the experiment's single MLflow run."""
-    for name, value in (HTTP_DEFAULTS | S3_DEFAULTS).items():
-        os.environ.setdefault(name, value)
-    uri = tracking_uri()
-    check_server(uri)
-    mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
+    client, uri = connect()
     embedded = not os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     try:
-        experiment_id = _experiment_id(client, experiment_name, embedded)
+        experiment_id = ensure_experiment(client, experiment_name, embedded)
         run = find_run(client, experiment_id, record.fingerprint)
         if run is None:
             run_id = client.create_run(experiment_id, run_name=record.run_name, tags=record.tags).info.run_id

@@ -1,0 +1,149 @@
+"""The grid on DVC's side without running it: grid.yaml and the new params sections, -S arguments,
+`dvc exp show --json` parsing, what is left to queue, and the refusal of uncommitted changes."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import copy_project, project_env, run
+from yolo_mlops import experiments
+from yolo_mlops.errors import PipelineError
+from yolo_mlops.params import load_grid, load_params
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def write_yaml(path: Path, data: object) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_project_grid_is_the_course_grid():
+    grid = load_grid(PROJECT / "grid.yaml", load_params(PROJECT / "params.yaml"))
+    assert grid == {"train.imgsz": (320, 416), "train.lr0": (0.005, 0.01), "train.seed": (1, 42), "train.epochs": (3,)}
+    assert len(experiments.combinations(grid)) == 8
+    assert experiments.set_args(grid) == ["-S", "train.imgsz=320,416", "-S", "train.lr0=0.005,0.01",
+                                          "-S", "train.seed=1,42", "-S", "train.epochs=3"]
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ({"train.nope": [1]}, "'train.nope' is not a single-valued key of params.yaml"),
+    ({"evaluate.splits": [["val"]]}, "'evaluate.splits' is not a single-valued key"),
+    ({"train.lr0": []}, "train.lr0 must be a non-empty list"),
+    ({"train.lr0": 0.01}, "train.lr0 must be a non-empty list"),
+    ({"train.lr0": [0.01, 0.01]}, "train.lr0 lists a value twice"),
+    ({"train.model": ["a,b.yaml"]}, "must be a number or a text without commas"),
+    ([1, 2], "must map params.yaml keys"),
+])
+def test_bad_grid_is_refused_naming_the_file(tmp_path: Path, content: object, message: str):
+    path = write_yaml(tmp_path / "grid.yaml", content)
+    with pytest.raises(PipelineError, match=f"{path}: .*{message}" if "must map" not in message else message):
+        load_grid(path, load_params(PROJECT / "params.yaml"))
+
+
+@pytest.mark.parametrize(("section", "key", "value", "message"), [
+    ("compare", "rank_by", [], "must list the primary metric"),
+    ("compare", "rank_by", ["val.mAP75"], "entries must be split.metric"),
+    ("compare", "rank_by", ["train.mAP50"], "entries must be split.metric"),
+    ("compare", "rank_by", ["val.recall", "val.recall"], "must list the primary metric, then distinct"),
+    ("promote", "registered_model", "bad name!", "must be a name of letters"),
+    ("promote", "min_test_recall", 1.5, r"must be in \[0, 1\]"),
+    ("promote", "min_margin", "x", "must be of type float"),
+])
+def test_bad_compare_and_promote_params_are_refused(tmp_path: Path, section: str, key: str, value: object,
+                                                    message: str):
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    params[section][key] = value
+    path = write_yaml(tmp_path / "params.yaml", params)
+    with pytest.raises(PipelineError, match=f"{section}.{key} {message}"):
+        load_params(path)
+
+
+def test_course_params_are_not_experiment_params():
+    flat = load_params(PROJECT / "params.yaml").flat()
+    assert "train.lr0" in flat and not any(key.startswith(("compare.", "promote.")) for key in flat)
+
+
+def test_overrides_apply_to_every_experiment_and_cannot_redefine_an_axis():
+    params = load_params(PROJECT / "params.yaml")
+    grid = {"train.lr0": (0.005, 0.01)}
+    extra = experiments.parse_overrides(["prepare.source=../shared/data/coco128.zip", "train.epochs=1"], grid,
+                                        params.flat())
+    assert extra == {"prepare.source": "../shared/data/coco128.zip", "train.epochs": 1}
+    for bad, message in [("train.lr0=0.1", "is an axis of the grid"), ("nope=1", "expected key=value"),
+                         ("train.epochs", "expected key=value"), ("train.seed=1,2", "one value per key")]:
+        with pytest.raises(PipelineError, match=message):
+            experiments.parse_overrides([bad], grid, params.flat())
+
+
+def exp_show_entry(name: str, rev: str, params: dict, metrics: dict | None, failed: bool = False) -> dict:
+    data = {"params": {"params.yaml": {"data": params}}}
+    if metrics is not None:
+        data["metrics"] = {"metrics/eval.json": {"data": metrics}}
+    return {"revs": [{"rev": rev, "name": name, "data": data,
+                      "error": {"msg": "Experiment run failed", "type": ""} if failed else None}]}
+
+
+def test_exp_show_parsing_and_what_is_left_to_queue():
+    entries = [
+        {"rev": "workspace", "experiments": None},
+        {"rev": "base1", "experiments": [
+            exp_show_entry("ok-exp", "r1", {"train": {"imgsz": 320, "lr0": 0.01}},
+                           {"val": {"mAP50-95": 0.4, "note": "x"}, "test": {"recall": 0.5}}),
+            exp_show_entry("bad-exp", "r2", {"train": {"imgsz": 100, "lr0": 0.01}}, None, failed=True),
+        ]},
+    ]
+    ok, bad = experiments.parse_exp_show(entries)
+    assert (ok.name, ok.rev, ok.baseline_rev, ok.failed) == ("ok-exp", "r1", "base1", False)
+    assert ok.params == {"train.imgsz": 320, "train.lr0": 0.01}
+    assert ok.metrics == {"val.mAP50-95": 0.4, "test.recall": 0.5}
+    assert bad.failed and bad.metrics == {}
+    points = experiments.combinations({"train.imgsz": (100, 320, 416), "train.lr0": (0.01,)})
+    assert experiments.missing_combinations(points, {}, [ok, bad]) == [{"train.imgsz": 416, "train.lr0": 0.01}]
+    assert len(experiments.missing_combinations(points, {"train.epochs": 1}, [ok, bad])) == 3
+
+
+def test_uncommitted_pipeline_changes_are_refused_before_queueing(tmp_path: Path):
+    project = copy_project(tmp_path / "project")
+    assert experiments.pipeline_changes(project) == []
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["promote"]["min_margin"] = 0.5  # read from the working tree: allowed
+    write_yaml(project / "params.yaml", params)
+    (project / "grid.yaml").write_text("train.lr0: [0.1]\n")  # read from the working tree: allowed
+    assert experiments.pipeline_changes(project) == []
+    params["train"]["lr0"] = 0.5
+    write_yaml(project / "params.yaml", params)
+    (project / "stages" / "train.py").write_text("# changed\n", encoding="utf-8")
+    (project / "yolo_mlops" / "new_module.py").write_text("", encoding="utf-8")
+    assert experiments.pipeline_changes(project) == ["stages/train.py", "yolo_mlops/new_module.py",
+                                                     "params.yaml (train)"]
+    with pytest.raises(PipelineError, match=r"uncommitted pipeline changes: stages/train.py, .*params.yaml "
+                                            r"\(train\)\. DVC's queue runs experiments from the last git commit"):
+        experiments.refuse_uncommitted(project)
+    result = run(["python", "-m", "yolo_mlops.course", "queue"], project, check=False)
+    assert result.returncode == 1 and "error: uncommitted pipeline changes" in result.stderr
+    assert "Nothing was queued" in result.stderr
+    assert "Queued" not in run(["dvc", "queue", "status"], project).stdout
+
+
+@pytest.fixture(scope="module")
+def bare_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A committed copy of the project whose embedded MLflow store holds nothing yet."""
+    return copy_project(tmp_path_factory.mktemp("bare") / "project")
+
+
+@pytest.mark.parametrize(("command", "env", "message"), [
+    (["compare"], {}, "mlflow.experiment_name: no MLflow experiment 'cv_yolo_tiny'"),
+    (["rollback"], {}, "promote.registered_model: no registered model 'yolo_tiny_person'"),
+    (["compare"], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}, "MLflow tracking server http://127.0.0.1:9 is "
+                                                                 "unreachable"),
+    (["run", "-S", "train.lr0=0.1"], {}, "-S train.lr0=0.1: train.lr0 is an axis of the grid; change it in grid.yaml"),
+])
+def test_course_errors_are_clear_and_exit_1(bare_project: Path, command: list[str], env: dict[str, str],
+                                            message: str):
+    result = run(["python", "-m", "yolo_mlops.course", *command], bare_project, env=project_env(**env),
+                 check=False, timeout=120)
+    assert result.returncode == 1 and f"error: {message}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Queued" not in run(["dvc", "queue", "status"], bare_project).stdout

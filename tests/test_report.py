@@ -1,0 +1,85 @@
+"""The decision report filled in from synthetic run records: six sections, real numbers, the decision."""
+
+import math
+from pathlib import Path
+
+import pytest
+
+from yolo_mlops.compare import Comparison, RunSummary, insights
+from yolo_mlops.errors import PipelineError
+from yolo_mlops.params import load_params
+from yolo_mlops.registry import Gate, Promotion
+from yolo_mlops.report import ReportData, render, wilson_interval
+
+PROJECT = Path(__file__).resolve().parents[1]
+TEMPLATE = PROJECT / "reports" / "templates" / "decision_template.md"
+SECTIONS = ("## 1. Objectives and constraints", "## 2. Recommended model", "## 3. Comparative analysis",
+            "## 4. Risk assessment", "## 5. Final decision", "## 6. Next steps")
+
+
+def run(name: str, imgsz: int, seed: int, value: float, precision: float = 0.8, recall: float = 0.3) -> RunSummary:
+    params = {"train.model": "yolov8n.pt", "train.epochs": "3", "train.imgsz": str(imgsz), "train.lr0": "0.01",
+              "train.seed": str(seed)}
+    metrics = {"val.mAP50-95": value, "val.mAP50": 0.5, "val.recall": recall, "val.precision": precision,
+               "test.mAP50-95": value - 0.1, "test.mAP50": 0.4, "test.recall": recall, "test.precision": precision,
+               "data.train_images": 40, "data.val_images": 10, "data.test_images": 10, "data.test_boxes": 61}
+    return RunSummary(f"id-{name}", name, "FINISHED", params, metrics)
+
+
+def report_data(approved: bool, ranked: list[RunSummary], excluded=()) -> ReportData:
+    comparison = Comparison(("val.mAP50-95", "val.mAP50", "val.recall"), ranked, list(excluded))
+    gates = [Gate("min test mAP50-95", True, "ok"), Gate("min test recall", approved, "recall vs minimum"),
+             Gate("beats champion", True, "no champion yet")]
+    promotion = Promotion("yolo_tiny_person", "3", True, approved, gates, "1", "3" if approved else "1")
+    curves = {r.name: [(1, 0.1), (2, 0.2), (3, 0.3)] for r in ranked}
+    return ReportData(load_params(PROJECT / "params.yaml"), "abcdef1234", "sqlite:///mlflow.db", "CPU only, 2 core(s)",
+                      comparison, insights(comparison), promotion, curves)
+
+
+def test_report_has_six_sections_numbers_and_approval(tmp_path: Path):
+    ranked = [run("big-a", 416, 1, 0.45), run("big-b", 416, 42, 0.40), run("small-a", 320, 1, 0.30),
+              run("small-b", 320, 42, 0.20)]
+    failed = RunSummary("id-bad", "bad-exp", "FAILED", {"train.imgsz": "100"}, error="imgsz must be a multiple")
+    target = tmp_path / "decision.md"
+    render(report_data(True, ranked, [(failed, "FAILED: imgsz must be a multiple")]), TEMPLATE, target)
+    text = target.read_text()
+    positions = [text.index(section) for section in SECTIONS]
+    assert positions == sorted(positions)
+    assert "MLflow run id `id-big-a`" in text and "registered as `yolo_tiny_person` version 3" in text
+    for name in ("big-a", "big-b", "small-a"):
+        assert f"`{name}` (run `id-{name}`)" in text  # the top 3
+    assert "imgsz 416 vs 320: +70.0% val.mAP50-95" in text
+    assert "| – | bad-exp | | 100 |" in text.replace("|  |", "| |") and "not ranked: bad-exp" in text
+    assert text.count("   Mitigation:") >= 4
+    assert "precision 0.8000 vs recall 0.3000 — unbalanced" in text
+    assert "was still rising at the last epoch" in text
+    assert "**Approve**" in text and "previous champion: version 1, kept for rollback" in text
+    for term in ("Short term", "Medium term", "Long term"):
+        assert term in text
+    assert "${" not in text
+
+
+def test_rejection_and_tie_are_reported(tmp_path: Path):
+    ranked = [run("a", 320, 1, 0.0, 0.0, 0.0), run("b", 320, 42, 0.0, 0.0, 0.0)]
+    render(report_data(False, ranked), TEMPLATE, tmp_path / "decision.md")
+    text = (tmp_path / "decision.md").read_text()
+    assert "**Reject**" in text and "fails: min test recall" in text and "`champion` is still version 1" in text
+    assert "TIE: the best runs are equal on every ranking metric" in text
+    assert "the ranking is within seed noise" in text
+
+
+def test_bad_template_is_refused_and_nothing_is_written(tmp_path: Path):
+    template = tmp_path / "template.md"
+    template.write_text("# ${registered_model}\n${unknown_section}\n")
+    target = tmp_path / "decision.md"
+    with pytest.raises(PipelineError, match=r"template.md: unknown or malformed placeholder 'unknown_section'"):
+        render(report_data(True, [run("a", 320, 1, 0.3)]), template, target)
+    assert not target.exists() and list(tmp_path.iterdir()) == [template]
+    with pytest.raises(PipelineError, match="decision report template not found"):
+        render(report_data(True, [run("a", 320, 1, 0.3)]), tmp_path / "missing.md", target)
+
+
+def test_wilson_interval_is_defined_at_zero_recall():
+    low, high = wilson_interval(0.0, 61)
+    assert low == 0.0 and 0.05 < high < 0.07
+    assert all(math.isnan(bound) for bound in wilson_interval(0.5, 0))  # no boxes, no interval

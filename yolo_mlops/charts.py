@@ -1,0 +1,57 @@
+"""The comparison's charts as PNG: the primary metric by configuration (seed spread as error bars
+and dots), and the per-epoch curves of every run overlaid."""
+
+from pathlib import Path
+from typing import Any
+
+from yolo_mlops.atomic import atomic_file
+from yolo_mlops.compare import Insights
+
+CONFIG_CHART = "metric_by_config.png"
+CURVES_CHART = "epoch_curves.png"
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def config_chart(insights: Insights, target: Path) -> None:
+    plt = _pyplot()
+    spreads = insights.spreads
+    labels = [spread.label(insights.varying).replace(", ", "\n") for spread in spreads]
+    figure, axes = plt.subplots(figsize=(max(6.0, 1.3 * len(spreads)), 4.5))
+    positions = range(len(spreads))
+    axes.bar(positions, [s.mean for s in spreads], yerr=[s.std for s in spreads], capsize=6, color="#4c72b0",
+             alpha=0.7, label="mean ± std over seeds")
+    for position, spread in zip(positions, spreads, strict=True):
+        axes.scatter([position] * len(spread.values), spread.values, color="black", s=14, zorder=3)
+    axes.set_xticks(list(positions), labels, fontsize=8)
+    axes.set_ylabel(insights.metric)
+    axes.set_title(f"{insights.metric} by configuration (dots: one seed each)")
+    axes.legend(loc="best", fontsize=8)
+    figure.tight_layout()
+    with atomic_file(target) as staging:
+        figure.savefig(staging, format="png", dpi=110)
+    plt.close(figure)
+
+
+def curves_chart(curves: dict[str, list[tuple[int, float]]], metric: str, target: Path) -> None:
+    """`curves`: run name → [(epoch, value)], from the runs' MLflow metric history."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for name, points in sorted(curves.items()):
+        axes.plot([step for step, _ in points], [value for _, value in points], marker="o", markersize=3,
+                  label=name)
+    axes.set_xlabel("epoch")
+    axes.set_ylabel(metric)
+    axes.set_title(f"{metric} per epoch, all runs")
+    axes.legend(loc="best", fontsize=7)
+    figure.tight_layout()
+    with atomic_file(target) as staging:
+        figure.savefig(staging, format="png", dpi=110)
+    plt.close(figure)

@@ -1,0 +1,201 @@
+"""Promotion in the MLflow Model Registry with aliases: the selected run's model becomes a version
+with alias `challenger`, and `champion` only when it passes the gates. All or nothing: when the
+registry fails half-way, the aliases are put back as they were."""
+
+import sys
+from dataclasses import dataclass
+
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from yolo_mlops.compare import RunSummary
+from yolo_mlops.errors import PipelineError
+from yolo_mlops.params import PromoteParams
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+PREVIOUS_TAG = "previous_champion"
+STAGE_TAG = "stage"  # the course's vocabulary, mirrored from the aliases
+METRIC_TAGS = ("val.mAP50-95", "val.mAP50", "val.precision", "val.recall",
+               "test.mAP50-95", "test.mAP50", "test.precision", "test.recall")
+PARAM_TAGS = ("train.model", "train.epochs", "train.imgsz", "train.lr0", "train.seed", "train.batch",
+              "train.optimizer")
+
+
+@dataclass(frozen=True)
+class Gate:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Promotion:
+    name: str
+    version: str
+    created: bool  # a new version (False: the run was registered before)
+    approved: bool
+    gates: list[Gate]
+    champion_before: str | None
+    champion: str | None
+
+
+def version_tags(run: RunSummary) -> dict[str, str]:
+    """Provenance carried by the version: run, params, metrics, dataset, code, DVC experiment."""
+    tags = {"run_id": run.run_id, "dvc.exp_name": run.name}
+    tags |= {key: run.params[key] for key in ("dvc.dataset_md5", "git.commit") if key in run.params}
+    tags |= {key: run.params[key] for key in PARAM_TAGS if key in run.params}
+    tags |= {key: repr(run.metrics[key]) for key in METRIC_TAGS if key in run.metrics}
+    return tags
+
+
+def gates(candidate: RunSummary, champion: ModelVersion | None, params: PromoteParams) -> list[Gate]:
+    """The checks a challenger must pass to become champion."""
+    test_map, recall = candidate.metrics.get("test.mAP50-95", float("nan")), candidate.metrics.get("test.recall",
+                                                                                                  float("nan"))
+    result = [
+        Gate("min test mAP50-95", test_map >= params.min_test_map50_95,
+             f"test mAP50-95 {test_map:.4f} vs minimum {params.min_test_map50_95:.4f}"),
+        Gate("min test recall", recall >= params.min_test_recall,
+             f"test recall {recall:.4f} vs minimum {params.min_test_recall:.4f}"),
+    ]
+    if champion is None:
+        return [*result, Gate("beats champion", True, "no champion yet")]
+    dataset = candidate.params.get("dvc.dataset_md5")
+    if champion.tags.get("dvc.dataset_md5") != dataset:
+        return [*result, Gate("beats champion", False,
+                              f"champion version {champion.version} was tested on another split (dataset md5 "
+                              f"{champion.tags.get('dvc.dataset_md5')} vs {dataset}); re-evaluate it first")]
+    best = float(champion.tags.get("test.mAP50-95", "nan"))
+    return [*result, Gate("beats champion", test_map >= best + params.min_margin,
+                          f"test mAP50-95 {test_map:.4f} vs champion version {champion.version} {best:.4f} "
+                          f"+ margin {params.min_margin:.4f}")]
+
+
+def aliases(client: MlflowClient, name: str) -> dict[str, str]:
+    try:
+        return {alias: str(version) for alias, version in client.get_registered_model(name).aliases.items()}
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return {}
+        raise
+
+
+def _champion(client: MlflowClient, name: str, current: dict[str, str]) -> ModelVersion | None:
+    return client.get_model_version(name, current[CHAMPION]) if CHAMPION in current else None
+
+
+def _set_alias(client: MlflowClient, name: str, alias: str, version: str | None, current: dict[str, str]) -> None:
+    if current.get(alias) == version:
+        return
+    if version is None:
+        client.delete_registered_model_alias(name, alias)
+    else:
+        client.set_registered_model_alias(name, alias, version)
+
+
+def mirror_stages(client: MlflowClient, name: str) -> None:
+    """Tag each version Production / Staging / Archived from the aliases (stages are deprecated)."""
+    current = aliases(client, name)
+    for version in client.search_model_versions(f"name = '{name}'"):
+        number = str(version.version)
+        stage = ("Production" if current.get(CHAMPION) == number
+                 else "Staging" if current.get(CHALLENGER) == number else "Archived")
+        if version.tags.get(STAGE_TAG) != stage:
+            client.set_model_version_tag(name, number, STAGE_TAG, stage)
+
+
+def _model_id(client: MlflowClient, run_id: str) -> str:
+    outputs = client.get_run(run_id).outputs
+    ids = [output.model_id for output in (outputs.model_outputs if outputs else []) if output.model_id]
+    if not ids:
+        raise PipelineError(f"run {run_id} has no logged MLflow model to register")
+    return ids[-1]
+
+
+def _restore(client: MlflowClient, name: str, before: dict[str, str], created: str | None) -> str:
+    """Put the aliases back as they were; remove a version this attempt created."""
+    after = aliases(client, name)
+    for alias in (CHALLENGER, CHAMPION):
+        _set_alias(client, name, alias, before.get(alias), after)
+    if created is not None:
+        client.delete_model_version(name, created)
+    mirror_stages(client, name)
+    state = ", ".join(f"{alias} → version {version}" for alias, version in sorted(before.items())) or "no alias"
+    return state + (f"; version {created} removed" if created else "")
+
+
+def promote(client: MlflowClient, run: RunSummary, params: PromoteParams) -> Promotion:
+    """Register `run`'s model (once), alias it challenger, and champion if the gates pass."""
+    name = params.registered_model
+    before = aliases(client, name)
+    created: str | None = None
+    step = "reading the registry"
+    try:
+        existing = client.search_model_versions(f"name = '{name}' and run_id = '{run.run_id}'")
+        if existing:
+            version = str(max(int(v.version) for v in existing))
+        else:
+            step = "registering the model"
+            if not before and not client.search_registered_models(f"name = '{name}'"):
+                client.create_registered_model(name, description="Tiny YOLO person detector (DVC grid + MLflow)")
+            model_id = _model_id(client, run.run_id)
+            version = client.create_model_version(name, f"models:/{model_id}", run_id=run.run_id,
+                                                  tags=version_tags(run), model_id=model_id).version
+            version = str(version)
+            created = version
+        champion = _champion(client, name, before)
+        if champion is not None and str(champion.version) == version:  # promoted before: same gates as then
+            previous = champion.tags.get(PREVIOUS_TAG)
+            champion = client.get_model_version(name, previous) if previous else None
+        results = gates(run, champion, params)
+        approved = all(gate.passed for gate in results)
+        step = f"setting alias {CHALLENGER}"
+        _set_alias(client, name, CHALLENGER, version, before)
+        if approved and before.get(CHAMPION) != version:
+            step = f"setting alias {CHAMPION}"
+            if champion is not None:
+                client.set_model_version_tag(name, version, PREVIOUS_TAG, str(champion.version))
+            _set_alias(client, name, CHAMPION, version, before)
+        step = f"mirroring the aliases as {STAGE_TAG} tags"
+        mirror_stages(client, name)
+    except PipelineError:
+        raise
+    except Exception as error:
+        try:
+            restored = _restore(client, name, before, created)
+        except Exception as again:
+            raise PipelineError(
+                f"promotion of run {run.run_id} to {name!r} failed while {step} ({type(error).__name__}: {error}), "
+                f"and restoring the aliases failed too ({type(again).__name__}: {again}). Check them with "
+                f"`python -m yolo_mlops.course status`; they were: {before or 'none'}"
+            ) from None
+        raise PipelineError(
+            f"promotion of run {run.run_id} to {name!r} failed while {step} ({type(error).__name__}: {error}). "
+            f"Nothing changed: the registry is as before ({restored})."
+        ) from None
+    champion_now = version if approved else before.get(CHAMPION)
+    return Promotion(name, version, created is not None, approved, results, before.get(CHAMPION), champion_now)
+
+
+def rollback(client: MlflowClient, name: str, to_version: str | None = None) -> tuple[str, str]:
+    """Move `champion` back to the previous champion (or to `to_version`); returns (from, to)."""
+    current = aliases(client, name)
+    if not current and not client.search_registered_models(f"name = '{name}'"):
+        raise PipelineError(f"promote.registered_model: no registered model {name!r} in the registry")
+    if CHAMPION not in current:
+        raise PipelineError(f"registered model {name!r} has no {CHAMPION} to roll back")
+    champion = client.get_model_version(name, current[CHAMPION])
+    previous = str(champion.version)
+    target = to_version or champion.tags.get(PREVIOUS_TAG)
+    if not target:
+        raise PipelineError(f"{name} version {previous} is the first champion: nothing to roll back to "
+                            "(name a version with --to)")
+    try:
+        client.get_model_version(name, target)
+    except MlflowException:
+        raise PipelineError(f"{name} has no version {target}") from None
+    client.set_registered_model_alias(name, CHAMPION, target)
+    mirror_stages(client, name)
+    print(f"rollback: {name}@{CHAMPION} moved from version {previous} to version {target}", file=sys.stderr)
+    return previous, target

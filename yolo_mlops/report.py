@@ -1,0 +1,220 @@
+"""The decision report: reports/templates/decision_template.md filled in from the comparison, the
+insights and the promotion's outcome."""
+
+import math
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+from yolo_mlops.atomic import atomic_file
+from yolo_mlops.compare import Comparison, Insights, RunSummary, table
+from yolo_mlops.errors import PipelineError
+from yolo_mlops.params import Params
+from yolo_mlops.registry import CHAMPION, Promotion
+
+TOP = 3
+IMBALANCE = 0.15  # |precision − recall| above which the detector is called unbalanced
+GAP = 0.05  # |val − test| mAP50-95 above which generalisation is questioned
+
+
+@dataclass(frozen=True)
+class ReportData:
+    params: Params
+    baseline: str
+    tracking_uri: str
+    hardware: str
+    comparison: Comparison
+    insights: Insights
+    promotion: Promotion
+    curves: dict[str, list[tuple[int, float]]]  # run name → per-epoch primary metric (val)
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.4f}"
+
+
+def _m(run: RunSummary, name: str) -> float:
+    return run.metrics.get(name, math.nan)
+
+
+def objectives(data: ReportData) -> str:
+    best, train = data.comparison.ranked[0], data.params.train
+    runs = len(data.comparison.ranked) + len(data.comparison.excluded)
+    sizes = ", ".join(f"{split} {int(_m(best, f'data.{split}_images'))} images"
+                      for split in ("train", "val", "test") if f"data.{split}_images" in best.metrics)
+    return "\n".join([
+        f"- Objective: the best person detector of the grid by **{data.comparison.primary}** "
+        f"(tie-breaks: {', '.join(data.comparison.rank_by[1:]) or 'none'}), registered as `{data.promotion.name}`.",
+        f"- Dataset: COCO128 person images ({sizes}); "
+        f"{int(_m(best, 'data.test_boxes')) if 'data.test_boxes' in best.metrics else 'n/a'} person boxes in test.",
+        f"- Training budget: {runs} experiment(s) of {best.params.get('train.epochs', '?')} epoch(s), "
+        f"model `{best.params.get('train.model', train.model)}`, batch {best.params.get('train.batch', train.batch)}.",
+        f"- Hardware: {data.hardware} (train.device={train.device}).",
+        f"- Gates for champion: test mAP50-95 ≥ {data.params.promote.min_test_map50_95}, test recall ≥ "
+        f"{data.params.promote.min_test_recall}, and beat the champion's test mAP50-95 by "
+        f"{data.params.promote.min_margin} on the same test split.",
+    ])
+
+
+def recommended(data: ReportData) -> str:
+    best = data.comparison.ranked[0]
+    params = ", ".join(f"{key.split('.')[-1]}={best.params[key]}" for key in
+                       ("train.model", "train.epochs", "train.imgsz", "train.lr0", "train.seed", "train.batch",
+                        "train.optimizer") if key in best.params)
+    metrics = "\n".join(f"| {split} | " + " | ".join(_fmt(_m(best, f"{split}.{m}")) for m in
+                                                     ("mAP50-95", "mAP50", "precision", "recall")) + " |"
+                        for split in ("val", "test"))
+    return (f"- DVC experiment `{best.name}`, MLflow run id `{best.run_id}`, registered as "
+            f"`{data.promotion.name}` version {data.promotion.version}.\n- Hyperparameters: {params}.\n\n"
+            "| split | mAP50-95 | mAP50 | precision | recall |\n|---|---|---|---|---|\n" + metrics)
+
+
+def pros_cons(run: RunSummary, top: list[RunSummary]) -> tuple[list[str], list[str]]:
+    """Pros and cons of one of the top runs, from its numbers relative to the others."""
+    pros, cons = [], []
+    for name in ("val.mAP50-95", "test.mAP50-95", "test.precision", "test.recall"):
+        values = [_m(other, name) for other in top]
+        if len(set(values)) == 1:
+            continue
+        if _m(run, name) == max(values):
+            pros.append(f"best {name} of the top {len(top)} ({_fmt(_m(run, name))})")
+        elif _m(run, name) == min(values):
+            cons.append(f"lowest {name} of the top {len(top)} ({_fmt(_m(run, name))})")
+    gap = _m(run, "val.mAP50-95") - _m(run, "test.mAP50-95")
+    if abs(gap) > GAP:
+        cons.append(f"val–test gap of {gap:+.4f} mAP50-95")
+    sizes = {int(other.params.get("train.imgsz", 0)) for other in top}
+    if len(sizes) > 1:
+        size = int(run.params.get("train.imgsz", 0))
+        (pros if size == min(sizes) else cons).append(f"imgsz {size}: " + (
+            "cheapest inference of the top 3" if size == min(sizes) else "costlier inference than imgsz "
+            f"{min(sizes)}"))
+    if not pros and not cons:
+        pros.append("identical to the others of the top 3 on every compared metric")
+    return pros, cons
+
+
+def top3(data: ReportData) -> str:
+    top = data.comparison.ranked[:TOP]
+    lines = []
+    for rank, run in enumerate(top, start=1):
+        pros, cons = pros_cons(run, top)
+        lines.append(f"{rank}. `{run.name}` (run `{run.run_id}`): {data.comparison.primary} "
+                     f"{_fmt(_m(run, data.comparison.primary))}, test mAP50-95 {_fmt(_m(run, 'test.mAP50-95'))}, "
+                     f"test recall {_fmt(_m(run, 'test.recall'))}")
+        lines += [f"   - pro: {text}" for text in pros] + [f"   - con: {text}" for text in cons]
+    return "\n".join(lines)
+
+
+def insights_text(data: ReportData) -> str:
+    lines = data.insights.lines() or ["no factor varies between the ranked runs"]
+    failed = [f"{run.name}: {why}" for run, why in data.comparison.excluded]
+    return "\n".join([f"- {line}" for line in lines] + [f"- not ranked: {line}" for line in failed])
+
+
+def wilson_interval(rate: float, count: float, z: float = 1.96) -> tuple[float, float]:
+    """95 % interval of a rate measured on `count` trials (here: recall over the test boxes)."""
+    if math.isnan(rate) or math.isnan(count) or count <= 0:
+        return math.nan, math.nan
+    denominator = 1 + z * z / count
+    centre = (rate + z * z / (2 * count)) / denominator
+    half = z * math.sqrt(rate * (1 - rate) / count + z * z / (4 * count * count)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def risks(data: ReportData) -> str:
+    best, insights = data.comparison.ranked[0], data.insights
+    boxes = _m(best, "data.test_boxes")
+    recall = _m(best, "test.recall")
+    low, high = wilson_interval(recall, boxes)
+    precision = _m(best, "test.precision")
+    curve = data.curves.get(best.name, [])
+    rising = len(curve) > 1 and curve[-1][1] > curve[-2][1]
+    model = best.params.get("train.model", "")
+    items = [
+        ("Tiny test set",
+         f"{int(_m(best, 'data.test_images')) if not math.isnan(_m(best, 'data.test_images')) else '?'} test images, "
+         f"{int(boxes) if not math.isnan(boxes) else '?'} boxes: test recall {_fmt(recall)} could be anywhere in "
+         f"[{_fmt(low)}, {_fmt(high)}] (95 % Wilson interval over the boxes).",
+         "Evaluate on a larger held-out set before relying on the figures; report intervals, not points."),
+        ("Seed variance",
+         f"typical seed std {insights.seed_std:.4f} {insights.metric}; winner's margin "
+         + (f"{insights.margin:.4f}" if insights.margin is not None else "n/a")
+         + (" — smaller than the seed spread" if insights.margin_within_noise else "")
+         + (" — a tie" if insights.tie else "") + ".",
+         "Add seeds per configuration and select on the mean over seeds."),
+        ("Precision / recall imbalance",
+         f"test precision {_fmt(precision)} vs recall {_fmt(recall)}"
+         + (" — unbalanced" if abs(precision - recall) > IMBALANCE else " — balanced within "
+            f"{IMBALANCE}") + ".",
+         "Tune the confidence threshold on the val PR curve for the use case (missed people vs false alarms)."),
+        ("Too few epochs / under-fitting",
+         f"{best.params.get('train.epochs', '?')} epoch(s); {insights.metric} "
+         + ("was still rising at the last epoch" if rising else "had levelled off or fallen by the last epoch"
+            if len(curve) > 1 else "has a single epoch: no trend to judge")
+         + ".",
+         "Train longer with early stopping (Ultralytics `patience`) and compare the curves in epoch_curves.png."),
+        ("Training from scratch vs pretrained",
+         f"`{model}` " + ("is a random initialisation: expect weak detections from so few images" if
+                          model.endswith((".yaml", ".yml")) else "starts from COCO-pretrained weights, which "
+                          "already saw persons: the test set may not reflect new conditions") + ".",
+         "Fine-tune pretrained weights and test on images from the target camera / domain."),
+    ]
+    return "\n".join(f"{n}. **{title}**: {finding}\n   Mitigation: {mitigation}"
+                     for n, (title, finding, mitigation) in enumerate(items, start=1))
+
+
+def decision(data: ReportData) -> str:
+    promotion, best = data.promotion, data.comparison.ranked[0]
+    verdict = "Approve" if promotion.approved else "Reject"
+    gates = "\n".join(f"| {gate.name} | {'pass' if gate.passed else 'FAIL'} | {gate.detail} |"
+                      for gate in promotion.gates)
+    if promotion.approved:
+        why = (f"`{best.name}` ranks first and passes every gate: version {promotion.version} is "
+               f"`{promotion.name}@{CHAMPION}`"
+               + (f" (previous champion: version {promotion.champion_before}, kept for rollback)."
+                  if promotion.champion_before and promotion.champion_before != promotion.version else "."))
+    else:
+        failed = ", ".join(gate.name for gate in promotion.gates if not gate.passed)
+        why = (f"`{best.name}` ranks first but fails: {failed}. Version {promotion.version} stays `challenger`; "
+               f"`{CHAMPION}` is " + (f"still version {promotion.champion}." if promotion.champion else "unset."))
+    conditions = ["load it as `models:/" + promotion.name + "@" + CHAMPION + "` only after checking the risks above"]
+    if data.insights.tie or data.insights.margin_within_noise:
+        conditions.append("the ranking is within seed noise: confirm with more seeds before relying on the choice")
+    if data.comparison.excluded:
+        conditions.append(f"{len(data.comparison.excluded)} experiment(s) could not be ranked (see section 3)")
+    return (f"**{verdict}**\n\n| gate | outcome | detail |\n|---|---|---|\n{gates}\n\n- Justification: {why}\n"
+            + "\n".join(f"- Condition: {text}" for text in conditions))
+
+
+def next_steps(data: ReportData) -> str:
+    short = ["re-run the failed experiment(s) after fixing them (`dvc exp remove <name>`, then `make run`)"
+             if data.comparison.excluded else "add seeds to the best configurations in grid.yaml"]
+    return "\n".join([
+        f"- Short term: {short[0]}; check `{data.promotion.name}@{CHAMPION}` on a few real images.",
+        "- Medium term: more images and epochs, pretrained weights, a larger test split; widen grid.yaml.",
+        "- Long term: the shared team stack (MLflow server, PostgreSQL, MinIO), monitoring of the served model, "
+        "and retraining when the data drifts.",
+    ])
+
+
+def render(data: ReportData, template: Path, target: Path) -> None:
+    """Fill in the template; every placeholder must be known, and the report is written atomically."""
+    try:
+        text = template.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PipelineError(f"{template}: decision report template not found") from None
+    values = {
+        "registered_model": data.promotion.name, "baseline": data.baseline[:7], "tracking_uri": data.tracking_uri,
+        "primary": data.comparison.primary, "ranking": ", then ".join(data.comparison.rank_by),
+        "objectives": objectives(data), "recommended": recommended(data), "top3": top3(data),
+        "table": table(data.comparison), "insights": insights_text(data), "risks": risks(data),
+        "decision": decision(data), "next_steps": next_steps(data),
+    }
+    try:
+        filled = string.Template(text).substitute(values)
+    except (KeyError, ValueError) as error:
+        raise PipelineError(f"{template}: unknown or malformed placeholder {error}; known: "
+                            + ", ".join(f"${{{key}}}" for key in values)) from None
+    with atomic_file(target) as staging:
+        staging.write_text(filled, encoding="utf-8")
