@@ -136,8 +136,8 @@ def bare_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize(("command", "env", "message"), [
     (["compare"], {}, "mlflow.experiment_name: no MLflow experiment 'cv_yolo_tiny'"),
     (["rollback"], {}, "promote.registered_model: no registered model 'yolo_tiny_person'"),
-    (["compare"], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}, "MLflow tracking server http://127.0.0.1:9 is "
-                                                                 "unreachable"),
+    (["compare"], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"},
+     "MLflow tracking server http://127.0.0.1:9 (MLFLOW_TRACKING_URI) is unreachable"),
     (["run", "-S", "train.lr0=0.1"], {}, "-S train.lr0=0.1: train.lr0 is an axis of the grid; change it in grid.yaml"),
 ])
 def test_course_errors_are_clear_and_exit_1(bare_project: Path, command: list[str], env: dict[str, str],

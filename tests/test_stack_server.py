@@ -15,7 +15,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from tests.conftest import TINY_PARAMS, needs_coco128, project_env, run
+from tests.conftest import TINY_PARAMS, needs_coco128, project_env, run, write_params
 from tests.stack import (
     S3_ENV,
     MlflowServer,
@@ -143,7 +143,7 @@ def test_backend_store_holds_the_run(logged: Logged) -> None:
 def test_dvc_remote_on_s3_shares_data_models_run_cache_and_experiments(
         offline_results: Offline, s3: S3Server, tmp_path: Path) -> None:
     """Push to the S3 remote configured by `make remote`; a fresh clone pulls it back and
-    reproduces nothing: every result is reused, none is recomputed."""
+    reproduces nothing: every result is reused, through dvc.lock or the run-cache."""
     origin = tmp_path / "origin.git"
     run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], tmp_path)
     first = copy_results(offline_results.project, tmp_path / "first")
@@ -177,6 +177,19 @@ def test_dvc_remote_on_s3_shares_data_models_run_cache_and_experiments(
     assert experiments() == []
     run(["dvc", "exp", "pull", "origin", "shared"], second, env=env)
     assert experiments() == ["shared"]
+
+    # The run-cache: an experiment the first clone ran and pushed, but never committed, is
+    # restored in the second clone instead of retrained.
+    write_params(first, {"train.lr0": 0.02})
+    run(["dvc", "repro"], first, env=env)
+    run(["dvc", "push", "--run-cache"], first, env=env)
+    write_params(second, {"train.lr0": 0.02})
+    restored = run(["dvc", "repro", "--pull"], second, env=env)
+    for stage in ("train", "evaluate"):
+        assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in restored.stdout
+    assert "Running stage 'train'" not in restored.stdout
+    assert tree_bytes(second / "models") == tree_bytes(first / "models")
+    assert (second / "metrics" / "eval.json").read_bytes() == (first / "metrics" / "eval.json").read_bytes()
 
 
 def configure_remote(project: Path, s3: S3Server) -> None:

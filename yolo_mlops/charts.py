@@ -34,10 +34,7 @@ def config_chart(insights: Insights, target: Path) -> None:
     axes.set_ylabel(insights.metric)
     axes.set_title(f"{insights.metric} by configuration (dots: one seed each)")
     axes.legend(loc="best", fontsize=8)
-    figure.tight_layout()
-    with atomic_file(target) as staging:
-        figure.savefig(staging, format="png", dpi=110)
-    plt.close(figure)
+    _save(plt, figure, target)
 
 
 def curves_chart(curves: dict[str, list[tuple[int, float]]], metric: str, target: Path) -> None:
@@ -51,6 +48,10 @@ def curves_chart(curves: dict[str, list[tuple[int, float]]], metric: str, target
     axes.set_ylabel(metric)
     axes.set_title(f"{metric} per epoch, all runs")
     axes.legend(loc="best", fontsize=7)
+    _save(plt, figure, target)
+
+
+def _save(plt: Any, figure: Any, target: Path) -> None:
     figure.tight_layout()
     with atomic_file(target) as staging:
         figure.savefig(staging, format="png", dpi=110)

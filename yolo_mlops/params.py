@@ -223,14 +223,18 @@ def _promote(section: _Section) -> PromoteParams:
     )
 
 
-def load_params(path: Path = PARAMS_FILE) -> Params:
-    """Load and validate every section, so a bad value is refused before any stage works."""
+def _read_yaml(path: Path) -> Any:
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise PipelineError(f"{path}: not found (run from the project root)") from None
     except yaml.YAMLError as error:
         raise PipelineError(f"{path}: not valid YAML: {error}") from None
+
+
+def load_params(path: Path = PARAMS_FILE) -> Params:
+    """Load and validate every section, so a bad value is refused before any stage works."""
+    raw = _read_yaml(path)
     if not isinstance(raw, dict):
         raise PipelineError(f"{path}: must be a mapping of sections")
     builders = {
@@ -247,12 +251,7 @@ def load_grid(path: Path = GRID_FILE, params: Params | None = None) -> dict[str,
     """The experiment grid: params.yaml key → the values to try (every combination is one experiment).
 
     Only the shape is checked here; a value a stage refuses makes that experiment fail, visibly."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: not found (run from the project root)") from None
-    except yaml.YAMLError as error:
-        raise PipelineError(f"{path}: not valid YAML: {error}") from None
+    raw = _read_yaml(path)
     if not isinstance(raw, dict) or not raw:
         raise PipelineError(f"{path}: must map params.yaml keys (e.g. train.imgsz) to lists of values")
     known = (params or load_params()).flat()
