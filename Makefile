@@ -39,8 +39,6 @@ setup: $(VENV)/.installed
 run: setup
 	python -m yolo_mlops.course run $(OVERRIDES)
 	@echo
-	@dvc exp show --no-pager --only-changed --drop 'dvclive|data.json' 2>/dev/null || true
-	@echo
 	@echo "Results: reports/decision.md, reports/runs.csv, reports/*.png, reports/dvc_plots/index.html"
 	@echo "MLflow:  run 'make ui' and open http://127.0.0.1:5000 (experiment cv_yolo_tiny, model yolo_tiny_person)"
 

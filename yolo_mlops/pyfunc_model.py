@@ -36,11 +36,18 @@ def example_input(image: Path, size: int = 96) -> pd.DataFrame:
     return pd.DataFrame({"image": [base64.b64encode(buffer.getvalue()).decode("ascii")]})
 
 
+def _is_file(value: str) -> bool:
+    try:
+        return Path(value).is_file()
+    except OSError:  # e.g. base64 text longer than a file name may be
+        return False
+
+
 def read_image(value: Any) -> np.ndarray:
     """An RGB array from a file path, raw bytes or base64-encoded bytes."""
     if isinstance(value, bytes | bytearray):
         data = bytes(value)
-    elif isinstance(value, str) and Path(value).is_file():
+    elif isinstance(value, str) and _is_file(value):
         data = Path(value).read_bytes()
     elif isinstance(value, str):
         try:
