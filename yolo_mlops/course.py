@@ -56,8 +56,7 @@ def queue_grid(root: Path, params: Params, overrides: list[str]) -> None:
 
 def sync_grid(client: MlflowClient, root: Path, params: Params) -> None:
     """Link every experiment of this commit to its MLflow run; record the failed ones as FAILED runs."""
-    embedded = not os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-    exp_id = ensure_experiment(client, params.mlflow.experiment_name, embedded)
+    exp_id = ensure_experiment(client, params.mlflow.experiment_name)
     result = sync(client, exp_id, root, experiments.list_experiments(root))
     print(f"sync: {len(result.linked)} experiment(s) linked to their MLflow run"
           + (f"; FAILED: {', '.join(result.failed)}" if result.failed else "")

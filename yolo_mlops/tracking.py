@@ -45,6 +45,11 @@ class LoggedRun:
     action: str  # created, completed (an earlier attempt had failed) or unchanged
 
 
+def uses_embedded_store() -> bool:
+    """True when no MLFLOW_TRACKING_URI is set: runs go to the store at the project root."""
+    return not os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+
+
 def tracking_uri() -> str:
     """`MLFLOW_TRACKING_URI` when set, else the embedded SQLite store at the project root."""
     uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
@@ -132,11 +137,11 @@ def model_requirements() -> list[str]:
     return [f"{package}=={version(package).split('+')[0]}" for package in MODEL_PACKAGES]
 
 
-def ensure_experiment(client: MlflowClient, name: str, embedded: bool) -> str:
+def ensure_experiment(client: MlflowClient, name: str) -> str:
     """The id of experiment `name`, created (artifacts at the project root when embedded) if missing."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        location = embedded_artifact_location(name) if embedded else None
+        location = embedded_artifact_location(name) if uses_embedded_store() else None
         return client.create_experiment(name, artifact_location=location)
     if experiment.lifecycle_stage == "deleted":
         raise PipelineError(
@@ -202,9 +207,8 @@ def _send(client: MlflowClient, run_id: str, run: Run | None, record: Experiment
 def log_record(record: ExperimentRecord, experiment_name: str) -> LoggedRun:
     """Create or complete the experiment's single MLflow run."""
     client, uri = connect()
-    embedded = not os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     try:
-        experiment_id = ensure_experiment(client, experiment_name, embedded)
+        experiment_id = ensure_experiment(client, experiment_name)
         run = find_run(client, experiment_id, record.fingerprint)
         if run is None:
             run_id = client.create_run(experiment_id, run_name=record.run_name, tags=record.tags).info.run_id
