@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import jpeg_bytes
-from yolo_mlops.pyfunc_model import example_input, read_image
+from yolo_mlops.pyfunc_model import read_image
 
 
 def test_paths_bytes_and_base64_give_the_same_image(tmp_path: Path) -> None:
@@ -16,12 +16,6 @@ def test_paths_bytes_and_base64_give_the_same_image(tmp_path: Path) -> None:
     assert from_path.shape == (480, 640, 3)
     assert (read_image(data) == from_path).all()
     assert (read_image(base64.b64encode(data).decode()) == from_path).all()  # longer than a file name may be
-
-
-def test_example_input_is_a_small_base64_thumbnail(tmp_path: Path) -> None:
-    (tmp_path / "image.jpg").write_bytes(jpeg_bytes(640, 480))
-    example = example_input(tmp_path / "image.jpg")
-    assert list(example.columns) == ["image"] and max(read_image(example["image"][0]).shape[:2]) == 96
 
 
 def test_unusable_input_is_refused_clearly() -> None:

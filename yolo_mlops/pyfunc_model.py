@@ -27,15 +27,6 @@ SIGNATURE = ModelSignature(
 )
 
 
-def example_input(image: Path, size: int = 96) -> pd.DataFrame:
-    """A small input example for the model's page and serving checks: one base64 JPEG thumbnail."""
-    thumbnail = Image.open(image).convert("RGB")
-    thumbnail.thumbnail((size, size))
-    buffer = io.BytesIO()
-    thumbnail.save(buffer, format="JPEG")
-    return pd.DataFrame({"image": [base64.b64encode(buffer.getvalue()).decode("ascii")]})
-
-
 def _is_file(value: str) -> bool:
     try:
         return Path(value).is_file()

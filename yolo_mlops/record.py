@@ -43,7 +43,6 @@ class ExperimentRecord:
     history: list[dict[str, float]]  # index 0 = epoch 1 (MLflow step 1)
     artifacts: list[tuple[Path, str]]  # (local file or folder, artifact folder)
     weights: Path
-    example_image: Path
     imgsz: int
 
 
@@ -168,6 +167,5 @@ def collect_record(params: Params) -> ExperimentRecord:
         history=history,
         artifacts=artifacts,
         weights=MODELS_DIR / "best.pt",
-        example_image=min((DATASET_DIR / "images" / "test").iterdir()),
         imgsz=params.train.imgsz,
     )

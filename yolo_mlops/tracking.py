@@ -199,7 +199,6 @@ def _send(client: MlflowClient, run_id: str, run: Run | None, record: Experiment
                 model_config={"imgsz": record.imgsz},
                 artifacts={"weights": str(record.weights)},
                 signature=pyfunc_model.SIGNATURE,
-                input_example=pyfunc_model.example_input(record.example_image),
                 pip_requirements=model_requirements(),
             )
 

@@ -129,14 +129,24 @@ def staged_dataset(dataset_dir: Path) -> Iterator[Path]:
 
 
 def train(data_yaml: Path, params: TrainParams, model: str, device: str, run_dir: Path) -> Path:
-    """Train with Ultralytics into `run_dir`; return the folder holding weights/ and results.csv."""
-    trainer_model = ultralytics().YOLO(model)
+    """Train with Ultralytics into `run_dir`; return the folder holding weights/, results.csv and results.png.
+
+    Ultralytics' own training plots are off: the label statistics, batch mosaics and the
+    final validation's curves would be drawn into a scratch folder and thrown away (the
+    evaluate stage draws the curves of `best.pt` per split). Only the training curves,
+    results.png, are kept, drawn from results.csv as Ultralytics draws them."""
+    package = ultralytics()
+    trainer_model = package.YOLO(model)
     trainer_model.train(
         data=str(data_yaml), epochs=params.epochs, imgsz=params.imgsz, lr0=params.lr0, seed=params.seed,
         batch=params.batch, optimizer=params.optimizer, device=device, workers=params.workers,
-        deterministic=True, project=str(run_dir.parent), name=run_dir.name, exist_ok=True, plots=True,
+        deterministic=True, project=str(run_dir.parent), name=run_dir.name, exist_ok=True, plots=False,
     )
-    return Path(trainer_model.trainer.save_dir)
+    save_dir = Path(trainer_model.trainer.save_dir)
+    from ultralytics.utils.plotting import plot_results
+
+    plot_results(file=save_dir / "results.csv")
+    return save_dir
 
 
 def export_run(run_dir: Path, models_dir: Path) -> None:
