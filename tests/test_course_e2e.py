@@ -54,8 +54,13 @@ def course_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     after_again = state(project)
     (project / "grid.yaml").write_text(FAILING_GRID)
     failing = course(project)
+    after_failing = state(project)
+    # The retry the output advises: remove the failed experiment, and the next queueing queues it again.
+    failed_names = [e.name for e in after_failing["experiments"] if e.failed]
+    run(["dvc", "exp", "remove", *failed_names], project)
+    requeued = run(["python", "-m", "yolo_mlops.course", "queue"], project)
     return {"project": project, "first": first, "after_first": after_first, "again": again,
-            "after_again": after_again, "failing": failing, "after_failing": state(project)}
+            "after_again": after_again, "failing": failing, "after_failing": after_failing, "requeued": requeued}
 
 
 def test_dvc_queue_runs_the_grid_with_progress(course_runs):
@@ -152,6 +157,8 @@ def test_a_failed_experiment_is_visible_and_does_not_stop_the_comparison(course_
     assert failed_runs[0].data.tags["dvc.exp_name"] == failed[0].name
     assert failed_runs[0].data.params["train.imgsz"] == "100"
     assert "must be a positive multiple of 32" in failed_runs[0].data.tags["yolo_mlops.error"]
-    assert f"FAILED: {failed[0].name}" in out
+    assert f"FAILED: {failed[0].name} (to retry: `dvc exp remove {failed[0].name}`" in out
+    assert "grid: 1 experiment(s), 0 already run" in course_runs["requeued"].stdout
+    assert "1 to queue" in course_runs["requeued"].stdout
     assert f"not ranked: {failed[0].name}: FAILED" in after["decision"]
     assert len(after["csv"]) == 9 and after["registry"] == course_runs["after_first"]["registry"]

@@ -59,7 +59,8 @@ def sync_grid(client: MlflowClient, root: Path, params: Params) -> None:
     exp_id = ensure_experiment(client, params.mlflow.experiment_name)
     result = sync(client, exp_id, root, experiments.list_experiments(root))
     print(f"sync: {len(result.linked)} experiment(s) linked to their MLflow run"
-          + (f"; FAILED: {', '.join(result.failed)}" if result.failed else "")
+          + (f"; FAILED: {', '.join(result.failed)} (to retry: `dvc exp remove {' '.join(result.failed)}`, "
+             "then run again)" if result.failed else "")
           + (f"; without MLflow run: {', '.join(result.unlogged)}" if result.unlogged else ""))
 
 
