@@ -19,13 +19,14 @@ from yolo_mlops.pyfunc_model import BOX_COLUMNS
 
 pytestmark = [pytest.mark.e2e, needs_coco128]
 GRID = "train.imgsz: [64, 96]\ntrain.lr0: [0.005, 0.01]\ntrain.seed: [1, 42]\ntrain.epochs: [1]\n"
-FAILING_GRID = "train.imgsz: [100]\ntrain.lr0: [0.01]\ntrain.seed: [1]\ntrain.epochs: [1]\n"
+# Valid params (so it is queued), but COCO128 holds fewer person images: the prepare stage fails.
+FAILING_GRID = "prepare.train: [500]\ntrain.imgsz: [64]\ntrain.lr0: [0.01]\ntrain.seed: [1]\ntrain.epochs: [1]\n"
 MODEL = "yolo_tiny_person"
 GATES = {"promote.min_test_map50_95": 0.0, "promote.min_test_recall": 0.0, "promote.min_margin": 0.0}
 
 
-def course(project: Path) -> Any:
-    return run(["python", "-m", "yolo_mlops.course", "run"], project, timeout=1500)
+def course(project: Path, check: bool = True) -> Any:
+    return run(["python", "-m", "yolo_mlops.course", "run"], project, check=check, timeout=1500)
 
 
 def state(project: Path) -> dict[str, Any]:
@@ -53,7 +54,7 @@ def course_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     again = course(project)
     after_again = state(project)
     (project / "grid.yaml").write_text(FAILING_GRID)
-    failing = course(project)
+    failing = course(project, check=False)
     after_failing = state(project)
     # The retry the output advises: remove the failed experiment, and the next queueing queues it again.
     failed_names = [e.name for e in after_failing["experiments"] if e.failed]
@@ -151,13 +152,15 @@ def test_running_again_changes_nothing(course_runs):
 def test_a_failed_experiment_is_visible_and_does_not_stop_the_comparison(course_runs):
     out, after = course_runs["failing"].stdout, course_runs["after_failing"]
     failed = [e for e in after["experiments"] if e.failed]
-    assert len(failed) == 1 and failed[0].params["train.imgsz"] == 100
+    assert len(failed) == 1 and failed[0].params["prepare.train"] == 500
     failed_runs = [r for r in after["runs"] if r.info.status == "FAILED"]
     assert len(failed_runs) == 1 and len(after["runs"]) == 9
     assert failed_runs[0].data.tags["dvc.exp_name"] == failed[0].name
-    assert failed_runs[0].data.params["train.imgsz"] == "100"
-    assert "must be a positive multiple of 32" in failed_runs[0].data.tags["yolo_mlops.error"]
+    assert failed_runs[0].data.params["prepare.train"] == "500"
+    assert "but train + val + test = 520 were requested" in failed_runs[0].data.tags["yolo_mlops.error"]
     assert f"FAILED: {failed[0].name} (to retry: `dvc exp remove {failed[0].name}`" in out
+    assert course_runs["failing"].returncode == 1  # the report is written, and the exit status says a point failed
+    assert f"error: 1 experiment(s) of this commit failed: {failed[0].name}" in course_runs["failing"].stderr
     assert "grid: 1 experiment(s), 0 already run" in course_runs["requeued"].stdout
     assert "1 to queue" in course_runs["requeued"].stdout
     assert f"not ranked: {failed[0].name}: FAILED" in after["decision"]

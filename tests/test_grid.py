@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import copy_project, project_env, run
+from tests.conftest import COCO128_ZIP, copy_project, needs_coco128, project_env, run
 from yolo_mlops import experiments
 from yolo_mlops.errors import PipelineError
 from yolo_mlops.params import load_grid, load_params
@@ -119,7 +119,7 @@ def test_uncommitted_pipeline_changes_are_refused_before_queueing(tmp_path: Path
     assert experiments.pipeline_changes(project) == ["stages/train.py", "yolo_mlops/new_module.py",
                                                      "params.yaml (train)"]
     with pytest.raises(PipelineError, match=r"uncommitted pipeline changes: stages/train.py, .*params.yaml "
-                                            r"\(train\)\. DVC's queue runs experiments from the last git commit"):
+                                            r"\(train\)\. Every experiment records the last git commit as its code"):
         experiments.refuse_uncommitted(project)
     result = run(["python", "-m", "yolo_mlops.course", "queue"], project, check=False)
     assert result.returncode == 1 and "error: uncommitted pipeline changes" in result.stderr
@@ -139,6 +139,11 @@ def bare_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (["compare"], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"},
      "MLflow tracking server http://127.0.0.1:9 (MLFLOW_TRACKING_URI) is unreachable"),
     (["run", "-S", "train.lr0=0.1"], {}, "-S train.lr0=0.1: train.lr0 is an axis of the grid; change it in grid.yaml"),
+    (["run", "-S", "train.batch=0"], {}, "experiment train.imgsz=320, train.lr0=0.005, train.seed=1, train.epochs=3, "
+                                         "train.batch=0 (grid.yaml and -S): params.yaml: train.batch must be >= 1"),
+    (["queue", "-S", "prepare.source=no/such.zip"], {}, "prepare.source: "),
+    pytest.param(["queue", "-S", f"prepare.source={COCO128_ZIP}", "-S", "train.model=yolov9000.yaml"], {},
+                 "train.model: unknown model config 'yolov9000.yaml'", marks=needs_coco128),
 ])
 def test_course_errors_are_clear_and_exit_1(bare_project: Path, command: list[str], env: dict[str, str],
                                             message: str):
@@ -146,4 +151,20 @@ def test_course_errors_are_clear_and_exit_1(bare_project: Path, command: list[st
                  check=False, timeout=120)
     assert result.returncode == 1 and f"error: {message}" in result.stderr
     assert "Traceback" not in result.stderr
+    if command[0] == "queue" or "train.batch=0" in command:
+        assert "Nothing was queued" in result.stderr
+    assert "Queued" not in run(["dvc", "queue", "status"], bare_project).stdout
+
+
+def test_a_bad_grid_point_is_refused_before_anything_is_queued(bare_project: Path):
+    grid = bare_project / "grid.yaml"
+    committed = grid.read_text()
+    grid.write_text("train.imgsz: [320, 100]\ntrain.lr0: [0.01]\n")  # read from the working tree
+    try:
+        result = run(["python", "-m", "yolo_mlops.course", "queue"], bare_project, check=False, timeout=120)
+    finally:
+        grid.write_text(committed)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "error: experiment train.imgsz=100, train.lr0=0.01 (grid.yaml and -S): params.yaml: train.imgsz must be " \
+           "a positive multiple of 32 (got 100). Nothing was queued." in result.stderr
     assert "Queued" not in run(["dvc", "queue", "status"], bare_project).stdout

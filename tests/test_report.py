@@ -26,11 +26,11 @@ def run(name: str, imgsz: int, seed: int, value: float, precision: float = 0.8, 
     return RunSummary(f"id-{name}", name, "FINISHED", params, metrics)
 
 
-def report_data(approved: bool, ranked: list[RunSummary], excluded=()) -> ReportData:
+def report_data(approved: bool, ranked: list[RunSummary], excluded=(), champion: str | None = "1") -> ReportData:
     comparison = Comparison(("val.mAP50-95", "val.mAP50", "val.recall"), ranked, list(excluded))
     gates = [Gate("min test mAP50-95", True, "ok"), Gate("min test recall", approved, "recall vs minimum"),
              Gate("beats champion", True, "no champion yet")]
-    promotion = Promotion("yolo_tiny_person", "3", True, approved, gates, "1", "3" if approved else "1")
+    promotion = Promotion("yolo_tiny_person", "3", True, approved, gates, champion, "3" if approved else champion)
     curves = {r.name: [(1, 0.1), (2, 0.2), (3, 0.3)] for r in ranked}
     return ReportData(load_params(PROJECT / "params.yaml"), "abcdef1234", "sqlite:///mlflow.db", "CPU only, 2 core(s)",
                       comparison, insights(comparison), promotion, curves)
@@ -66,6 +66,14 @@ def test_rejection_and_tie_are_reported(tmp_path: Path):
     assert "**Reject**" in text and "fails: min test recall" in text and "`champion` is still version 1" in text
     assert "TIE: the best runs are equal on every ranking metric" in text
     assert "the ranking is within seed noise" in text
+    assert "load it as `models:/yolo_tiny_person@champion`" in text  # the champion that stays
+
+
+def test_a_rejection_without_champion_sends_no_one_to_a_missing_alias(tmp_path: Path):
+    render(report_data(False, [run("a", 320, 1, 0.0, 0.0, 0.0)], champion=None), TEMPLATE, tmp_path / "decision.md")
+    text = (tmp_path / "decision.md").read_text()
+    assert "`champion` is unset" in text and "`yolo_tiny_person@champion` does not exist" in text
+    assert "models:/yolo_tiny_person@champion" not in text and "check `yolo_tiny_person@champion`" not in text
 
 
 def test_bad_template_is_refused_and_nothing_is_written(tmp_path: Path):

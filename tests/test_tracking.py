@@ -15,13 +15,29 @@ def test_embedded_store_lives_at_the_project_root_also_in_dvc_copies(monkeypatch
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.chdir(tmp_path.parent)
     assert tracking.tracking_uri() == f"sqlite:///{tmp_path}/mlflow.db"
-    assert tracking.embedded_artifact_location("exp") == (tmp_path / "mlartifacts" / "exp").as_uri()
+    assert tracking.artifact_location(tracking.tracking_uri(), "exp") == (tmp_path / "mlartifacts" / "exp").as_uri()
+
+
+def test_a_relative_sqlite_store_is_taken_from_the_project_root_with_its_artifacts_beside_it(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "project"))
+    monkeypatch.chdir(tmp_path)  # e.g. DVC's temporary experiment copy, deleted after the run
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///stores/team.db")
+    uri = tracking.tracking_uri()
+    assert uri == f"sqlite:///{tmp_path}/project/stores/team.db"
+    assert tracking.artifact_location(uri, "exp") == (tmp_path / "project" / "stores" / "mlartifacts" / "exp").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/elsewhere/mlflow.db")
+    assert tracking.artifact_location(tracking.tracking_uri(), "exp") == (tmp_path / "elsewhere" / "mlartifacts" /
+                                                                          "exp").as_uri()
+    assert tracking.artifact_location("http://mlflow.local:5000", "exp") is None  # the server decides
 
 
 @pytest.mark.parametrize(("uri", "message"), [
     ("htp://localhost:5000", "unsupported scheme 'htp'"),
     ("localhost:5000", "unsupported scheme 'localhost'"),
     ("http://", "no host name"),
+    ("file:///tmp/mlruns", "unsupported scheme 'file'"),
+    ("sqlite://", "give a database file"),
 ])
 def test_malformed_tracking_uris_are_refused(monkeypatch: pytest.MonkeyPatch, uri: str, message: str) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -22,11 +23,13 @@ from yolo_mlops import charts, experiments
 from yolo_mlops.compare import Comparison, Insights, compare, experiment_id, export_csv, insights, select_best, table
 from yolo_mlops.errors import PipelineError, run_stage
 from yolo_mlops.params import Params, load_grid, load_params
-from yolo_mlops.paths import DECISION_TEMPLATE, REPORTS_DIR
+from yolo_mlops.paths import DECISION_TEMPLATE, GRID_FILE, REPORTS_DIR
 from yolo_mlops.registry import CHAMPION, promote, rollback
 from yolo_mlops.report import ReportData, render
-from yolo_mlops.sync import sync
+from yolo_mlops.source import resolve_source
+from yolo_mlops.sync import SyncResult, sync
 from yolo_mlops.tracking import connect, ensure_experiment, public_uri
+from yolo_mlops.yolo import resolve_device, resolve_model
 
 RUNS_CSV = REPORTS_DIR / "runs.csv"
 DECISION_FILE = REPORTS_DIR / "decision.md"
@@ -51,10 +54,33 @@ def queue_grid(root: Path, params: Params, overrides: list[str]) -> None:
     print(f"grid: {len(points)} experiment(s), {len(points) - len(missing)} already run from commit "
           f"{experiments.head_rev(root)[:7]}, {len(missing)} to queue")
     if missing:
+        check_before_queueing(missing, extra)
         experiments.queue(root, grid, missing, extra)
 
 
-def sync_grid(client: MlflowClient, root: Path, params: Params) -> None:
+def check_before_queueing(points: list[dict[str, Any]], overrides: dict[str, Any]) -> None:
+    """Refuse, before anything is queued, what every experiment would fail on: a bad value in a
+    grid point or an -S override, a COCO128 source or a model this machine cannot get (downloads
+    happen here, once, into the caches the stages share), a device it does not have."""
+    checked = []
+    for point in points:
+        try:
+            checked.append(load_params(overrides=point | overrides))
+        except PipelineError as error:
+            values = ", ".join(f"{key}={value}" for key, value in (point | overrides).items())
+            raise PipelineError(f"experiment {values} ({GRID_FILE} and -S): {error}. Nothing was queued.") from None
+    try:
+        for source in dict.fromkeys(params.prepare.source for params in checked):
+            resolve_source(source)
+        for model in dict.fromkeys(params.train.model for params in checked):
+            resolve_model(model)
+        for device in dict.fromkeys(params.train.device for params in checked):
+            resolve_device(device)
+    except PipelineError as error:
+        raise PipelineError(f"{error} Nothing was queued.") from None
+
+
+def sync_grid(client: MlflowClient, root: Path, params: Params) -> SyncResult:
     """Link every experiment of this commit to its MLflow run; record the failed ones as FAILED runs."""
     exp_id = ensure_experiment(client, params.mlflow.experiment_name)
     result = sync(client, exp_id, root, experiments.list_experiments(root))
@@ -62,6 +88,7 @@ def sync_grid(client: MlflowClient, root: Path, params: Params) -> None:
           + (f"; FAILED: {', '.join(result.failed)} (to retry: `dvc exp remove {' '.join(result.failed)}`, "
              "then run again)" if result.failed else "")
           + (f"; without MLflow run: {', '.join(result.unlogged)}" if result.unlogged else ""))
+    return result
 
 
 def compare_grid(client: MlflowClient, exp_id: str, root: Path, params: Params) -> Compared:
@@ -145,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         print("Run them with `dvc exp run --run-all` (or `python -m yolo_mlops.course start`)")
         return
     client, uri = connect()  # before any training: fail now if the tracking server is down
+    failed: list[str] = []
     try:
         if args.command == "rollback":
             rollback(client, params.promote.registered_model, args.to)
@@ -155,15 +183,20 @@ def main(argv: list[str] | None = None) -> None:
             queued = _queued(root)  # with any queued earlier: DVC runs them all
             if queued:
                 experiments.run_queue(root, queued)
-            sync_grid(client, root, params)
-        if args.command == "start":
-            return
-        exp_id = experiment_id(client, params.mlflow.experiment_name)
-        compared = compare_grid(client, exp_id, root, params)
-        if args.command in ("run", "promote"):
-            promote_best(client, exp_id, root, params, compared, uri)
+            failed = sync_grid(client, root, params).failed
+        if args.command != "start":
+            exp_id = experiment_id(client, params.mlflow.experiment_name)
+            compared = compare_grid(client, exp_id, root, params)
+            if args.command in ("run", "promote"):
+                promote_best(client, exp_id, root, params, compared, uri)
     except MlflowException as error:
         raise PipelineError(f"MLflow at {public_uri(uri)}: {error.message}") from None
+    if args.command in ("run", "start") and failed:
+        raise PipelineError(
+            f"{len(failed)} experiment(s) of this commit failed: {', '.join(failed)} (reasons above and in their "
+            f"FAILED MLflow runs); the others were compared. To retry: `dvc exp remove {' '.join(failed)}`, "
+            "then run again"
+        )
 
 
 def _queued(root: Path) -> int:

@@ -15,7 +15,7 @@ from yolo_mlops.errors import PipelineError
 from yolo_mlops.params import PIPELINE_SECTIONS
 from yolo_mlops.paths import EVAL_METRICS_FILE, MLFLOW_RUN_FILE, PARAMS_FILE
 
-# What a queued experiment runs, taken from the last git commit (not from the working tree).
+# The pipeline's code and config: an experiment records the last git commit as their version.
 PIPELINE_PATHS = ("dvc.yaml", "stages", "yolo_mlops", ".dvc/config")
 PROGRESS_MARK = "Reproducing experiment '"
 
@@ -68,8 +68,9 @@ def refuse_uncommitted(root: Path) -> None:
     changed = pipeline_changes(root)
     if changed:
         raise PipelineError(
-            "uncommitted pipeline changes: " + ", ".join(changed) + ". DVC's queue runs experiments from the "
-            "last git commit, so these changes would not be in them. Commit them (git add ... && git commit) "
+            "uncommitted pipeline changes: " + ", ".join(changed) + ". Every experiment records the last "
+            "git commit as its code (DVC baseline, git.commit) and DVC's queue leaves new files out, so these "
+            "changes would run unrecorded or not at all. Commit them (git add ... && git commit) "
             "or stash them (git stash), then queue again. Nothing was queued."
         )
 

@@ -232,9 +232,18 @@ def _read_yaml(path: Path) -> Any:
         raise PipelineError(f"{path}: not valid YAML: {error}") from None
 
 
-def load_params(path: Path = PARAMS_FILE) -> Params:
-    """Load and validate every section, so a bad value is refused before any stage works."""
+def load_params(path: Path = PARAMS_FILE, overrides: dict[str, Any] | None = None) -> Params:
+    """Load and validate every section, so a bad value is refused before any stage works.
+
+    `overrides` ({"train.imgsz": 416, ...}, as `dvc exp run -S` sets them) are applied first:
+    that is how an experiment's params are checked before it is queued."""
     raw = _read_yaml(path)
+    if isinstance(raw, dict):
+        for dotted, value in (overrides or {}).items():
+            section, _, key = dotted.partition(".")
+            if not isinstance(raw.get(section), dict):
+                raise PipelineError(f"{path}: no section {section!r} for {dotted}")
+            raw[section] = raw[section] | {key: value}
     if not isinstance(raw, dict):
         raise PipelineError(f"{path}: must be a mapping of sections")
     builders = {

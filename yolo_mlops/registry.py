@@ -167,8 +167,8 @@ def promote(client: MlflowClient, run: RunSummary, params: PromoteParams) -> Pro
         except Exception as again:
             raise PipelineError(
                 f"promotion of run {run.run_id} to {name!r} failed while {step} ({type(error).__name__}: {error}), "
-                f"and restoring the aliases failed too ({type(again).__name__}: {again}). Check them with "
-                f"`python -m yolo_mlops.course status`; they were: {before or 'none'}"
+                f"and restoring the aliases failed too ({type(again).__name__}: {again}). Check them in the MLflow UI "
+                f"(Models → {name} → Aliases) and set them back by hand; they were: {before or 'none'}"
             ) from None
         raise PipelineError(
             f"promotion of run {run.run_id} to {name!r} failed while {step} ({type(error).__name__}: {error}). "

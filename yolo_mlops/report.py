@@ -178,7 +178,9 @@ def decision(data: ReportData) -> str:
         failed = ", ".join(gate.name for gate in promotion.gates if not gate.passed)
         why = (f"`{best.name}` ranks first but fails: {failed}. Version {promotion.version} stays `challenger`; "
                f"`{CHAMPION}` is " + (f"still version {promotion.champion}." if promotion.champion else "unset."))
-    conditions = ["load it as `models:/" + promotion.name + "@" + CHAMPION + "` only after checking the risks above"]
+    conditions = [f"load it as `models:/{promotion.name}@{CHAMPION}` only after checking the risks above"
+                  if promotion.champion else
+                  f"nothing is served: `{promotion.name}@{CHAMPION}` does not exist until a version passes the gates"]
     if data.insights.tie or data.insights.margin_within_noise:
         conditions.append("the ranking is within seed noise: confirm with more seeds before relying on the choice")
     if data.comparison.excluded:
@@ -191,7 +193,9 @@ def next_steps(data: ReportData) -> str:
     short = ["re-run the failed experiment(s) after fixing them (`dvc exp remove <name>`, then `make run`)"
              if data.comparison.excluded else "add seeds to the best configurations in grid.yaml"]
     return "\n".join([
-        f"- Short term: {short[0]}; check `{data.promotion.name}@{CHAMPION}` on a few real images.",
+        f"- Short term: {short[0]}; "
+        + (f"check `{data.promotion.name}@{CHAMPION}` on a few real images." if data.promotion.champion else
+           "train longer or from pretrained weights until a version passes the gates."),
         "- Medium term: more images and epochs, pretrained weights, a larger test split; widen grid.yaml.",
         "- Long term: the shared team stack (MLflow server, PostgreSQL, MinIO), monitoring of the served model, "
         "and retraining when the data drifts.",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities import Param
+from mlflow.exceptions import MlflowException
 
 from yolo_mlops.experiments import DvcExperiment, failure_reason, mlflow_run_id
 from yolo_mlops.params import PIPELINE_SECTIONS
@@ -72,7 +73,16 @@ def sync(client: MlflowClient, experiment_id: str, root: Path, experiments: list
         if run_id is None:
             unlogged.append(experiment.name)
             continue
-        run = client.get_run(run_id)
+        try:
+            run = client.get_run(run_id)
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            print(f"sync: experiment {experiment.name} logged MLflow run {run_id}, which this tracking store does "
+                  f"not hold (another MLFLOW_TRACKING_URI, or a deleted run); left out. To run it again here: "
+                  f"`dvc exp remove {experiment.name}`, then queue the grid again", file=sys.stderr)
+            unlogged.append(experiment.name)
+            continue
         _set_tags(client, run_id, {EXP_NAME_TAG: experiment.name, EXP_REV_TAG: experiment.rev,
                                    BASELINE_TAG: experiment.baseline_rev}, run.data.tags)
         if run.info.run_name != experiment.name:

@@ -7,8 +7,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from importlib.metadata import version
+from pathlib import Path
 from urllib.parse import urlparse
 
 import mlflow
@@ -24,7 +26,7 @@ EMBEDDED_DB = "mlflow.db"
 EMBEDDED_ARTIFACTS = "mlartifacts"
 COMPLETE_TAG = "yolo_mlops.log_status"
 MODEL_NAME = "model"
-SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "file")
+SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql")  # no file: MLflow 3 deprecates its file store
 # Bounded waiting on a tracking server: MLflow's own defaults retry for minutes.
 HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
@@ -45,17 +47,17 @@ class LoggedRun:
     action: str  # created, completed (an earlier attempt had failed) or unchanged
 
 
-def uses_embedded_store() -> bool:
-    """True when no MLFLOW_TRACKING_URI is set: runs go to the store at the project root."""
-    return not os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-
-
 def tracking_uri() -> str:
-    """`MLFLOW_TRACKING_URI` when set, else the embedded SQLite store at the project root."""
+    """`MLFLOW_TRACKING_URI` when set, else the embedded SQLite store at the project root.
+
+    A relative SQLite path is taken from the project root (DVC_ROOT inside DVC's temporary
+    experiment copies), never from the current folder, which DVC's queue deletes."""
     uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     if not uri:
         return f"sqlite:///{project_root() / EMBEDDED_DB}"
     scheme = urlparse(uri).scheme
+    if scheme == "sqlite":
+        return f"sqlite:///{_sqlite_path(uri)}"
     if scheme not in SCHEMES:
         raise PipelineError(
             f"MLFLOW_TRACKING_URI={public_uri(uri)!r}: unsupported scheme {scheme!r}; use http(s)://host:port for "
@@ -75,8 +77,21 @@ def public_uri(uri: str) -> str:
     return uri
 
 
-def embedded_artifact_location(experiment_name: str) -> str:
-    return (project_root() / EMBEDDED_ARTIFACTS / experiment_name).as_uri()
+def _sqlite_path(uri: str) -> Path:
+    """The database file of a `sqlite:///path` URI, absolute (relative paths from the project root)."""
+    path = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else ""
+    if not path or path.startswith(":memory:"):
+        raise PipelineError(f"MLFLOW_TRACKING_URI={uri!r}: give a database file, e.g. sqlite:///mlflow.db")
+    return project_root() / path  # an absolute path stays as it is
+
+
+def artifact_location(uri: str, experiment_name: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside a SQLite database (`mlartifacts/<name>`,
+    at the project root for the embedded store), so that no run's artifacts land in the
+    current folder; None lets a tracking server (or a file store) decide."""
+    if urlparse(uri).scheme != "sqlite":
+        return None
+    return (_sqlite_path(uri).parent / EMBEDDED_ARTIFACTS / experiment_name).as_uri()
 
 
 def check_server(uri: str) -> None:
@@ -138,11 +153,10 @@ def model_requirements() -> list[str]:
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
-    """The id of experiment `name`, created (artifacts at the project root when embedded) if missing."""
+    """The id of experiment `name`, created (artifacts beside a SQLite store) if missing."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        location = embedded_artifact_location(name) if uses_embedded_store() else None
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri, name))
     if experiment.lifecycle_stage == "deleted":
         raise PipelineError(
             f"mlflow.experiment_name: experiment {name!r} is deleted; restore it "
@@ -192,7 +206,10 @@ def _send(client: MlflowClient, run_id: str, run: Run | None, record: Experiment
     has_model = run is not None and any(output.model_id for output in (run.outputs.model_outputs or []))
     if not has_model:
         print("log: logging the MLflow model", file=sys.stderr)
-        with mlflow.start_run(run_id=run_id):
+        with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+            # Deliberate (see the README, "model"): the signature describes the input, and no example
+            # is replayed through the model at every log.
+            warnings.filterwarnings("ignore", message=".*input example was not provided", category=UserWarning)
             mlflow.pyfunc.log_model(
                 name=MODEL_NAME,
                 python_model=pyfunc_model.__file__,
