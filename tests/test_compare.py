@@ -45,12 +45,15 @@ def test_server_ranks_by_primary_then_tie_breaks_and_excludes_unrankable(store):
     log_synthetic_run(client, exp, "second-map50", metrics(0.30, map50=0.7, recall=0.1))
     log_synthetic_run(client, exp, "nan", metrics(math.nan))
     log_synthetic_run(client, exp, "no-metrics", {})
-    log_synthetic_run(client, exp, "failed", {}, status="FAILED")
+    log_synthetic_run(client, exp, "failed", {}, params={"train.imgsz": 100}, status="FAILED")
+    # a point that failed once, then passed when retried: history in MLflow, not a run to report
+    log_synthetic_run(client, exp, "failed-then-retried", {}, params={"train.imgsz": 64}, status="FAILED")
+    log_synthetic_run(client, exp, "retried", metrics(0.05), params={"train.imgsz": 64, "train.lr0": 0.01})
     log_synthetic_run(client, exp, "other-commit", metrics(0.99), baseline="other")
     client.set_tag(log_synthetic_run(client, exp, "workspace-run", metrics(0.98)), "dvc.exp_name", "workspace")
 
     comparison = compare(client, [exp], "base", RANK_BY)
-    assert [run.name for run in comparison.ranked] == ["second-map50", "tie-a", "tie-b", "low"]
+    assert [run.name for run in comparison.ranked] == ["second-map50", "tie-a", "tie-b", "low", "retried"]
     reasons = {run.name: why for run, why in comparison.excluded}
     assert set(reasons) == {"nan", "no-metrics", "failed"}
     assert "NaN val.mAP50-95" in reasons["nan"] and "no metric val.mAP50-95" in reasons["no-metrics"]

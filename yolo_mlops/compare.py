@@ -103,10 +103,21 @@ def select_best(client: MlflowClient, experiment_ids: list[str], baseline_rev: s
     return RunSummary.from_run(runs[0]) if runs else None
 
 
+def retried(failed: RunSummary, runs: list[RunSummary]) -> bool:
+    """True when a finished run has every param of this failed one: the point was run again and passed."""
+    return bool(failed.params) and any(
+        run.status == "FINISHED" and all(run.params.get(key) == value for key, value in failed.params.items())
+        for run in runs
+    )
+
+
 def partition(runs: list[RunSummary], rank_by: tuple[str, ...]) -> Comparison:
-    """Keep the server's order; set aside the runs that cannot be ranked, with the reason."""
+    """Keep the server's order; set aside the runs that cannot be ranked, with the reason (a failed
+    run whose point was retried successfully is left out: it is history, kept in MLflow)."""
     ranked, excluded = [], []
     for run in runs:
+        if run.status == "FAILED" and retried(run, runs):
+            continue
         missing = [name for name in rank_by if name not in run.metrics]
         nan = [name for name in rank_by if name in run.metrics and math.isnan(run.metrics[name])]
         if run.status == "FAILED":
