@@ -37,13 +37,13 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 setup: $(VENV)/.installed
 
 run: setup
-	python -m yolo_mlops.course run $(OVERRIDES)
+	python -m yolo_mlops.grid run $(OVERRIDES)
 	@echo
 	@echo "Results: reports/decision.md, reports/runs.csv, reports/*.png, reports/dvc_plots/index.html"
 	@echo "MLflow:  run 'make ui' and open http://127.0.0.1:5000 (experiment cv_yolo_tiny, model yolo_tiny_person)"
 
 rollback: setup
-	python -m yolo_mlops.course rollback $(if $(TO),--to $(TO))
+	python -m yolo_mlops.grid rollback $(if $(TO),--to $(TO))
 
 lint: $(VENV)/.installed-dev
 	ruff check .

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mlflow import MlflowClient
 from mlflow.entities import Metric, RunTag
 
-from yolo_mlops.compare import mlflow_metric, select_best
-from yolo_mlops.params import load_params
+from yolo_mlops.core.params import load_params
+from yolo_mlops.grid.ranking import mlflow_metric, select_best
 
 BASELINE = "b" * 40
 

@@ -3,12 +3,12 @@
 import tempfile
 from pathlib import Path
 
-from yolo_mlops.atomic import atomic_dir, write_json
-from yolo_mlops.errors import run_stage
-from yolo_mlops.evaluation import evaluate_splits
-from yolo_mlops.params import load_params
-from yolo_mlops.paths import DATASET_DIR, EVAL_METRICS_FILE, MODELS_DIR, PLOTS_DIR
-from yolo_mlops.yolo import staged_dataset
+from yolo_mlops.core.atomic import atomic_dir, write_json
+from yolo_mlops.core.errors import run_stage
+from yolo_mlops.core.params import load_params
+from yolo_mlops.core.paths import BEST_WEIGHTS, DATASET_DIR, EVAL_METRICS_FILE, PLOTS_DIR, RESULTS_PLOT
+from yolo_mlops.yolo.dataset import staged_dataset
+from yolo_mlops.yolo.evaluate import evaluate_splits
 
 
 def main() -> None:
@@ -16,7 +16,7 @@ def main() -> None:
     with staged_dataset(DATASET_DIR) as data_yaml, atomic_dir(PLOTS_DIR) as plots, \
             tempfile.TemporaryDirectory(prefix="yolo-val-") as scratch:
         results = evaluate_splits(
-            params, MODELS_DIR / "best.pt", data_yaml, MODELS_DIR / "results.png", plots, Path(scratch)
+            params, BEST_WEIGHTS, data_yaml, RESULTS_PLOT, plots, Path(scratch)
         )
     write_json(EVAL_METRICS_FILE, results)
     for split, metrics in results.items():

@@ -1,11 +1,12 @@
 """DVC stage `log`: forward the experiment's params, metrics, plots and model to MLflow."""
 
-from yolo_mlops.atomic import write_json
-from yolo_mlops.errors import run_stage
-from yolo_mlops.params import load_params
-from yolo_mlops.paths import MLFLOW_RUN_FILE
-from yolo_mlops.record import collect_record
-from yolo_mlops.tracking import log_record, public_uri, tracking_uri
+from yolo_mlops.core.atomic import write_json
+from yolo_mlops.core.errors import run_stage
+from yolo_mlops.core.params import load_params
+from yolo_mlops.core.paths import MLFLOW_RUN_FILE
+from yolo_mlops.tracking.record import collect_record
+from yolo_mlops.tracking.run import log_record
+from yolo_mlops.tracking.store import public_uri, tracking_uri
 
 
 def main() -> None:

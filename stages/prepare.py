@@ -1,11 +1,11 @@
 """DVC stage `prepare`: COCO128 → data/tiny_coco/ (YOLO layout) and metrics/data.json."""
 
-from yolo_mlops.atomic import write_json
-from yolo_mlops.dataset import prepare_dataset
-from yolo_mlops.errors import run_stage
-from yolo_mlops.params import load_params
-from yolo_mlops.paths import DATA_METRICS_FILE, DATASET_DIR
-from yolo_mlops.source import resolve_source
+from yolo_mlops.core.atomic import write_json
+from yolo_mlops.core.errors import run_stage
+from yolo_mlops.core.params import load_params
+from yolo_mlops.core.paths import DATA_METRICS_FILE, DATASET_DIR
+from yolo_mlops.data.dataset import prepare_dataset
+from yolo_mlops.data.source import resolve_source
 
 
 def main() -> None:

@@ -3,11 +3,13 @@
 import tempfile
 from pathlib import Path
 
-from yolo_mlops.errors import run_stage
-from yolo_mlops.history import read_history, write_dvclive
-from yolo_mlops.params import load_params
-from yolo_mlops.paths import DATASET_DIR, MODELS_DIR, TRAIN_LIVE_DIR
-from yolo_mlops.yolo import export_run, resolve_device, resolve_model, staged_dataset, train
+from yolo_mlops.core.errors import run_stage
+from yolo_mlops.core.params import load_params
+from yolo_mlops.core.paths import DATASET_DIR, MODELS_DIR, TRAIN_LIVE_DIR
+from yolo_mlops.yolo.dataset import staged_dataset
+from yolo_mlops.yolo.history import read_history, write_dvclive
+from yolo_mlops.yolo.model import resolve_device, resolve_model
+from yolo_mlops.yolo.train import export_run, train
 
 
 def main() -> None:

@@ -141,7 +141,7 @@ def offline_results(tmp_path_factory: pytest.TempPathFactory) -> "Offline":
 def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """An MlflowClient on a fresh embedded SQLite tracking store and model registry, set as the
     user's MLFLOW_TRACKING_URI; one per test module (tests use their own experiment or model name)."""
-    from yolo_mlops.tracking import connect
+    from yolo_mlops.tracking.store import connect
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}")

@@ -7,17 +7,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import log_synthetic_run
-from yolo_mlops.compare import (
-    Comparison,
-    RunSummary,
-    compare,
-    experiment_id,
-    export_csv,
-    insights,
-    select_best,
-    table,
-)
-from yolo_mlops.errors import PipelineError
+from yolo_mlops.core.errors import PipelineError
+from yolo_mlops.grid.insights import insights
+from yolo_mlops.grid.ranking import Comparison, RunSummary, compare, export_csv, select_best
+from yolo_mlops.grid.report import table
+from yolo_mlops.tracking.store import experiment_id
 
 RANK_BY = ("val.mAP50-95", "val.mAP50", "val.recall")
 
@@ -90,7 +84,7 @@ def test_csv_is_mlflows_export_in_rank_order(store, tmp_path: Path):
     client, exp = store
     log_synthetic_run(client, exp, "b", metrics(0.2), {"train.imgsz": 320})
     log_synthetic_run(client, exp, "a", metrics(0.4), {"train.imgsz": 416})
-    export_csv([exp], "base", RANK_BY, tmp_path / "runs.csv")
+    export_csv(client, [exp], "base", RANK_BY, tmp_path / "runs.csv")
     with open(tmp_path / "runs.csv", newline="") as stream:
         rows = list(csv.DictReader(stream))
     assert [row["tags.dvc.exp_name"] for row in rows] == ["a", "b"]

@@ -14,8 +14,8 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import COCO128_ZIP, TINY_PARAMS, copy_project, needs_coco128, run
-from yolo_mlops.experiments import parse_exp_show
-from yolo_mlops.pyfunc_model import BOX_COLUMNS
+from yolo_mlops.grid.experiments import parse_exp_show
+from yolo_mlops.tracking.pyfunc_model import BOX_COLUMNS
 
 pytestmark = [pytest.mark.e2e, needs_coco128]
 GRID = "train.imgsz: [64, 96]\ntrain.lr0: [0.005, 0.01]\ntrain.seed: [1, 42]\ntrain.epochs: [1]\n"
@@ -26,7 +26,7 @@ GATES = {"promote.min_test_map50_95": 0.0, "promote.min_test_recall": 0.0, "prom
 
 
 def course(project: Path, check: bool = True) -> Any:
-    return run(["python", "-m", "yolo_mlops.course", "run"], project, check=check, timeout=1500)
+    return run(["python", "-m", "yolo_mlops.grid.commands", "run"], project, check=check, timeout=1500)
 
 
 def state(project: Path) -> dict[str, Any]:
@@ -59,7 +59,7 @@ def course_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     # The retry the output advises: remove the failed experiment, and the next queueing queues it again.
     failed_names = [e.name for e in after_failing["experiments"] if e.failed]
     run(["dvc", "exp", "remove", *failed_names], project)
-    requeued = run(["python", "-m", "yolo_mlops.course", "queue"], project)
+    requeued = run(["python", "-m", "yolo_mlops.grid.commands", "queue"], project)
     return {"project": project, "first": first, "after_first": after_first, "again": again,
             "after_again": after_again, "failing": failing, "after_failing": after_failing, "requeued": requeued}
 

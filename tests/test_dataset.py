@@ -7,9 +7,9 @@ import pytest
 import yaml
 
 from tests.conftest import make_source, person_labels
-from yolo_mlops.dataset import SourceTree, find_samples, label_member_for, parse_labels, prepare_dataset
-from yolo_mlops.errors import PipelineError
-from yolo_mlops.params import PrepareParams
+from yolo_mlops.core.errors import PipelineError
+from yolo_mlops.core.params import PrepareParams
+from yolo_mlops.data.dataset import SourceTree, find_samples, label_member_for, parse_labels, prepare_dataset
 
 
 def params(train: int = 4, val: int = 2, test: int = 2, seed: int = 0) -> PrepareParams:

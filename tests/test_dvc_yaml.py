@@ -1,26 +1,57 @@
-"""dvc.yaml declares, for every stage, each project module its entry point imports: changing one
-re-runs the stage (and changes the experiment's fingerprint), as a user of DVC expects."""
+"""dvc.yaml and the code agree: every stage depends on each package its entry point imports (changing
+one re-runs the stage, as a user of DVC expects), no stage imports the grid, and the outputs dvc.yaml
+declares are exactly the paths of yolo_mlops/core/paths.py."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
-from yolo_mlops.paths import project_root
+from tests.conftest import PROJECT_ROOT
+from yolo_mlops.core.paths import STAGE_OUTPUTS
 
 STAGES = ("prepare", "train", "evaluate", "log")
+DVC_YAML = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def imported_modules(stage: str) -> set[str]:
+    """The project modules `python -m stages.<stage>` imports."""
+    return set(subprocess.run(
+        [sys.executable, "-c", f"import sys, stages.{stage}; "
+                               "print('\\n'.join(m for m in sys.modules if m.startswith(('stages.', 'yolo_mlops.'))))"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split())
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_every_imported_module_is_a_dependency(stage: str) -> None:
-    imported = subprocess.run(
-        [sys.executable, "-c", f"import sys, stages.{stage}; "
-                               "print('\\n'.join(m for m in sys.modules if m.startswith(('stages.', 'yolo_mlops.'))))"],
-        cwd=project_root(), capture_output=True, text=True, check=True,
-    ).stdout.split()
-    modules = {name.replace(".", "/") + ".py" for name in imported if not name.endswith(".__init__")}
-    modules -= {"stages/__init__.py", "yolo_mlops/__init__.py"}
-    declared = set(yaml.safe_load((project_root() / "dvc.yaml").read_text())["stages"][stage]["deps"])
-    assert modules - declared == set(), f"dvc.yaml stage {stage} misses {sorted(modules - declared)}"
+def test_every_imported_package_is_a_dependency(stage: str) -> None:
+    packages = {"/".join(name.split(".")[:2]) for name in imported_modules(stage) if name.startswith("yolo_mlops.")}
+    declared = set(DVC_YAML[stage]["deps"])
+    assert packages - declared == set(), f"dvc.yaml stage {stage} misses {sorted(packages - declared)}"
     assert f"stages/{stage}.py" in declared
+    code = {dep for dep in declared if dep.startswith(("stages/", "yolo_mlops/"))}
+    assert code == packages | {f"stages/{stage}.py"}, f"dvc.yaml stage {stage} depends on code it does not import"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_no_stage_imports_the_grid(stage: str) -> None:
+    assert not {name for name in imported_modules(stage) if name.startswith("yolo_mlops.grid")}
+
+
+def test_no_package_of_the_stages_imports_the_grid() -> None:
+    for package in ("core", "data", "yolo", "tracking"):
+        for module in (PROJECT_ROOT / "yolo_mlops" / package).glob("*.py"):
+            assert "yolo_mlops.grid" not in module.read_text(), f"{module} imports the grid"
+
+
+def declared_paths(stage: dict, kind: str) -> tuple[Path, ...]:
+    return tuple(Path(next(iter(out)) if isinstance(out, dict) else out) for out in stage.get(kind, []))
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_outputs_metrics_and_plots_are_the_paths_of_the_code(stage: str) -> None:
+    for kind in ("outs", "metrics", "plots"):
+        assert declared_paths(DVC_YAML[stage], kind) == STAGE_OUTPUTS[stage].get(kind, ()), f"{stage} {kind}"
+    assert set(DVC_YAML) == set(STAGE_OUTPUTS)

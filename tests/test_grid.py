@@ -7,9 +7,10 @@ import pytest
 import yaml
 
 from tests.conftest import COCO128_ZIP, copy_project, needs_coco128, project_env, run
-from yolo_mlops import experiments
-from yolo_mlops.errors import PipelineError
-from yolo_mlops.params import load_grid, load_params
+from yolo_mlops.core.errors import PipelineError
+from yolo_mlops.core.params import load_params
+from yolo_mlops.grid import experiments, points
+from yolo_mlops.grid.points import load_grid
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -22,8 +23,8 @@ def write_yaml(path: Path, data: object) -> Path:
 def test_project_grid_is_the_course_grid():
     grid = load_grid(PROJECT / "grid.yaml", load_params(PROJECT / "params.yaml"))
     assert grid == {"train.imgsz": (320, 416), "train.lr0": (0.005, 0.01), "train.seed": (1, 42), "train.epochs": (3,)}
-    assert len(experiments.combinations(grid)) == 8
-    assert experiments.set_args(grid) == ["-S", "train.imgsz=320,416", "-S", "train.lr0=0.005,0.01",
+    assert len(points.combinations(grid)) == 8
+    assert points.set_args(grid) == ["-S", "train.imgsz=320,416", "-S", "train.lr0=0.005,0.01",
                                           "-S", "train.seed=1,42", "-S", "train.epochs=3"]
 
 
@@ -68,13 +69,13 @@ def test_course_params_are_not_experiment_params():
 def test_overrides_apply_to_every_experiment_and_cannot_redefine_an_axis():
     params = load_params(PROJECT / "params.yaml")
     grid = {"train.lr0": (0.005, 0.01)}
-    extra = experiments.parse_overrides(["prepare.source=../shared/data/coco128.zip", "train.epochs=1"], grid,
+    extra = points.parse_overrides(["prepare.source=../shared/data/coco128.zip", "train.epochs=1"], grid,
                                         params.flat())
     assert extra == {"prepare.source": "../shared/data/coco128.zip", "train.epochs": 1}
     for bad, message in [("train.lr0=0.1", "is an axis of the grid"), ("nope=1", "expected key=value"),
                          ("train.epochs", "expected key=value"), ("train.seed=1,2", "one value per key")]:
         with pytest.raises(PipelineError, match=message):
-            experiments.parse_overrides([bad], grid, params.flat())
+            points.parse_overrides([bad], grid, params.flat())
 
 
 def exp_show_entry(name: str, rev: str, params: dict, metrics: dict | None, failed: bool = False) -> dict:
@@ -99,9 +100,9 @@ def test_exp_show_parsing_and_what_is_left_to_queue():
     assert ok.params == {"train.imgsz": 320, "train.lr0": 0.01}
     assert ok.metrics == {"val.mAP50-95": 0.4, "test.recall": 0.5}
     assert bad.failed and bad.metrics == {}
-    points = experiments.combinations({"train.imgsz": (100, 320, 416), "train.lr0": (0.01,)})
-    assert experiments.missing_combinations(points, {}, [ok, bad]) == [{"train.imgsz": 416, "train.lr0": 0.01}]
-    assert len(experiments.missing_combinations(points, {"train.epochs": 1}, [ok, bad])) == 3
+    every = points.combinations({"train.imgsz": (100, 320, 416), "train.lr0": (0.01,)})
+    assert points.missing_combinations(every, {}, [ok, bad]) == [{"train.imgsz": 416, "train.lr0": 0.01}]
+    assert len(points.missing_combinations(every, {"train.epochs": 1}, [ok, bad])) == 3
 
 
 def test_uncommitted_pipeline_changes_are_refused_before_queueing(tmp_path: Path):
@@ -121,7 +122,7 @@ def test_uncommitted_pipeline_changes_are_refused_before_queueing(tmp_path: Path
     with pytest.raises(PipelineError, match=r"uncommitted pipeline changes: stages/train.py, .*params.yaml "
                                             r"\(train\)\. Every experiment records the last git commit as its code"):
         experiments.refuse_uncommitted(project)
-    result = run(["python", "-m", "yolo_mlops.course", "queue"], project, check=False)
+    result = run(["python", "-m", "yolo_mlops.grid.commands", "queue"], project, check=False)
     assert result.returncode == 1 and "error: uncommitted pipeline changes" in result.stderr
     assert "Nothing was queued" in result.stderr
     assert "Queued" not in run(["dvc", "queue", "status"], project).stdout
@@ -147,7 +148,7 @@ def bare_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 ])
 def test_course_errors_are_clear_and_exit_1(bare_project: Path, command: list[str], env: dict[str, str],
                                             message: str):
-    result = run(["python", "-m", "yolo_mlops.course", *command], bare_project, env=project_env(**env),
+    result = run(["python", "-m", "yolo_mlops.grid.commands", *command], bare_project, env=project_env(**env),
                  check=False, timeout=120)
     assert result.returncode == 1 and f"error: {message}" in result.stderr
     assert "Traceback" not in result.stderr
@@ -161,7 +162,7 @@ def test_a_bad_grid_point_is_refused_before_anything_is_queued(bare_project: Pat
     committed = grid.read_text()
     grid.write_text("train.imgsz: [320, 100]\ntrain.lr0: [0.01]\n")  # read from the working tree
     try:
-        result = run(["python", "-m", "yolo_mlops.course", "queue"], bare_project, check=False, timeout=120)
+        result = run(["python", "-m", "yolo_mlops.grid.commands", "queue"], bare_project, check=False, timeout=120)
     finally:
         grid.write_text(committed)
     assert result.returncode == 1 and "Traceback" not in result.stderr

@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from tests.conftest import PROJECT_ROOT, write_params
-from yolo_mlops.errors import PipelineError
-from yolo_mlops.params import load_params
+from yolo_mlops.core.errors import PipelineError
+from yolo_mlops.core.params import load_params
 
 
 @pytest.fixture

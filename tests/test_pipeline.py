@@ -12,7 +12,7 @@ import yaml
 from mlflow import MlflowClient
 
 from tests.conftest import TINY_PARAMS, copy_project, needs_coco128, project_env, run, write_params
-from yolo_mlops.pyfunc_model import BOX_COLUMNS
+from yolo_mlops.tracking.pyfunc_model import BOX_COLUMNS
 
 pytestmark = [pytest.mark.e2e, needs_coco128]
 EXPERIMENT = "cv_yolo_tiny"

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import jpeg_bytes
-from yolo_mlops.pyfunc_model import read_image
+from yolo_mlops.tracking.pyfunc_model import read_image
 
 
 def test_paths_bytes_and_base64_give_the_same_image(tmp_path: Path) -> None:

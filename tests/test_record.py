@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from yolo_mlops.errors import PipelineError
-from yolo_mlops.history import read_history, write_dvclive
-from yolo_mlops.record import dataset_md5, fingerprint, flatten, history_metric_name, read_lock
+from yolo_mlops.core.errors import PipelineError
+from yolo_mlops.core.vocabulary import flatten, history_metric, mlflow_metric, numbers
+from yolo_mlops.tracking.record import dataset_md5, fingerprint, read_lock
+from yolo_mlops.yolo.history import read_history, write_dvclive
 
 RESULTS_CSV = """epoch,time,train/box_loss,metrics/precision(B),metrics/mAP50-95(B),lr/pg0
 1,3.1,5.9,0.0,0.0,0.01
@@ -29,7 +30,7 @@ def test_history_has_one_row_per_epoch_under_stable_names(tmp_path: Path) -> Non
         {"train/box_loss": 5.9, "val/precision": 0.0, "val/mAP50-95": 0.0, "lr/pg0": 0.01},
         {"train/box_loss": 5.1, "val/precision": 0.2, "val/mAP50-95": 0.05, "lr/pg0": 0.009},
     ]
-    assert [history_metric_name(name) for name in history[0]] == [
+    assert [history_metric(name) for name in history[0]] == [
         "train/box_loss", "train/val_precision", "train/val_mAP50-95", "train/lr_pg0"]
     write_dvclive(history, tmp_path / "dvclive")
     tsv = (tmp_path / "dvclive" / "plots" / "metrics" / "val" / "mAP50-95.tsv").read_text().splitlines()
@@ -45,7 +46,10 @@ def test_broken_history_is_refused(tmp_path: Path) -> None:
 
 
 def test_flatten_keeps_numbers_only() -> None:
-    assert flatten({"val": {"mAP50": 0.5, "note": "x", "ok": True}, "n": 3}) == {"val_mAP50": 0.5, "n": 3.0}
+    flat = numbers(flatten({"val": {"mAP50": 0.5, "note": "x", "ok": True}, "n": 3}))
+    assert flat == {"val.mAP50": 0.5, "n": 3.0}
+    assert {mlflow_metric("evaluate", name): value for name, value in flat.items()} == {
+        "evaluate/val_mAP50": 0.5, "evaluate/n": 3.0}
 
 
 def test_fingerprint_follows_inputs_not_outputs() -> None:

@@ -9,10 +9,12 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from tests.conftest import log_synthetic_run
-from yolo_mlops.compare import RunSummary
-from yolo_mlops.errors import PipelineError
-from yolo_mlops.params import PromoteParams
-from yolo_mlops.registry import CHALLENGER, CHAMPION, PREVIOUS_TAG, STAGE_TAG, aliases, gates, promote, rollback
+from yolo_mlops.core.errors import PipelineError
+from yolo_mlops.core.params import PromoteParams
+from yolo_mlops.core.vocabulary import CHALLENGER, CHAMPION, STAGE_TAG
+from yolo_mlops.core.vocabulary import PREVIOUS_CHAMPION_TAG as PREVIOUS_TAG
+from yolo_mlops.grid.ranking import RunSummary
+from yolo_mlops.grid.registry import aliases, gates, promote, rollback
 
 PARAMS = {"train.model": "yolov8n.yaml", "train.epochs": 3, "train.imgsz": 320, "train.lr0": 0.01,
           "train.seed": 42, "dvc.dataset_md5": "abc.dir", "git.commit": "c0ffee"}
@@ -151,7 +153,7 @@ def test_connecting_leaves_the_users_environment_alone(tmp_path, monkeypatch: py
     """Queued experiments started after connect() must still see the embedded store as embedded."""
     import os
 
-    from yolo_mlops.tracking import connect
+    from yolo_mlops.tracking.store import connect
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)

@@ -5,11 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from yolo_mlops.compare import Comparison, RunSummary, insights
-from yolo_mlops.errors import PipelineError
-from yolo_mlops.params import load_params
-from yolo_mlops.registry import Gate, Promotion
-from yolo_mlops.report import ReportData, render, wilson_interval
+from yolo_mlops.core.errors import PipelineError
+from yolo_mlops.core.params import load_params
+from yolo_mlops.grid.insights import insights
+from yolo_mlops.grid.ranking import Comparison, RunSummary
+from yolo_mlops.grid.registry import Gate, Promotion
+from yolo_mlops.grid.report import ReportData, render, wilson_interval
 
 PROJECT = Path(__file__).resolve().parents[1]
 TEMPLATE = PROJECT / "reports" / "templates" / "decision_template.md"

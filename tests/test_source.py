@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_source, person_labels
-from yolo_mlops.errors import PipelineError
-from yolo_mlops.source import resolve_source
+from yolo_mlops.core.errors import PipelineError
+from yolo_mlops.data.source import resolve_source
 
 
 @pytest.fixture

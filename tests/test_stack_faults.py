@@ -25,7 +25,8 @@ from tests.stack import (
     s3_server,
     wait_for,
 )
-from yolo_mlops.tracking import COMPLETE_TAG
+from yolo_mlops.core.vocabulary import COMPLETE
+from yolo_mlops.core.vocabulary import LOG_STATUS_TAG as COMPLETE_TAG
 
 pytestmark = [needs_coco128, pytest.mark.e2e]
 # The log stage's own bound: a refused connection fails at once, a 500 after MLflow's 2 retries.
@@ -53,7 +54,7 @@ def assert_one_complete_run(server: MlflowServer, project: Path, epochs: int) ->
     runs = runs_of(server)
     assert len(runs) == 1, f"{len(runs)} runs in MLflow"
     run_info = runs[0]
-    assert run_info.info.status == "FINISHED" and run_info.data.tags[COMPLETE_TAG] == "complete"
+    assert run_info.info.status == "FINISHED" and run_info.data.tags[COMPLETE_TAG] == COMPLETE
     record = json.loads((project / "metrics/mlflow_run.json").read_text())
     assert record["run_id"] == run_info.info.run_id
     client = MlflowClient(server.uri)
@@ -148,7 +149,7 @@ def test_s3_fault_during_upload_is_reported_and_a_rerun_completes_the_same_run(
         assert failed.returncode != 0 and expected in text, text[-3000:]
         assert "Nothing is lost" in text and "Traceback" not in text
         [first] = runs_of(server)
-        assert first.data.tags.get(COMPLETE_TAG) != "complete"
+        assert first.data.tags.get(COMPLETE_TAG) != COMPLETE
 
         with s3_server(tmp_path, port=s3_port):
             resent = run(["dvc", "repro"], project, env=fixed_env, timeout=LOG_STAGE_TIMEOUT_S)

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import log_synthetic_run
-from yolo_mlops import sync
-from yolo_mlops.experiments import DvcExperiment
+from yolo_mlops.grid import sync
+from yolo_mlops.grid.experiments import DvcExperiment
 
 
 def experiment(name: str) -> DvcExperiment:

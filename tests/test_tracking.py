@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from yolo_mlops import tracking
-from yolo_mlops.errors import PipelineError
+from yolo_mlops.core.errors import PipelineError
+from yolo_mlops.tracking import store as tracking
 
 
 def test_embedded_store_lives_at_the_project_root_also_in_dvc_copies(monkeypatch: pytest.MonkeyPatch,

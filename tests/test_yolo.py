@@ -10,8 +10,8 @@ import torch
 import torchvision
 
 from tests.conftest import PROJECT_ROOT, project_env, run
-from yolo_mlops import yolo
-from yolo_mlops.errors import PipelineError
+from yolo_mlops.core.errors import PipelineError
+from yolo_mlops.yolo import model as yolo
 
 
 def test_torchvision_ops_work_with_the_installed_torch() -> None:
@@ -31,7 +31,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_integrations_and_telemetry_are_switched_off_in_a_project_settings_file(project: Path) -> None:
     """In a fresh process (Ultralytics reads its settings once, at import)."""
-    run([sys.executable, "-c", "from yolo_mlops.yolo import ultralytics; ultralytics()"], project,
+    run([sys.executable, "-c", "from yolo_mlops.yolo.model import ultralytics; ultralytics()"], project,
         env=project_env(DVC_ROOT=str(project), PYTHONPATH=str(PROJECT_ROOT)))
     settings = json.loads((project / ".ultralytics" / "Ultralytics" / "settings.json").read_text())
     assert {key: settings[key] for key in yolo.ULTRALYTICS_SETTINGS} == yolo.ULTRALYTICS_SETTINGS

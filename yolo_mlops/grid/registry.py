@@ -2,24 +2,19 @@
 with alias `challenger`, and `champion` only when it passes the gates. All or nothing: when the
 registry fails half-way, the aliases are put back as they were."""
 
-import sys
 from dataclasses import dataclass
 
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from yolo_mlops.compare import RunSummary
-from yolo_mlops.errors import PipelineError
-from yolo_mlops.params import PromoteParams
+from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core.errors import PipelineError
+from yolo_mlops.core.params import PromoteParams
+from yolo_mlops.core.vocabulary import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION_TAG, STAGE_TAG
+from yolo_mlops.grid.ranking import RunSummary
 
-CHAMPION, CHALLENGER = "champion", "challenger"
-PREVIOUS_TAG = "previous_champion"
-STAGE_TAG = "stage"  # the course's vocabulary, mirrored from the aliases
-METRIC_TAGS = ("val.mAP50-95", "val.mAP50", "val.precision", "val.recall",
-               "test.mAP50-95", "test.mAP50", "test.precision", "test.recall")
-PARAM_TAGS = ("train.model", "train.epochs", "train.imgsz", "train.lr0", "train.seed", "train.batch",
-              "train.optimizer")
+METRIC_TAGS = tuple(f"{split}.{metric}" for split in names.REPORTED_SPLITS for metric in names.REPORTED_METRICS)
 
 
 @dataclass(frozen=True)
@@ -42,9 +37,9 @@ class Promotion:
 
 def version_tags(run: RunSummary) -> dict[str, str]:
     """Provenance carried by the version: run, params, metrics, dataset, code, DVC experiment."""
-    tags = {"run_id": run.run_id, "dvc.exp_name": run.name}
-    tags |= {key: run.params[key] for key in ("dvc.dataset_md5", "git.commit") if key in run.params}
-    tags |= {key: run.params[key] for key in PARAM_TAGS if key in run.params}
+    tags = {names.RUN_ID_TAG: run.run_id, names.EXP_NAME_TAG: run.name}
+    tags |= {key: run.params[key] for key in (names.DATASET_TAG, names.COMMIT_TAG) if key in run.params}
+    tags |= {key: run.params[key] for key in names.HYPERPARAMETERS if key in run.params}
     tags |= {key: repr(run.metrics[key]) for key in METRIC_TAGS if key in run.metrics}
     return tags
 
@@ -61,11 +56,11 @@ def gates(candidate: RunSummary, champion: ModelVersion | None, params: PromoteP
     ]
     if champion is None:
         return [*result, Gate("beats champion", True, "no champion yet")]
-    dataset = candidate.params.get("dvc.dataset_md5")
-    if champion.tags.get("dvc.dataset_md5") != dataset:
+    dataset = candidate.params.get(names.DATASET_TAG)
+    if champion.tags.get(names.DATASET_TAG) != dataset:
         return [*result, Gate("beats champion", False,
                               f"champion version {champion.version} was tested on another split (dataset md5 "
-                              f"{champion.tags.get('dvc.dataset_md5')} vs {dataset}); re-evaluate it first")]
+                              f"{champion.tags.get(names.DATASET_TAG)} vs {dataset}); re-evaluate it first")]
     best = float(champion.tags.get("test.mAP50-95", "nan"))
     return [*result, Gate("beats champion", test_map >= best + params.min_margin,
                           f"test mAP50-95 {test_map:.4f} vs champion version {champion.version} {best:.4f} "
@@ -146,7 +141,7 @@ def promote(client: MlflowClient, run: RunSummary, params: PromoteParams) -> Pro
             created = version
         champion = _champion(client, name, before)
         if champion is not None and str(champion.version) == version:  # promoted before: same gates as then
-            previous = champion.tags.get(PREVIOUS_TAG)
+            previous = champion.tags.get(PREVIOUS_CHAMPION_TAG)
             champion = client.get_model_version(name, previous) if previous else None
         results = gates(run, champion, params)
         approved = all(gate.passed for gate in results)
@@ -155,7 +150,7 @@ def promote(client: MlflowClient, run: RunSummary, params: PromoteParams) -> Pro
         if approved and before.get(CHAMPION) != version:
             step = f"setting alias {CHAMPION}"
             if champion is not None:
-                client.set_model_version_tag(name, version, PREVIOUS_TAG, str(champion.version))
+                client.set_model_version_tag(name, version, PREVIOUS_CHAMPION_TAG, str(champion.version))
             _set_alias(client, name, CHAMPION, version, before)
         step = f"mirroring the aliases as {STAGE_TAG} tags"
         mirror_stages(client, name)
@@ -187,7 +182,7 @@ def rollback(client: MlflowClient, name: str, to_version: str | None = None) -> 
         raise PipelineError(f"registered model {name!r} has no {CHAMPION} to roll back")
     champion = client.get_model_version(name, current[CHAMPION])
     previous = str(champion.version)
-    target = to_version or champion.tags.get(PREVIOUS_TAG)
+    target = to_version or champion.tags.get(PREVIOUS_CHAMPION_TAG)
     if not target:
         raise PipelineError(f"{name} version {previous} is the first champion: nothing to roll back to "
                             "(name a version with --to)")
@@ -197,5 +192,4 @@ def rollback(client: MlflowClient, name: str, to_version: str | None = None) -> 
         raise PipelineError(f"{name} has no version {target}") from None
     client.set_registered_model_alias(name, CHAMPION, target)
     mirror_stages(client, name)
-    print(f"rollback: {name}@{CHAMPION} moved from version {previous} to version {target}", file=sys.stderr)
     return previous, target

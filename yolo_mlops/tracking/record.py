@@ -4,27 +4,31 @@ import hashlib
 import json
 import os
 import platform
-import subprocess
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from yolo_mlops.errors import PipelineError
-from yolo_mlops.history import read_history
-from yolo_mlops.params import Params
-from yolo_mlops.paths import (
+from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core.errors import PipelineError
+from yolo_mlops.core.git import head_rev
+from yolo_mlops.core.params import Params, read_yaml
+from yolo_mlops.core.paths import (
+    BEST_WEIGHTS,
     DATA_METRICS_FILE,
+    DATA_YAML,
     DATASET_DIR,
     DVC_LOCK_FILE,
     EVAL_METRICS_FILE,
-    MODELS_DIR,
+    LAST_WEIGHTS,
     PARAMS_FILE,
     PLOTS_DIR,
-    TRAIN_LIVE_DIR,
+    RESULTS_CSV,
+    RESULTS_PLOT,
+    TRAIN_ARGS,
+    TRAIN_LIVE_METRICS,
 )
+from yolo_mlops.yolo.history import read_history
 
 UPSTREAM_STAGES = ("prepare", "train", "evaluate")
 RESULT_STAGES = ("train", "evaluate")  # stages whose outputs are results, not inputs
@@ -48,10 +52,9 @@ class ExperimentRecord:
 
 def read_lock(path: Path = DVC_LOCK_FILE) -> dict[str, Any]:
     """The upstream stages' entries of dvc.lock, as DVC wrote them after running them."""
-    try:
-        stages = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("stages", {})
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: missing; run the pipeline with `dvc repro` (not the stage by hand)") from None
+    if not path.is_file():
+        raise PipelineError(f"{path}: missing; run the pipeline with `dvc repro` (not the stage by hand)")
+    stages = (read_yaml(path) or {}).get("stages", {})
     missing = [stage for stage in UPSTREAM_STAGES if stage not in stages]
     if missing:
         raise PipelineError(f"{path}: no entry for stage(s) {', '.join(missing)}; run `dvc repro` first")
@@ -59,20 +62,23 @@ def read_lock(path: Path = DVC_LOCK_FILE) -> dict[str, Any]:
 
 
 def fingerprint(lock: dict[str, Any], experiment_name: str) -> str:
-    """Identity of an experiment: command, code, data and params of every upstream stage, as
-    hashed by DVC in dvc.lock. Results are left out (the weights' bytes differ from one
-    training to the next even when every metric is the same), so logging the same experiment
-    again, even after retraining it, finds its MLflow run instead of adding one."""
+    """Identity of an experiment, by content: the dataset (DVC's md5 of data/tiny_coco, not the
+    text of `prepare.source`: COCO128 from its URL and the same bytes from a local zip are the same
+    experiment) and the command, code and params of the stages that consume it, as hashed by DVC in
+    dvc.lock. Results are left out (the weights' bytes differ from one training to the next even
+    when every metric is the same), so logging the same experiment again, even after retraining
+    it, finds its MLflow run instead of adding one."""
     results = {out["path"] for stage in RESULT_STAGES for out in lock[stage].get("outs", [])}
     inputs = {
         stage: {
-            "cmd": entry.get("cmd"),
-            "params": entry.get("params"),
-            "deps": [dep for dep in entry.get("deps", []) if dep["path"] not in results],
+            "cmd": lock[stage].get("cmd"),
+            "params": lock[stage].get("params"),
+            "deps": [dep for dep in lock[stage].get("deps", []) if dep["path"] not in results],
         }
-        for stage, entry in lock.items()
+        for stage in RESULT_STAGES
     }
-    payload = json.dumps({"inputs": inputs, "experiment": experiment_name}, sort_keys=True, default=str)
+    payload = json.dumps({"dataset": dataset_md5(lock), "inputs": inputs, "experiment": experiment_name},
+                         sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -85,9 +91,10 @@ def dataset_md5(lock: dict[str, Any]) -> str:
 
 
 def git_commit() -> str:
+    """The commit the stages run from, or `unknown` outside a git repository."""
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
+        return head_rev(Path.cwd())
+    except PipelineError:
         return "unknown"
 
 
@@ -99,23 +106,6 @@ def library_versions() -> dict[str, str]:
         except PackageNotFoundError:
             versions[package] = "absent"
     return versions
-
-
-def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """Nested JSON numbers → {'a_b_c': value} (booleans and text are skipped)."""
-    flat: dict[str, float] = {}
-    for key, value in values.items():
-        name = f"{prefix}_{key}" if prefix else str(key)
-        if isinstance(value, dict):
-            flat |= flatten(value, name)
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            flat[name] = float(value)
-    return flat
-
-
-def history_metric_name(name: str) -> str:
-    """dvclive / results.csv name → MLflow name under the train stage: val/mAP50 → train/val_mAP50."""
-    return "train/" + name.removeprefix("train/").replace("/", "_")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -132,40 +122,42 @@ def collect_record(params: Params) -> ExperimentRecord:
     exp_name = os.environ.get("DVC_EXP_NAME", "")
     commit = git_commit()
     provenance = {
-        "dvc.dataset_md5": dataset_md5(lock),
-        "git.commit": commit,
-        "dvc.exp_name": exp_name or "workspace",
-        "dvc.baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", commit),
+        names.DATASET_TAG: dataset_md5(lock),
+        names.COMMIT_TAG: commit,
+        names.EXP_NAME_TAG: exp_name or names.WORKSPACE,
+        names.BASELINE_TAG: os.environ.get("DVC_EXP_BASELINE_REV", commit),
     }
     run_params = {name: str(value) for name, value in params.flat().items()} | provenance | {
-        f"version.{package}": value for package, value in library_versions().items()
+        f"{names.VERSION_PARAM_PREFIX}{package}": value for package, value in library_versions().items()
     }
-    tags = provenance | {"dvc.fingerprint": key, "mlflow.source.git.commit": commit}
-    metrics = {f"prepare/{name}": value for name, value in flatten(_read_json(DATA_METRICS_FILE)).items()}
-    metrics |= {f"evaluate/{name}": value for name, value in flatten(_read_json(EVAL_METRICS_FILE)).items()}
+    tags = provenance | {names.FINGERPRINT_TAG: key, names.MLFLOW_COMMIT_TAG: commit}
+    metrics = {}
+    for stage, path in ((names.PREPARE, DATA_METRICS_FILE), (names.EVALUATE, EVAL_METRICS_FILE)):
+        metrics |= {names.mlflow_metric(stage, name): value
+                    for name, value in names.numbers(names.flatten(_read_json(path))).items()}
     history = [
-        {history_metric_name(name): value for name, value in epoch.items()}
-        for epoch in read_history(MODELS_DIR / "results.csv")
+        {names.history_metric(name): value for name, value in epoch.items()}
+        for epoch in read_history(RESULTS_CSV)
     ]
     artifacts = [
-        (DATASET_DIR / "data.yaml", "prepare"), (DATA_METRICS_FILE, "prepare"),
-        (MODELS_DIR / "results.csv", "train"), (MODELS_DIR / "results.png", "train"),
-        (MODELS_DIR / "args.yaml", "train"), (TRAIN_LIVE_DIR / "metrics.json", "train/dvclive"),
-        (MODELS_DIR / "best.pt", "weights"), (MODELS_DIR / "last.pt", "weights"),
-        (EVAL_METRICS_FILE, "evaluate"), (PLOTS_DIR, "evaluate/plots"),
-        (PARAMS_FILE, "dvc"), (DVC_LOCK_FILE, "dvc"),
+        (DATA_YAML, names.DATASET_ARTIFACTS), (DATA_METRICS_FILE, names.DATASET_ARTIFACTS),
+        (RESULTS_CSV, names.TRAIN_ARTIFACTS), (RESULTS_PLOT, names.TRAIN_ARTIFACTS),
+        (TRAIN_ARGS, names.TRAIN_ARTIFACTS), (TRAIN_LIVE_METRICS, names.DVCLIVE_ARTIFACTS),
+        (BEST_WEIGHTS, names.WEIGHTS_ARTIFACTS), (LAST_WEIGHTS, names.WEIGHTS_ARTIFACTS),
+        (EVAL_METRICS_FILE, names.EVALUATE_ARTIFACTS), (PLOTS_DIR, names.PLOTS_ARTIFACTS),
+        (PARAMS_FILE, names.DVC_ARTIFACTS), (DVC_LOCK_FILE, names.DVC_ARTIFACTS),
     ]
     absent = [str(path) for path, _ in artifacts if not path.exists()]
     if absent:
         raise PipelineError(f"log: missing output(s) {', '.join(absent)}; run the upstream stages with `dvc repro`")
     return ExperimentRecord(
-        run_name=exp_name or f"workspace-{key[:8]}",
+        run_name=exp_name or f"{names.WORKSPACE}-{key[:8]}",
         fingerprint=key,
         params=run_params,
         tags=tags,
         metrics=metrics,
         history=history,
         artifacts=artifacts,
-        weights=MODELS_DIR / "best.pt",
+        weights=BEST_WEIGHTS,
         imgsz=params.train.imgsz,
     )

@@ -3,7 +3,7 @@
 import csv
 from pathlib import Path
 
-from yolo_mlops.errors import PipelineError
+from yolo_mlops.core.errors import PipelineError
 
 # Ultralytics column → the name used in DVC (dvclive) and MLflow.
 _RENAMES = {
@@ -40,7 +40,7 @@ def write_dvclive(history: list[dict[str, float]], live_dir: Path) -> None:
     """Record the history with DVCLive (metrics.json + plots/metrics/*.tsv, step = epoch)."""
     from dvclive import Live
 
-    from yolo_mlops.atomic import atomic_dir
+    from yolo_mlops.core.atomic import atomic_dir
 
     with atomic_dir(live_dir) as staging, Live(dir=str(staging), save_dvc_exp=False, dvcyaml=None) as live:
         for epoch, values in enumerate(history, start=1):

@@ -12,9 +12,9 @@ from typing import Any
 import yaml
 from PIL import Image, UnidentifiedImageError
 
-from yolo_mlops.atomic import atomic_dir
-from yolo_mlops.errors import PipelineError
-from yolo_mlops.params import SPLITS, PrepareParams
+from yolo_mlops.core.atomic import atomic_dir
+from yolo_mlops.core.errors import PipelineError
+from yolo_mlops.core.params import SPLITS, PrepareParams
 
 COCO_CLASS_COUNT = 80
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")

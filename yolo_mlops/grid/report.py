@@ -6,15 +6,19 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
-from yolo_mlops.atomic import atomic_file
-from yolo_mlops.compare import Comparison, Insights, RunSummary, table
-from yolo_mlops.errors import PipelineError
-from yolo_mlops.params import Params
-from yolo_mlops.registry import CHAMPION, Promotion
+from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core.atomic import atomic_file
+from yolo_mlops.core.errors import PipelineError
+from yolo_mlops.core.params import Params
+from yolo_mlops.core.vocabulary import CHAMPION
+from yolo_mlops.grid.insights import Insights
+from yolo_mlops.grid.ranking import Comparison, RunSummary
+from yolo_mlops.grid.registry import Promotion
 
 TOP = 3
 IMBALANCE = 0.15  # |precision − recall| above which the detector is called unbalanced
 GAP = 0.05  # |val − test| mAP50-95 above which generalisation is questioned
+TABLE_PARAMS = ("train.epochs", "train.imgsz", "train.lr0", "train.seed")  # the grid's usual axes
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,29 @@ class ReportData:
     insights: Insights
     promotion: Promotion
     curves: dict[str, list[tuple[int, float]]]  # run name → per-epoch primary metric (val)
+
+
+def _number(value: float) -> str:
+    return "nan" if math.isnan(value) else f"{value:.4f}"
+
+
+def table(comparison: Comparison) -> str:
+    """The ranked runs as a Markdown table (val ranks, test alongside); unranked runs listed after."""
+    header = ["#", "run", *(key.split(".")[-1] for key in TABLE_PARAMS)]
+    header += [f"{split} {m}" for split in names.REPORTED_SPLITS for m in names.REPORTED_METRICS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for rank, run in enumerate(comparison.ranked, start=1):
+        cells = [str(rank), run.name] + [run.params.get(key, "") for key in TABLE_PARAMS]
+        cells += [_number(run.metrics.get(f"{split}.{m}", math.nan))
+                  for split in names.REPORTED_SPLITS for m in names.REPORTED_METRICS]
+        lines.append("| " + " | ".join(cells) + " |")
+    for run, why in comparison.excluded:
+        cells = ["–", run.name] + [run.params.get(key, "") for key in TABLE_PARAMS] + [why]
+        cells += [""] * (len(header) - len(cells))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 
 
 def _fmt(value: float) -> str:
@@ -58,12 +85,10 @@ def objectives(data: ReportData) -> str:
 
 def recommended(data: ReportData) -> str:
     best = data.comparison.ranked[0]
-    params = ", ".join(f"{key.split('.')[-1]}={best.params[key]}" for key in
-                       ("train.model", "train.epochs", "train.imgsz", "train.lr0", "train.seed", "train.batch",
-                        "train.optimizer") if key in best.params)
-    metrics = "\n".join(f"| {split} | " + " | ".join(_fmt(_m(best, f"{split}.{m}")) for m in
-                                                     ("mAP50-95", "mAP50", "precision", "recall")) + " |"
-                        for split in ("val", "test"))
+    params = ", ".join(f"{key.split('.')[-1]}={best.params[key]}" for key in names.HYPERPARAMETERS
+                       if key in best.params)
+    metrics = "\n".join(f"| {split} | " + " | ".join(_fmt(_m(best, f"{split}.{m}")) for m in names.REPORTED_METRICS)
+                        + " |" for split in names.REPORTED_SPLITS)
     return (f"- DVC experiment `{best.name}`, MLflow run id `{best.run_id}`, registered as "
             f"`{data.promotion.name}` version {data.promotion.version}.\n- Hyperparameters: {params}.\n\n"
             "| split | mAP50-95 | mAP50 | precision | recall |\n|---|---|---|---|---|\n" + metrics)
@@ -143,10 +168,10 @@ def risks(data: ReportData) -> str:
          + (" — smaller than the seed spread" if insights.margin_within_noise else "")
          + (" — a tie" if insights.tie else "") + ".",
          "Add seeds per configuration and select on the mean over seeds."),
-        ("Precision / recall imbalance",
-         f"test precision {_fmt(precision)} vs recall {_fmt(recall)}"
-         + (" — unbalanced" if abs(precision - recall) > IMBALANCE else " — balanced within "
-            f"{IMBALANCE}") + ".",
+        ("Precision / recall balance",
+         f"test precision {_fmt(precision)} vs recall {_fmt(recall)}: "
+         + (f"unbalanced, {abs(precision - recall):.4f} apart (more than {IMBALANCE})"
+            if abs(precision - recall) > IMBALANCE else f"balanced, within {IMBALANCE} of each other") + ".",
          "Tune the confidence threshold on the val PR curve for the use case (missed people vs false alarms)."),
         ("Too few epochs / under-fitting",
          f"{best.params.get('train.epochs', '?')} epoch(s); {insights.metric} "

@@ -4,11 +4,8 @@ and dots), and the per-epoch curves of every run overlaid."""
 from pathlib import Path
 from typing import Any
 
-from yolo_mlops.atomic import atomic_file
-from yolo_mlops.compare import Insights
-
-CONFIG_CHART = "metric_by_config.png"
-CURVES_CHART = "epoch_curves.png"
+from yolo_mlops.core.atomic import atomic_file
+from yolo_mlops.grid.insights import Insights
 
 
 def _pyplot() -> Any:
@@ -44,6 +41,9 @@ def curves_chart(curves: dict[str, list[tuple[int, float]]], metric: str, target
     for name, points in sorted(curves.items()):
         axes.plot([step for step, _ in points], [value for _, value in points], marker="o", markersize=3,
                   label=name)
+    from matplotlib.ticker import MaxNLocator
+
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     axes.set_xlabel("epoch")
     axes.set_ylabel(metric)
     axes.set_title(f"{metric} per epoch, all runs")

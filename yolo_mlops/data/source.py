@@ -1,17 +1,18 @@
 """Locate COCO128: a URL downloaded once into the project cache, a local zip, or a folder."""
 
 import hashlib
-import sys
+import logging
 import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
-from yolo_mlops.atomic import atomic_file
-from yolo_mlops.errors import PipelineError
-from yolo_mlops.paths import cache_dir, project_root
+from yolo_mlops.core.atomic import atomic_file
+from yolo_mlops.core.errors import PipelineError
+from yolo_mlops.core.paths import DOWNLOAD_CACHE_DIR, project_root, shared
 
+log = logging.getLogger(__name__)
 DOWNLOAD_TIMEOUT_S = 15
 OFFLINE_HINT = (
     "Offline? Point prepare.source at a local copy (a zip or an extracted folder): "
@@ -47,7 +48,7 @@ def _cached_copy_is_intact(archive: Path, checksum: Path) -> bool:
 
 
 def _download(url: str, target: Path) -> None:
-    print(f"Downloading {url} ...", file=sys.stderr)
+    log.info("Downloading %s ...", url)
     try:
         with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, atomic_file(target) as staging:
             total = int(response.headers.get("Content-Length") or 0)
@@ -59,7 +60,7 @@ def _download(url: str, target: Path) -> None:
                     percent = 100 * done // total if total else -1
                     if total and percent // 10 > reported:
                         reported = percent // 10
-                        print(f"  {done / 1e6:.1f} / {total / 1e6:.1f} MB ({percent}%)", file=sys.stderr)
+                        log.info("  %.1f / %.1f MB (%d%%)", done / 1e6, total / 1e6, percent)
             if total and done != total:
                 raise PipelineError(f"prepare.source: {url} stopped at {done}/{total} bytes. {OFFLINE_HINT}")
             check_zip(staging, f"the download of {url}")
@@ -76,7 +77,7 @@ def resolve_source(source: str) -> Path:
     resolved against the project root (not DVC's temporary experiment copy)."""
     if is_url(source):
         name = Path(urlparse(source).path).name or "source.zip"
-        archive, checksum = cache_dir() / name, cache_dir() / f"{name}.sha256"
+        archive, checksum = shared(DOWNLOAD_CACHE_DIR) / name, shared(DOWNLOAD_CACHE_DIR) / f"{name}.sha256"
         if not _cached_copy_is_intact(archive, checksum):
             _download(source, archive)
             with atomic_file(checksum) as staging:

@@ -15,6 +15,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from PIL import Image
 
+DEFAULT_PARAMS = {"conf": 0.25, "iou": 0.7}  # Ultralytics' predict defaults, overridable per call
 BOX_COLUMNS = ["image", "x1", "y1", "x2", "y2", "confidence", "class_id", "class_name"]
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", "image")]),
@@ -23,7 +24,7 @@ SIGNATURE = ModelSignature(
         ColSpec("double", "y2"), ColSpec("double", "confidence"), ColSpec("long", "class_id"),
         ColSpec("string", "class_name"),
     ]),
-    params=ParamSchema([ParamSpec("conf", "double", 0.25), ParamSpec("iou", "double", 0.7)]),
+    params=ParamSchema([ParamSpec(name, "double", value) for name, value in DEFAULT_PARAMS.items()]),
 )
 
 
@@ -60,12 +61,12 @@ class YoloDetector(mlflow.pyfunc.PythonModel):
         self.imgsz = int(context.model_config["imgsz"])
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        params = params or {}
+        params = DEFAULT_PARAMS | (params or {})
         rows = []
         for index, value in enumerate(model_input["image"]):
             result = self.model.predict(
-                read_image(value), imgsz=self.imgsz, conf=float(params.get("conf", 0.25)),
-                iou=float(params.get("iou", 0.7)), verbose=False,
+                read_image(value), imgsz=self.imgsz, conf=float(params["conf"]),
+                iou=float(params["iou"]), verbose=False,
             )[0]
             for (x1, y1, x2, y2), confidence, class_id in zip(
                 result.boxes.xyxy.tolist(), result.boxes.conf.tolist(), result.boxes.cls.tolist(), strict=True
@@ -74,4 +75,7 @@ class YoloDetector(mlflow.pyfunc.PythonModel):
         return pd.DataFrame(rows, columns=BOX_COLUMNS).astype({"image": "int64", "class_id": "int64"})
 
 
-mlflow.models.set_model(YoloDetector())
+# MLflow runs this file under a module name of its own when it logs or loads the model; imported as
+# part of the project (for SIGNATURE, BOX_COLUMNS), it registers nothing.
+if __name__ != "yolo_mlops.tracking.pyfunc_model":
+    mlflow.models.set_model(YoloDetector())

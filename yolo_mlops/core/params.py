@@ -7,8 +7,9 @@ from typing import Any
 
 import yaml
 
-from yolo_mlops.errors import PipelineError
-from yolo_mlops.paths import GRID_FILE, PARAMS_FILE
+from yolo_mlops.core.errors import PipelineError
+from yolo_mlops.core.paths import PARAMS_FILE
+from yolo_mlops.core.vocabulary import flatten
 
 SPLITS = ("train", "val", "test")
 EVAL_METRICS = ("mAP50", "mAP50-95", "precision", "recall", "f1")
@@ -82,12 +83,8 @@ class Params:
 
     def flat(self) -> dict[str, Any]:
         """`section.key` → value of the pipeline sections, as DVC names params (`dvc exp show`, `-S`)."""
-        flat: dict[str, Any] = {}
-        for section in PIPELINE_SECTIONS:
-            values = asdict(getattr(self, section))
-            for key, value in values.items():
-                flat[f"{section}.{key}"] = list(value) if isinstance(value, tuple) else value
-        return flat
+        flat = flatten({section: asdict(getattr(self, section)) for section in PIPELINE_SECTIONS})
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in flat.items()}
 
 
 class _Section:
@@ -223,7 +220,8 @@ def _promote(section: _Section) -> PromoteParams:
     )
 
 
-def _read_yaml(path: Path) -> Any:
+def read_yaml(path: Path) -> Any:
+    """A YAML file of the project; a missing or malformed one is a PipelineError naming it."""
     try:
         return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -237,7 +235,7 @@ def load_params(path: Path = PARAMS_FILE, overrides: dict[str, Any] | None = Non
 
     `overrides` ({"train.imgsz": 416, ...}, as `dvc exp run -S` sets them) are applied first:
     that is how an experiment's params are checked before it is queued."""
-    raw = _read_yaml(path)
+    raw = read_yaml(path)
     if isinstance(raw, dict):
         for dotted, value in (overrides or {}).items():
             section, _, key = dotted.partition(".")
@@ -254,26 +252,3 @@ def load_params(path: Path = PARAMS_FILE, overrides: dict[str, Any] | None = Non
     if unknown:
         raise PipelineError(f"{path}: unknown section(s): {', '.join(unknown)}")
     return Params(**{name: build(_Section(path, name, raw.get(name))) for name, build in builders.items()})
-
-
-def load_grid(path: Path = GRID_FILE, params: Params | None = None) -> dict[str, tuple[Any, ...]]:
-    """The experiment grid: params.yaml key → the values to try (every combination is one experiment).
-
-    Only the shape is checked here; a value a stage refuses makes that experiment fail, visibly."""
-    raw = _read_yaml(path)
-    if not isinstance(raw, dict) or not raw:
-        raise PipelineError(f"{path}: must map params.yaml keys (e.g. train.imgsz) to lists of values")
-    known = (params or load_params()).flat()
-    grid: dict[str, tuple[Any, ...]] = {}
-    for key, values in raw.items():
-        if key not in known or isinstance(known[key], list):
-            raise PipelineError(f"{path}: {key!r} is not a single-valued key of params.yaml (e.g. train.lr0)")
-        if not isinstance(values, list) or not values:
-            raise PipelineError(f"{path}: {key} must be a non-empty list of values (got {values!r})")
-        for value in values:
-            if not isinstance(value, str | int | float) or (isinstance(value, str) and ("," in value or not value)):
-                raise PipelineError(f"{path}: {key} value {value!r} must be a number or a text without commas")
-        if len(set(values)) != len(values):
-            raise PipelineError(f"{path}: {key} lists a value twice ({values!r})")
-        grid[key] = tuple(values)
-    return grid

@@ -4,11 +4,43 @@ import csv
 import shutil
 from pathlib import Path
 
-from yolo_mlops.errors import PipelineError
-from yolo_mlops.params import Params
-from yolo_mlops.yolo import PLOT_NAMES, evaluate, resolve_device
+from yolo_mlops.core.errors import PipelineError
+from yolo_mlops.core.params import EvaluateParams, Params
+from yolo_mlops.yolo.model import resolve_device, ultralytics
 
 CURVE_POINTS = 101
+# Ultralytics' plot names → the names users know from the course and older releases.
+PLOT_NAMES = {
+    "BoxPR_curve.png": "PR_curve.png",
+    "BoxF1_curve.png": "F1_curve.png",
+    "BoxP_curve.png": "P_curve.png",
+    "BoxR_curve.png": "R_curve.png",
+    "confusion_matrix.png": "confusion_matrix.png",
+    "confusion_matrix_normalized.png": "confusion_matrix_normalized.png",
+}
+
+
+
+
+def evaluate(weights: Path, data_yaml: Path, split: str, params: EvaluateParams, imgsz: int, batch: int,
+             device: str, run_dir: Path) -> tuple[dict[str, float], dict[str, list[float]], Path]:
+    """Validate `weights` on one split: (metrics, PR curve points, folder with the plots)."""
+    results = ultralytics().YOLO(str(weights)).val(
+        data=str(data_yaml), split=split, imgsz=imgsz, batch=batch, conf=params.conf, iou=params.iou,
+        device=device, plots=True, project=str(run_dir.parent), name=run_dir.name, exist_ok=True,
+    )
+    precision, recall = float(results.box.mp), float(results.box.mr)
+    metrics = {
+        "mAP50": float(results.box.map50),
+        "mAP50-95": float(results.box.map),
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+    }
+    recall_grid, precision_by_class = results.box.curves_results[0][:2]
+    curve = {"recall": [float(x) for x in recall_grid], "precision": [float(y) for y in precision_by_class[0]]} \
+        if len(precision_by_class) else {"recall": [], "precision": []}
+    return metrics, curve, Path(results.save_dir)
 
 
 def write_curve(curve: dict[str, list[float]], target: Path) -> None:

@@ -1,0 +1,154 @@
+"""The grid across experiments, in commands (`make run` runs `run`):
+
+    python -m yolo_mlops.grid run [-S key=value ...]    # all of it: queue, run, sync, compare, promote
+    python -m yolo_mlops.grid queue [-S key=value ...]  # queue the grid points not run yet
+    python -m yolo_mlops.grid start                     # run DVC's queue, then link the MLflow runs
+    python -m yolo_mlops.grid compare                   # table, reports/runs.csv, insights, charts
+    python -m yolo_mlops.grid promote                   # compare, register, gates, reports/decision.md
+    python -m yolo_mlops.grid rollback [--to VERSION]   # move `champion` back
+"""
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from yolo_mlops.core.errors import PipelineError, run_stage
+from yolo_mlops.core.params import Params, load_params
+from yolo_mlops.core.paths import CONFIG_CHART, CURVES_CHART, DECISION_FILE, DVC_PLOTS_DIR, RUNS_CSV
+from yolo_mlops.core.vocabulary import CHAMPION
+from yolo_mlops.grid import commands
+from yolo_mlops.grid.registry import rollback
+from yolo_mlops.grid.report import table
+from yolo_mlops.tracking.store import connect, public_uri, tracking_uri
+
+
+def queue(root: Path, params: Params, overrides: list[str]) -> None:
+    plan = commands.plan_grid(root, params, overrides)
+    print(f"grid: {len(plan.points)} experiment(s), {len(plan.points) - len(plan.missing)} already run from commit "
+          f"{plan.baseline[:7]}, {len(plan.missing)} to queue", flush=True)
+    if plan.missing:
+        for command, output in commands.queue_plan(root, plan):
+            print("$ " + " ".join(command))
+            print(output, end="", flush=True)
+
+
+def start(client: MlflowClient, root: Path, params: Params) -> list[str]:
+    """Run the queue and link the runs; returns the failed experiments."""
+    for line in commands.run_queued(root):
+        sys.stdout.write(line)
+        sys.stdout.flush()
+    result = commands.sync_grid(client, root, params)
+    for note in result.notes:
+        print(f"sync: {note}", file=sys.stderr)
+    print(f"sync: {len(result.linked)} experiment(s) linked to their MLflow run"
+          + (f"; FAILED: {', '.join(result.failed)} (to retry: `dvc exp remove {' '.join(result.failed)}`, "
+             "then run again)" if result.failed else "")
+          + (f"; without MLflow run: {', '.join(result.unlogged)}" if result.unlogged else ""))
+    return result.failed
+
+
+def compare(client: MlflowClient, root: Path, params: Params) -> commands.Compared:
+    compared = commands.compare_grid(client, root, params)
+    if compared.plots_error:
+        print(f"warning: dvc plots diff failed, {DVC_PLOTS_DIR}/ not updated: {compared.plots_error}", file=sys.stderr)
+    comparison = compared.comparison
+    split = comparison.primary.split(".", 1)[0]
+    print(f"\nRuns ranked by {', then '.join(comparison.rank_by)} ({split} ranks, test alongside):\n")
+    print(table(comparison))
+    print("\n" + "\n".join(f"- {line}" for line in compared.insights.lines()))
+    print(f"\nWritten: {RUNS_CSV}, {CONFIG_CHART}, {CURVES_CHART}, {DVC_PLOTS_DIR}/index.html "
+          "(dvc plots diff of the experiments)")
+    return compared
+
+
+def promote(client: MlflowClient, root: Path, params: Params, compared: commands.Compared) -> None:
+    promoted = commands.promote_best(client, root, params, compared)
+    best, promotion = promoted.best, promoted.promotion
+    print(f"\npromote: run {best.run_id} ({best.name}) is {promotion.name} version {promotion.version} "
+          f"({'new' if promotion.created else 'registered before'}), alias challenger")
+    for gate in promotion.gates:
+        print(f"  gate {gate.name}: {'pass' if gate.passed else 'FAIL'} ({gate.detail})")
+    print(f"decision: {promoted.decision}; {CHAMPION} = "
+          + (f"version {promotion.champion} (models:/{promotion.name}@{CHAMPION})" if promotion.champion else "none"))
+    print(f"report: {DECISION_FILE} (also logged to run {best.run_id} under decision/)")
+
+
+def refuse_failures(failed: list[str]) -> None:
+    if failed:
+        raise PipelineError(
+            f"{len(failed)} experiment(s) of this commit failed: {', '.join(failed)} (reasons above and in their "
+            f"FAILED MLflow runs); the others were compared. To retry: `dvc exp remove {' '.join(failed)}`, "
+            "then run again"
+        )
+
+
+def cmd_run(root: Path, params: Params, args: argparse.Namespace) -> None:
+    client, _ = connect()  # before any training: fail now if the tracking server is down
+    queue(root, params, args.overrides)
+    failed = start(client, root, params)
+    promote(client, root, params, compare(client, root, params))
+    refuse_failures(failed)
+
+
+def cmd_queue(root: Path, params: Params, args: argparse.Namespace) -> None:
+    queue(root, params, args.overrides)
+    print("Run them with `dvc exp run --run-all` (or `python -m yolo_mlops.grid start`)")
+
+
+def cmd_start(root: Path, params: Params, args: argparse.Namespace) -> None:
+    client, _ = connect()
+    refuse_failures(start(client, root, params))
+
+
+def cmd_compare(root: Path, params: Params, args: argparse.Namespace) -> None:
+    client, _ = connect()
+    compare(client, root, params)
+
+
+def cmd_promote(root: Path, params: Params, args: argparse.Namespace) -> None:
+    client, _ = connect()
+    promote(client, root, params, compare(client, root, params))
+
+
+def cmd_rollback(root: Path, params: Params, args: argparse.Namespace) -> None:
+    client, _ = connect()
+    previous, target = rollback(client, params.promote.registered_model, args.to)
+    print(f"rollback: {params.promote.registered_model}@{CHAMPION} moved from version {previous} to version {target}")
+
+
+COMMANDS: dict[str, tuple[Callable[[Path, Params, argparse.Namespace], None], str]] = {
+    "run": (cmd_run, "all of it: queue, run, sync, compare, promote (what `make run` does)"),
+    "queue": (cmd_queue, "queue the grid points this commit has not run yet"),
+    "start": (cmd_start, "run DVC's queue, then link the experiments to their MLflow runs"),
+    "compare": (cmd_compare, "ranked table, reports/runs.csv, insights, charts"),
+    "promote": (cmd_promote, "compare, register the best run, gates, reports/decision.md"),
+    "rollback": (cmd_rollback, f"move the {CHAMPION} alias back"),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m yolo_mlops.grid", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    subcommands = parser.add_subparsers(dest="command", required=True)
+    for name, (func, summary) in COMMANDS.items():
+        sub = subcommands.add_parser(name, help=summary, description=summary)
+        sub.set_defaults(func=func)
+        if name in ("run", "queue"):
+            sub.add_argument("-S", "--set-param", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                             help="a params.yaml value for every experiment of the grid (as dvc exp run -S)")
+        if name == "rollback":
+            sub.add_argument("--to", help="the version to make champion (default: the previous champion)")
+    args = parser.parse_args(argv)
+    root, params = Path.cwd(), load_params()
+    try:
+        args.func(root, params, args)
+    except MlflowException as error:
+        raise PipelineError(f"MLflow at {public_uri(tracking_uri())}: {error.message}") from None
+
+
+if __name__ == "__main__":
+    run_stage(main)

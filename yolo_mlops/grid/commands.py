@@ -1,0 +1,166 @@
+"""The grid's steps, each returning what it did: plan and queue the grid points, run DVC's queue,
+link the experiments to their MLflow runs, compare them, promote the best and write the report.
+`python -m yolo_mlops.grid` (grid/__main__.py) runs and prints them."""
+
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+
+from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core.errors import PipelineError
+from yolo_mlops.core.git import head_rev
+from yolo_mlops.core.params import Params, load_params
+from yolo_mlops.core.paths import (
+    CONFIG_CHART,
+    CURVES_CHART,
+    DECISION_FILE,
+    DECISION_TEMPLATE,
+    DVC_PLOTS_DIR,
+    GRID_FILE,
+    RUNS_CSV,
+)
+from yolo_mlops.data.source import resolve_source
+from yolo_mlops.grid import charts, experiments, points
+from yolo_mlops.grid.insights import Insights, insights
+from yolo_mlops.grid.ranking import Comparison, RunSummary, compare, export_csv, select_best
+from yolo_mlops.grid.registry import Promotion, promote
+from yolo_mlops.grid.report import ReportData, render
+from yolo_mlops.grid.sync import SyncResult, sync
+from yolo_mlops.tracking.store import experiment_id, public_uri
+from yolo_mlops.yolo.model import resolve_device, resolve_model
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The grid of this commit: every point, and those no experiment has run yet."""
+
+    baseline: str
+    grid: dict[str, tuple[Any, ...]]
+    overrides: dict[str, Any]  # -S values for every point
+    points: list[dict[str, Any]]
+    missing: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Compared:
+    comparison: Comparison
+    insights: Insights
+    curves: dict[str, list[tuple[int, float]]]
+    plots_error: str | None  # why `dvc plots diff` did not update reports/dvc_plots/, if it did not
+
+
+@dataclass(frozen=True)
+class Promoted:
+    best: RunSummary
+    promotion: Promotion
+    decision: str  # Approve or Reject
+
+
+def plan_grid(root: Path, params: Params, overrides: list[str]) -> Plan:
+    """The grid points this commit has no experiment for (queued ones count as there)."""
+    grid = points.load_grid(params=params)
+    extra = points.parse_overrides(overrides, grid, params.flat())
+    experiments.refuse_uncommitted(root)
+    every = points.combinations(grid)
+    missing = points.missing_combinations(every, extra, experiments.list_experiments(root))
+    return Plan(head_rev(root), grid, extra, every, missing)
+
+
+def queue_plan(root: Path, plan: Plan) -> list[tuple[list[str], str]]:
+    """Check, then queue the missing points: the whole grid in one `dvc exp run --queue` (DVC expands
+    `key=a,b`), or one command per point when only some are missing. Returns (command, DVC's output)."""
+    check_before_queueing(plan.missing, plan.overrides)
+    whole = len(plan.missing) == len(plan.points)
+    return [experiments.queue(root, points.set_args(values | plan.overrides))
+            for values in ([plan.grid] if whole else plan.missing)]
+
+
+def check_before_queueing(grid_points: list[dict[str, Any]], overrides: dict[str, Any]) -> None:
+    """Refuse, before anything is queued, what every experiment would fail on: a bad value in a
+    grid point or an -S override, a COCO128 source or a model this machine cannot get (downloads
+    happen here, once, into the caches the stages share), a device it does not have."""
+    checked = []
+    for point in grid_points:
+        try:
+            checked.append(load_params(overrides=point | overrides))
+        except PipelineError as error:
+            values = ", ".join(f"{key}={value}" for key, value in (point | overrides).items())
+            raise PipelineError(f"experiment {values} ({GRID_FILE} and -S): {error}. Nothing was queued.") from None
+    try:
+        for source in dict.fromkeys(params.prepare.source for params in checked):
+            resolve_source(source)
+        for model in dict.fromkeys(params.train.model for params in checked):
+            resolve_model(model)
+        for device in dict.fromkeys(params.train.device for params in checked):
+            resolve_device(device)
+    except PipelineError as error:
+        raise PipelineError(f"{error} Nothing was queued.") from None
+
+
+def run_queued(root: Path) -> Iterator[str]:
+    """Run every experiment waiting in DVC's queue (those queued earlier too), yielding DVC's output."""
+    waiting = sum(experiment.queued for experiment in experiments.list_experiments(root))
+    if waiting:
+        yield from experiments.run_queue(root, waiting)
+
+
+def sync_grid(client: MlflowClient, root: Path, params: Params) -> SyncResult:
+    """Link every experiment of this commit to its MLflow run; record the failed ones as FAILED runs."""
+    exp_id = experiment_id(client, params.mlflow.experiment_name)
+    return sync(client, exp_id, root, experiments.list_experiments(root))
+
+
+def compare_grid(client: MlflowClient, root: Path, params: Params) -> Compared:
+    """Rank the grid's runs (on the tracking server); write reports/runs.csv, the charts and DVC's
+    plots of every experiment."""
+    exp_id = experiment_id(client, params.mlflow.experiment_name, create=False)
+    baseline = head_rev(root)
+    comparison = compare(client, [exp_id], baseline, params.compare.rank_by)
+    found = insights(comparison)
+    export_csv(client, [exp_id], baseline, params.compare.rank_by, root / RUNS_CSV)
+    metric = comparison.primary.split(".", 1)[1]
+    history_key = names.history_metric(f"val/{metric}")  # the per-epoch history is on the val split
+    curves = {run.name: [(m.step, m.value) for m in client.get_metric_history(run.run_id, history_key)]
+              for run in comparison.ranked}
+    charts.config_chart(found, root / CONFIG_CHART)
+    charts.curves_chart(curves, f"val.{metric}", root / CURVES_CHART)
+    ranked = [run.name for run in comparison.ranked]
+    plots = subprocess.run(["dvc", "plots", "diff", *ranked, "-o", str(DVC_PLOTS_DIR)], cwd=root,
+                           capture_output=True, text=True)
+    error = plots.stderr.strip()[-500:] if plots.returncode != 0 else None
+    return Compared(comparison, found, curves, error)
+
+
+def hardware() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"CUDA GPU {torch.cuda.get_device_name(0)}"
+    return f"CPU only, {os.cpu_count()} core(s)"
+
+
+def promote_best(client: MlflowClient, root: Path, params: Params, compared: Compared) -> Promoted:
+    """Select the best run on the server, promote it, write reports/decision.md and log it to MLflow."""
+    exp_id = experiment_id(client, params.mlflow.experiment_name, create=False)
+    baseline = head_rev(root)
+    best = select_best(client, [exp_id], baseline, params.compare.rank_by)
+    if best is None:
+        raise PipelineError("no finished run with every ranking metric to promote")
+    promotion = promote(client, best, params.promote)
+    data = ReportData(params, baseline, public_uri(client.tracking_uri), hardware(), compared.comparison,
+                      compared.insights, promotion, compared.curves)
+    render(data, root / DECISION_TEMPLATE, root / DECISION_FILE)
+    client.log_artifact(best.run_id, str(root / DECISION_FILE), names.DECISION_ARTIFACTS)
+    version = client.get_model_version(promotion.name, promotion.version)
+    decision = "Approve" if promotion.approved else "Reject"
+    tags = {names.DECISION_TAG: decision,
+            names.REPORT_TAG: f"runs:/{best.run_id}/{names.DECISION_ARTIFACTS}/{DECISION_FILE.name}"}
+    for key, value in tags.items():
+        if version.tags.get(key) != value:
+            client.set_model_version_tag(promotion.name, promotion.version, key, value)
+    return Promoted(best, promotion, decision)

@@ -1,0 +1,141 @@
+"""The grid on DVC's side: queue experiments (`dvc exp run --queue -S ...`), run DVC's queue, read
+the experiments back from `dvc exp show --json`, and what a failed one logged."""
+
+import json
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from yolo_mlops.core.errors import ERROR_PREFIX, PipelineError
+from yolo_mlops.core.git import git, show
+from yolo_mlops.core.params import PIPELINE_SECTIONS, read_yaml
+from yolo_mlops.core.paths import DVC_CONFIG, DVC_YAML, EVAL_METRICS_FILE, MLFLOW_RUN_FILE, PARAMS_FILE
+from yolo_mlops.core.vocabulary import flatten, numbers
+
+# DVC's queue prints no machine-readable progress: this line of its text output marks the start of
+# each experiment (the one place the grid reads DVC's human-readable output, see `run_queue`).
+PROGRESS_MARK = "Reproducing experiment '"
+
+
+@dataclass(frozen=True)
+class DvcExperiment:
+    """One experiment of `dvc exp show`: params.yaml as flat `section.key` values, eval metrics as `split.metric`."""
+
+    name: str
+    rev: str
+    baseline_rev: str
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    failed: bool
+    queued: bool = False  # waiting in DVC's queue (or running): no results yet
+
+
+def dvc(root: Path, *args: str) -> str:
+    """`dvc <args>` in `root`: its standard output, or a PipelineError with DVC's message."""
+    result = subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise PipelineError(f"dvc {' '.join(args)} failed: {(result.stderr or result.stdout).strip()[-2000:]}")
+    return result.stdout
+
+
+def stage_code(root: Path) -> list[str]:
+    """What the stages run: dvc.yaml, DVC's config and every dependency of a stage in dvc.yaml that no
+    stage produces (code and packages; data made by the pipeline is not code)."""
+    stages = (read_yaml(root / DVC_YAML) or {}).get("stages", {})
+    outputs = {str(next(iter(out)) if isinstance(out, dict) else out)
+               for stage in stages.values() for kind in ("outs", "metrics", "plots") for out in stage.get(kind, [])}
+    deps = {dep for stage in stages.values() for dep in stage.get("deps", [])}
+    return [str(DVC_YAML), str(DVC_CONFIG), *sorted(dep for dep in deps if dep not in outputs
+                                                    and not any(dep.startswith(f"{out}/") for out in outputs))]
+
+
+def pipeline_changes(root: Path) -> list[str]:
+    """Uncommitted changes that DVC's queue would silently leave out: what the stages run (dvc.yaml and
+    its code dependencies) and the pipeline sections of params.yaml (compare / promote are read from the
+    working tree)."""
+    git(root, "rev-parse", "--verify", "HEAD")
+    status = git(root, "status", "--porcelain", "--untracked-files=all", "--", *stage_code(root))
+    changed = sorted({line[3:].strip() for line in status.splitlines() if line.strip()})
+    committed = yaml.safe_load(show(root, "HEAD", PARAMS_FILE) or "") or {}
+    current = read_yaml(root / PARAMS_FILE) or {}
+    changed += [f"{PARAMS_FILE} ({section})" for section in PIPELINE_SECTIONS
+                if committed.get(section) != current.get(section)]
+    return changed
+
+
+def refuse_uncommitted(root: Path) -> None:
+    changed = pipeline_changes(root)
+    if changed:
+        raise PipelineError(
+            "uncommitted pipeline changes: " + ", ".join(changed) + ". Every experiment records the last "
+            "git commit as its code (DVC baseline, git.commit) and DVC's queue leaves new files out, so these "
+            "changes would run unrecorded or not at all. Commit them (git add ... && git commit) "
+            "or stash them (git stash), then queue again. Nothing was queued."
+        )
+
+
+def parse_exp_show(entries: list[dict[str, Any]]) -> list[DvcExperiment]:
+    """The experiments of `dvc exp show --json` (baselines and the workspace are not experiments)."""
+    experiments = []
+    for baseline in entries:
+        for experiment in baseline.get("experiments") or []:
+            revision = experiment["revs"][0]
+            data = revision.get("data") or {}
+            params = data.get("params", {}).get(str(PARAMS_FILE), {}).get("data", {})
+            metrics = data.get("metrics", {}).get(str(EVAL_METRICS_FILE), {}).get("data", {})
+            state = (experiment.get("executor") or revision.get("executor") or {}).get("state")
+            experiments.append(DvcExperiment(
+                name=revision.get("name") or experiment.get("name") or revision["rev"][:7],
+                rev=revision["rev"],
+                baseline_rev=baseline["rev"],
+                params=flatten(params),
+                metrics=numbers(flatten(metrics)),
+                failed=revision.get("error") is not None or state == "failed",
+                queued=state in ("queued", "running"),
+            ))
+    return experiments
+
+
+def list_experiments(root: Path) -> list[DvcExperiment]:
+    """The experiments DVC holds for the current commit, queued ones included (`dvc exp show --json`)."""
+    return parse_exp_show(json.loads(dvc(root, "exp", "show", "--json")))
+
+
+def queue(root: Path, set_args: list[str]) -> tuple[list[str], str]:
+    """`dvc exp run --queue <set_args>`: the command run and DVC's output."""
+    command = ["dvc", "exp", "run", "--queue", *set_args]
+    return command, dvc(root, *command[1:])
+
+
+def run_queue(root: Path, total: int) -> Iterator[str]:
+    """Run the queued experiments with DVC's queue (`dvc exp run --run-all`), yielding its output line by
+    line, each experiment's start marked [k/total]. A failed experiment does not stop the others."""
+    started = 0
+    with subprocess.Popen(["dvc", "exp", "run", "--run-all", "--jobs", "1"], cwd=root, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, bufsize=1) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.startswith(PROGRESS_MARK):
+                started += 1
+                line = f"[{started}/{total}] {line}"
+            yield line
+    if process.returncode != 0:
+        raise PipelineError(f"dvc exp run --run-all exited with {process.returncode}; see its output above")
+
+
+def mlflow_run_id(root: Path, experiment: DvcExperiment) -> str | None:
+    """The MLflow run the experiment's log stage wrote to (metrics/mlflow_run.json in its commit)."""
+    text = show(root, experiment.rev, MLFLOW_RUN_FILE)
+    return json.loads(text)["run_id"] if text else None
+
+
+def failure_reason(root: Path, experiment: DvcExperiment) -> str:
+    """The failed stage's own error line (`error: ...`, core/errors.py) from `dvc queue logs`."""
+    result = subprocess.run(["dvc", "queue", "logs", experiment.name], cwd=root, capture_output=True, text=True)
+    errors = [line.strip() for line in result.stdout.splitlines()
+              if line.startswith((ERROR_PREFIX, ERROR_PREFIX.upper()))]
+    return errors[0] if errors else "the experiment failed (see `dvc queue logs " + experiment.name + "`)"

@@ -1,0 +1,124 @@
+"""The tracking store: where runs go (MLFLOW_TRACKING_URI or the embedded SQLite store), a client on
+it that fails within seconds when a server does not answer, and the experiment lookup."""
+
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+import mlflow
+from mlflow import MlflowClient
+
+from yolo_mlops.core.errors import PipelineError
+from yolo_mlops.core.paths import EMBEDDED_ARTIFACTS, EMBEDDED_DB, project_root, shared
+from yolo_mlops.tracking.hints import SAFE_RESULTS
+
+SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql")  # no file: MLflow 3 deprecates its file store
+# Bounded waiting on a tracking server: MLflow's own defaults retry for minutes.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+# Bounded retries for direct S3 uploads (MLFLOW_S3_ENDPOINT_URL); boto3 reads these variables.
+S3_DEFAULTS = {"AWS_MAX_ATTEMPTS": "3", "AWS_RETRY_MODE": "standard"}
+HEALTH_TIMEOUT_S = 5
+
+
+def tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI` when set, else the embedded SQLite store at the project root.
+
+    A relative SQLite path is taken from the project root (DVC_ROOT inside DVC's temporary
+    experiment copies), never from the current folder, which DVC's queue deletes."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if not uri:
+        return f"sqlite:///{shared(EMBEDDED_DB)}"
+    scheme = urlparse(uri).scheme
+    if scheme == "sqlite":
+        return f"sqlite:///{_sqlite_path(uri)}"
+    if scheme not in SCHEMES:
+        raise PipelineError(
+            f"MLFLOW_TRACKING_URI={public_uri(uri)!r}: unsupported scheme {scheme!r}; use http(s)://host:port for "
+            f"a tracking server, sqlite:///path/mlflow.db, or unset it for the embedded store"
+        )
+    if scheme in ("http", "https") and not urlparse(uri).hostname:
+        raise PipelineError(f"MLFLOW_TRACKING_URI={public_uri(uri)!r}: no host name")
+    return uri
+
+
+def public_uri(uri: str) -> str:
+    """The URI without credentials, for messages and records."""
+    parts = urlparse(uri)
+    if parts.password or parts.username:
+        host = parts.hostname or ""
+        return parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host).geturl()
+    return uri
+
+
+def _sqlite_path(uri: str) -> Path:
+    """The database file of a `sqlite:///path` URI, absolute (relative paths from the project root)."""
+    path = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else ""
+    if not path or path.startswith(":memory:"):
+        raise PipelineError(f"MLFLOW_TRACKING_URI={uri!r}: give a database file, e.g. sqlite:///mlflow.db")
+    return project_root() / path  # an absolute path stays as it is
+
+
+def artifact_location(uri: str, experiment_name: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside a SQLite database (`mlartifacts/<name>`,
+    at the project root for the embedded store), so that no run's artifacts land in the
+    current folder; None lets a tracking server (or a file store) decide."""
+    if urlparse(uri).scheme != "sqlite":
+        return None
+    return (_sqlite_path(uri).parent / EMBEDDED_ARTIFACTS / experiment_name).as_uri()
+
+
+def check_server(uri: str) -> None:
+    """Fail within seconds, not minutes of retries, when a tracking server does not answer."""
+    if urlparse(uri).scheme not in ("http", "https"):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_S):
+            return
+    except (urllib.error.URLError, OSError) as error:
+        raise PipelineError(
+            f"MLflow tracking server {public_uri(uri)} (MLFLOW_TRACKING_URI) is unreachable "
+            f"({getattr(error, 'reason', error)}). "
+            f"{SAFE_RESULTS}"
+        ) from None
+
+
+def connect() -> tuple[MlflowClient, str]:
+    """A client on the tracking store (and its model registry), failing within seconds when a
+    tracking server does not answer."""
+    for name, value in (HTTP_DEFAULTS | S3_DEFAULTS).items():
+        os.environ.setdefault(name, value)
+    uri = tracking_uri()
+    check_server(uri)
+    user_setting = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if user_setting is None:
+        # set_tracking_uri also exports MLFLOW_TRACKING_URI. Keep the user's environment as it was: the
+        # embedded store is recognised by its absence, and the DVC stages started from here (queued
+        # experiments) must put their artifacts at DVC_ROOT, not in their temporary copy.
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    return MlflowClient(uri), uri
+
+
+def experiment_id(client: MlflowClient, name: str, create: bool = True) -> str:
+    """The id of experiment `name` on the client's store; a missing one is created (artifacts beside a
+    SQLite store), or refused when `create` is False (the grid reads, it does not start experiments)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None and not create:
+        raise PipelineError(
+            f"mlflow.experiment_name: no MLflow experiment {name!r} at {public_uri(client.tracking_uri)}; "
+            "run the grid first (make run)"
+        )
+    if experiment is None:
+        return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri, name))
+    if experiment.lifecycle_stage == "deleted":
+        raise PipelineError(
+            f"mlflow.experiment_name: experiment {name!r} is deleted; restore it "
+            f"(`mlflow experiments restore --experiment-id {experiment.experiment_id}`) or choose another name"
+        )
+    return experiment.experiment_id

@@ -1,0 +1,40 @@
+"""Training with Ultralytics, and the train stage's output folder."""
+
+import shutil
+from pathlib import Path
+
+from yolo_mlops.core.atomic import atomic_dir
+from yolo_mlops.core.errors import PipelineError
+from yolo_mlops.core.params import TrainParams
+from yolo_mlops.yolo.model import ultralytics
+
+
+def train(data_yaml: Path, params: TrainParams, model: str, device: str, run_dir: Path) -> Path:
+    """Train with Ultralytics into `run_dir`; return the folder holding weights/, results.csv and results.png.
+
+    Ultralytics' own training plots are off: the label statistics, batch mosaics and the
+    final validation's curves would be drawn into a scratch folder and thrown away (the
+    evaluate stage draws the curves of `best.pt` per split). Only the training curves,
+    results.png, are kept, drawn from results.csv as Ultralytics draws them."""
+    package = ultralytics()
+    trainer_model = package.YOLO(model)
+    trainer_model.train(
+        data=str(data_yaml), epochs=params.epochs, imgsz=params.imgsz, lr0=params.lr0, seed=params.seed,
+        batch=params.batch, optimizer=params.optimizer, device=device, workers=params.workers,
+        deterministic=True, project=str(run_dir.parent), name=run_dir.name, exist_ok=True, plots=False,
+    )
+    save_dir = Path(trainer_model.trainer.save_dir)
+    from ultralytics.utils.plotting import plot_results
+
+    plot_results(file=save_dir / "results.csv")
+    return save_dir
+
+
+def export_run(run_dir: Path, models_dir: Path) -> None:
+    """Keep the run's weights, history and its plot as the train stage's output (atomically)."""
+    with atomic_dir(models_dir) as staging:
+        for name in ("weights/best.pt", "weights/last.pt", "results.csv", "results.png", "args.yaml"):
+            source = run_dir / name
+            if not source.is_file():
+                raise PipelineError(f"train: Ultralytics did not write {source}")
+            shutil.copy2(source, staging / Path(name).name)
