@@ -28,7 +28,8 @@ CONFIG = {"model": "yolov8n.yaml", "epochs": 3, "imgsz": 320, "device": "cpu"}
 BARE_TRAINING = """
 import sys
 from yolo_mlops.core.params import load_params
-from yolo_mlops.yolo.ultralytics_api import staged_dataset, ultralytics
+from yolo_mlops.yolo.dataset import staged_dataset
+from yolo_mlops.yolo.model import ultralytics
 p = load_params().train
 with staged_dataset(__import__("pathlib").Path("data/tiny_coco")) as data:
     model = ultralytics().YOLO(p.model)

@@ -5,7 +5,7 @@ filter and the ordering done by the tracking server's search (target: ≤ 2 s).
 
 Fills a throw-away store with synthetic runs shaped like the log stage's (ranking metrics, DVC
 tags; a tenth of them from another commit, some FAILED, some with NaN metrics), then times
-`yolo_mlops.compare.select_best` as `make run` calls it."""
+`yolo_mlops.grid.ranking.select_best` as `make run` calls it."""
 
 import argparse
 import math
@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mlflow import MlflowClient
 from mlflow.entities import Metric, RunTag
 
+from yolo_mlops.core import vocabulary as names
 from yolo_mlops.core.params import load_params
-from yolo_mlops.grid.ranking import mlflow_metric, select_best
+from yolo_mlops.grid.ranking import select_best
 
 BASELINE = "b" * 40
 
@@ -37,10 +38,10 @@ def fill(client: MlflowClient, experiment_id: str, runs: int, rank_by: tuple[str
         value = math.nan if index % 97 == 0 else generator.random()
         client.log_batch(
             run_id,
-            metrics=[Metric(mlflow_metric(name), value if i == 0 else generator.random(), 0, 0)
+            metrics=[Metric(names.eval_metric(name), value if i == 0 else generator.random(), 0, 0)
                      for i, name in enumerate(rank_by)],
-            tags=[RunTag("dvc.exp_name", f"exp-{index:04d}"), RunTag("dvc.baseline_rev", baseline),
-                  RunTag("yolo_mlops.log_status", "complete")],
+            tags=[RunTag(names.EXP_NAME_TAG, f"exp-{index:04d}"), RunTag(names.BASELINE_TAG, baseline),
+                  RunTag(names.LOG_STATUS_TAG, names.COMPLETE)],
         )
         client.set_terminated(run_id, "FAILED" if index % 50 == 0 else "FINISHED")
 

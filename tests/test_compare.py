@@ -77,7 +77,7 @@ def test_empty_experiment_and_nothing_rankable_are_errors(store):
         compare(client, [exp], "base", RANK_BY)
     assert select_best(client, [exp], "base", RANK_BY) is None
     with pytest.raises(PipelineError, match="no MLflow experiment 'missing'"):
-        experiment_id(client, "missing")
+        experiment_id(client, "missing", create=False)
 
 
 def test_csv_is_mlflows_export_in_rank_order(store, tmp_path: Path):

@@ -26,7 +26,7 @@ GATES = {"promote.min_test_map50_95": 0.0, "promote.min_test_recall": 0.0, "prom
 
 
 def course(project: Path, check: bool = True) -> Any:
-    return run(["python", "-m", "yolo_mlops.grid.commands", "run"], project, check=check, timeout=1500)
+    return run(["python", "-m", "yolo_mlops.grid", "run"], project, check=check, timeout=1500)
 
 
 def state(project: Path) -> dict[str, Any]:
@@ -59,7 +59,7 @@ def course_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     # The retry the output advises: remove the failed experiment, and the next queueing queues it again.
     failed_names = [e.name for e in after_failing["experiments"] if e.failed]
     run(["dvc", "exp", "remove", *failed_names], project)
-    requeued = run(["python", "-m", "yolo_mlops.grid.commands", "queue"], project)
+    requeued = run(["python", "-m", "yolo_mlops.grid", "queue"], project)
     return {"project": project, "first": first, "after_first": after_first, "again": again,
             "after_again": after_again, "failing": failing, "after_failing": after_failing, "requeued": requeued}
 

@@ -112,17 +112,18 @@ def test_uncommitted_pipeline_changes_are_refused_before_queueing(tmp_path: Path
     params["promote"]["min_margin"] = 0.5  # read from the working tree: allowed
     write_yaml(project / "params.yaml", params)
     (project / "grid.yaml").write_text("train.lr0: [0.1]\n")  # read from the working tree: allowed
+    (project / "yolo_mlops" / "grid" / "charts.py").write_text("# changed\n")  # no stage runs the grid: allowed
     assert experiments.pipeline_changes(project) == []
     params["train"]["lr0"] = 0.5
     write_yaml(project / "params.yaml", params)
     (project / "stages" / "train.py").write_text("# changed\n", encoding="utf-8")
-    (project / "yolo_mlops" / "new_module.py").write_text("", encoding="utf-8")
-    assert experiments.pipeline_changes(project) == ["stages/train.py", "yolo_mlops/new_module.py",
+    (project / "yolo_mlops" / "core" / "new_module.py").write_text("", encoding="utf-8")
+    assert experiments.pipeline_changes(project) == ["stages/train.py", "yolo_mlops/core/new_module.py",
                                                      "params.yaml (train)"]
     with pytest.raises(PipelineError, match=r"uncommitted pipeline changes: stages/train.py, .*params.yaml "
                                             r"\(train\)\. Every experiment records the last git commit as its code"):
         experiments.refuse_uncommitted(project)
-    result = run(["python", "-m", "yolo_mlops.grid.commands", "queue"], project, check=False)
+    result = run(["python", "-m", "yolo_mlops.grid", "queue"], project, check=False)
     assert result.returncode == 1 and "error: uncommitted pipeline changes" in result.stderr
     assert "Nothing was queued" in result.stderr
     assert "Queued" not in run(["dvc", "queue", "status"], project).stdout
@@ -148,7 +149,7 @@ def bare_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 ])
 def test_course_errors_are_clear_and_exit_1(bare_project: Path, command: list[str], env: dict[str, str],
                                             message: str):
-    result = run(["python", "-m", "yolo_mlops.grid.commands", *command], bare_project, env=project_env(**env),
+    result = run(["python", "-m", "yolo_mlops.grid", *command], bare_project, env=project_env(**env),
                  check=False, timeout=120)
     assert result.returncode == 1 and f"error: {message}" in result.stderr
     assert "Traceback" not in result.stderr
@@ -162,7 +163,7 @@ def test_a_bad_grid_point_is_refused_before_anything_is_queued(bare_project: Pat
     committed = grid.read_text()
     grid.write_text("train.imgsz: [320, 100]\ntrain.lr0: [0.01]\n")  # read from the working tree
     try:
-        result = run(["python", "-m", "yolo_mlops.grid.commands", "queue"], bare_project, check=False, timeout=120)
+        result = run(["python", "-m", "yolo_mlops.grid", "queue"], bare_project, check=False, timeout=120)
     finally:
         grid.write_text(committed)
     assert result.returncode == 1 and "Traceback" not in result.stderr

@@ -52,7 +52,7 @@ def test_report_has_six_sections_numbers_and_approval(tmp_path: Path):
     assert "imgsz 416 vs 320: +70.0% val.mAP50-95" in text
     assert "| – | bad-exp | | 100 |" in text.replace("|  |", "| |") and "not ranked: bad-exp" in text
     assert text.count("   Mitigation:") >= 4
-    assert "precision 0.8000 vs recall 0.3000 — unbalanced" in text
+    assert "precision 0.8000 vs recall 0.3000: unbalanced, 0.5000 apart (more than 0.15)" in text
     assert "was still rising at the last epoch" in text
     assert "**Approve**" in text and "previous champion: version 1, kept for rollback" in text
     for term in ("Short term", "Medium term", "Long term"):
@@ -68,6 +68,13 @@ def test_rejection_and_tie_are_reported(tmp_path: Path):
     assert "TIE: the best runs are equal on every ranking metric" in text
     assert "the ranking is within seed noise" in text
     assert "load it as `models:/yolo_tiny_person@champion`" in text  # the champion that stays
+
+
+def test_balanced_precision_and_recall_read_as_balanced(tmp_path: Path):
+    render(report_data(True, [run("a", 320, 1, 0.3, precision=0.5, recall=0.45)]), TEMPLATE, tmp_path / "decision.md")
+    text = (tmp_path / "decision.md").read_text()
+    assert "**Precision / recall balance**: test precision 0.5000 vs recall 0.4500: balanced, within 0.15" in text
+    assert "unbalanced" not in text and "imbalance" not in text
 
 
 def test_a_rejection_without_champion_sends_no_one_to_a_missing_alias(tmp_path: Path):

@@ -61,6 +61,8 @@ def test_unreachable_server_fails_fast_saying_results_are_safe() -> None:
 
 
 def test_model_requirements_are_exact_public_versions() -> None:
-    requirements = tracking.model_requirements()
+    from yolo_mlops.tracking.model import model_requirements
+
+    requirements = model_requirements()
     assert all("==" in line and "+" not in line for line in requirements)
     assert any(line.startswith("ultralytics==") for line in requirements)
