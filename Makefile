@@ -12,15 +12,20 @@ OVERRIDES := $(if $(COCO128),-S prepare.source=$(COCO128)) $(if $(MODEL),-S trai
 .PHONY: help setup run rollback test lint ui up down remote clean-venv
 
 help:
-	@echo "make run    set up .venv, run the grid of grid.yaml through DVC's queue, compare the runs,"
-	@echo "            promote the best in the MLflow Model Registry, write reports/decision.md"
-	@echo "            offline: make run COCO128=path/to/coco128.zip MODEL=yolov8n.yaml"
-	@echo "make rollback [TO=version]  move the champion alias back to the previous champion"
-	@echo "make test   set up .venv with the test tools, run ruff and the test suite"
-	@echo "make ui     open the MLflow UI on the embedded store (http://127.0.0.1:5000),"
-	@echo "            or print the server's address when MLFLOW_TRACKING_URI is set"
-	@echo "make up     start the team stack (MinIO, PostgreSQL, MLflow server) from .env; make down stops it"
-	@echo "make remote make the stack's MinIO bucket this clone's DVC remote (credentials from .env)"
+	@echo "make help        this list (the default target)"
+	@echo "make setup       create .venv and install requirements.txt (run, rollback and ui do this first)"
+	@echo "make run         set up .venv, run the grid of grid.yaml through DVC's queue, compare the runs,"
+	@echo "                 promote the best in the MLflow Model Registry, write reports/decision.md"
+	@echo "                 offline: make run COCO128=path/to/coco128.zip MODEL=yolov8n.yaml"
+	@echo "make rollback    move the champion alias back to the previous champion; TO=version picks the version"
+	@echo "make test        set up .venv with the test tools, run ruff and the test suite"
+	@echo "make lint        set up .venv with the test tools, run ruff only"
+	@echo "make ui          open the MLflow UI on the embedded store (http://127.0.0.1:5000),"
+	@echo "                 or print the server's address when MLFLOW_TRACKING_URI is set"
+	@echo "make up          start the team stack (MinIO, PostgreSQL, MLflow server) from .env"
+	@echo "make down        stop the team stack; its named volumes, and so every run, are kept"
+	@echo "make remote      make the stack's MinIO bucket this clone's DVC remote (credentials from .env)"
+	@echo "make clean-venv  delete .venv (the next target that needs it rebuilds it)"
 
 $(VENV)/.installed: requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
