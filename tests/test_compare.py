@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import log_synthetic_run
+from yolo_mlops.core import vocabulary as names
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.grid.insights import insights
 from yolo_mlops.grid.ranking import Comparison, RunSummary, compare, export_csv, select_best
@@ -44,7 +45,7 @@ def test_server_ranks_by_primary_then_tie_breaks_and_excludes_unrankable(store):
     log_synthetic_run(client, exp, "failed-then-retried", {}, params={"train.imgsz": 64}, status="FAILED")
     log_synthetic_run(client, exp, "retried", metrics(0.05), params={"train.imgsz": 64, "train.lr0": 0.01})
     log_synthetic_run(client, exp, "other-commit", metrics(0.99), baseline="other")
-    client.set_tag(log_synthetic_run(client, exp, "workspace-run", metrics(0.98)), "dvc.exp_name", "workspace")
+    client.set_tag(log_synthetic_run(client, exp, "workspace-run", metrics(0.98)), names.EXP_NAME_TAG, names.WORKSPACE)
 
     comparison = compare(client, [exp], "base", RANK_BY)
     assert [run.name for run in comparison.ranked] == ["second-map50", "tie-a", "tie-b", "low", "retried"]
@@ -118,3 +119,12 @@ def test_effect_from_zero_is_absolute():
     runs = [summary("a", 416, 0.01, 1, 0.1), summary("b", 320, 0.01, 1, 0.0)]
     effect = insights(Comparison(RANK_BY, runs, [])).effects[0]
     assert effect.relative is None and "+0.1000 val.mAP50-95" in effect.sentence("val.mAP50-95")
+
+
+def test_a_configuration_is_its_dataset_content_not_the_source_text():
+    params = {"train.imgsz": "320", "train.lr0": "0.01", names.DATASET_TAG: "d1.dir"}
+    from_url = RunSummary("a", "a", "FINISHED", params | {"train.seed": "1", "prepare.source": "https://x/coco128.zip"})
+    from_zip = RunSummary("b", "b", "FINISHED", params | {"train.seed": "42", "prepare.source": "coco128.zip"})
+    other_data = RunSummary("c", "c", "FINISHED", params | {"train.seed": "1", names.DATASET_TAG: "d2.dir"})
+    assert from_url.config() == from_zip.config() != other_data.config()
+    assert (names.DATASET_TAG, "d1.dir") in from_url.config()

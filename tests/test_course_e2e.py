@@ -14,6 +14,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import COCO128_ZIP, TINY_PARAMS, copy_project, needs_coco128, run
+from yolo_mlops.core import vocabulary as names
 from yolo_mlops.grid.experiments import parse_exp_show
 from yolo_mlops.tracking.pyfunc_model import BOX_COLUMNS
 
@@ -79,18 +80,17 @@ def test_dvc_queue_runs_the_grid_with_progress(course_runs):
 def test_one_mlflow_run_per_experiment_with_the_same_numbers(course_runs):
     experiments, runs = course_runs["after_first"]["experiments"], course_runs["after_first"]["runs"]
     assert len(runs) == 8 and all(r.info.status == "FINISHED" for r in runs)
-    by_name = {r.data.tags["dvc.exp_name"]: r for r in runs}
+    by_name = {r.data.tags[names.EXP_NAME_TAG]: r for r in runs}
     assert set(by_name) == {e.name for e in experiments}
     for experiment in experiments:
         mlflow_run = by_name[experiment.name]
-        assert mlflow_run.data.tags["dvc.exp_rev"] == experiment.rev
-        assert mlflow_run.data.tags["dvc.baseline_rev"] == experiment.baseline_rev
+        assert mlflow_run.data.tags[names.EXP_REV_TAG] == experiment.rev
+        assert mlflow_run.data.tags[names.BASELINE_TAG] == experiment.baseline_rev
         for key in ("train.imgsz", "train.lr0", "train.seed", "train.epochs", "train.model", "prepare.source"):
             assert mlflow_run.data.params[key] == str(experiment.params[key])
         assert len(experiment.metrics) == 10  # val and test: mAP50, mAP50-95, precision, recall, f1
         for name, value in experiment.metrics.items():
-            split, metric = name.split(".", 1)
-            assert mlflow_run.data.metrics[f"evaluate/{split}_{metric}"] == value
+            assert mlflow_run.data.metrics[names.eval_metric(name)] == value
 
 
 def test_comparison_outputs(course_runs):
@@ -112,8 +112,8 @@ def test_best_run_is_registered_champion_and_loads(course_runs, tmp_path: Path):
     version, run_id, _, tags = after["registry"][0]
     assert version == "1"
     best = course_runs["after_first"]["csv"][0]
-    assert run_id == best["run_id"] == dict(tags)["run_id"]
-    assert {"dvc.dataset_md5", "git.commit", "dvc.exp_name", "train.lr0", "test.mAP50-95", "val.recall"} <= set(
+    assert run_id == best[names.RUN_ID_TAG] == dict(tags)[names.RUN_ID_TAG]
+    assert {names.DATASET_TAG, names.COMMIT_TAG, names.EXP_NAME_TAG, "train.lr0", "test.mAP50-95", "val.recall"} <= set(
         dict(tags))
     with zipfile.ZipFile(COCO128_ZIP) as archive:
         member = next(name for name in archive.namelist() if name.endswith(".jpg"))
@@ -130,10 +130,10 @@ def test_decision_report(course_runs):
     for number, title in enumerate(("Objectives and constraints", "Recommended model", "Comparative analysis",
                                     "Risk assessment", "Final decision", "Next steps"), start=1):
         assert f"## {number}. {title}" in text
-    best = course_runs["after_first"]["csv"][0]["run_id"]
+    best = course_runs["after_first"]["csv"][0][names.RUN_ID_TAG]
     assert f"MLflow run id `{best}`" in text and "**Approve**" in text
     assert sum(f"(run `{r.info.run_id}`)" in text for r in runs) == 3  # the top 3
-    ranking = sorted((tuple(r.data.metrics[f"evaluate/val_{m}"] for m in ("mAP50-95", "mAP50", "recall"))
+    ranking = sorted((tuple(r.data.metrics[names.eval_metric(f"val.{m}")] for m in ("mAP50-95", "mAP50", "recall"))
                       for r in runs), reverse=True)
     assert ("TIE:" in text) == (ranking[0] == ranking[1])  # all zero is likely after one epoch from scratch
     client = MlflowClient(f"sqlite:///{course_runs['project'] / 'mlflow.db'}")
@@ -155,9 +155,9 @@ def test_a_failed_experiment_is_visible_and_does_not_stop_the_comparison(course_
     assert len(failed) == 1 and failed[0].params["prepare.train"] == 500
     failed_runs = [r for r in after["runs"] if r.info.status == "FAILED"]
     assert len(failed_runs) == 1 and len(after["runs"]) == 9
-    assert failed_runs[0].data.tags["dvc.exp_name"] == failed[0].name
+    assert failed_runs[0].data.tags[names.EXP_NAME_TAG] == failed[0].name
     assert failed_runs[0].data.params["prepare.train"] == "500"
-    assert "but train + val + test = 520 were requested" in failed_runs[0].data.tags["yolo_mlops.error"]
+    assert "but train + val + test = 520 were requested" in failed_runs[0].data.tags[names.ERROR_TAG]
     assert f"FAILED: {failed[0].name} (to retry: `dvc exp remove {failed[0].name}`" in out
     assert course_runs["failing"].returncode == 1  # the report is written, and the exit status says a point failed
     assert f"error: 1 experiment(s) of this commit failed: {failed[0].name}" in course_runs["failing"].stderr

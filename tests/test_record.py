@@ -71,3 +71,17 @@ def test_lock_must_hold_the_upstream_stages(tmp_path: Path) -> None:
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n  prepare: {cmd: x}\n")
     with pytest.raises(PipelineError, match="no entry for stage.*train, evaluate"):
         read_lock(tmp_path / "dvc.lock")
+
+
+def test_identity_is_the_dataset_content_not_the_source_text() -> None:
+    """COCO128 from its URL and the same bytes from a local zip: the same dataset md5, the same experiment."""
+    from_url = {**LOCK, "prepare": {**LOCK["prepare"], "params": {"params.yaml": {"prepare": {
+        "seed": 0, "source": "https://github.com/ultralytics/assets/releases/download/v0.0.0/coco128.zip"}}}}}
+    from_zip = {**LOCK, "prepare": {**LOCK["prepare"], "params": {"params.yaml": {"prepare": {
+        "seed": 0, "source": "../shared/data/coco128.zip"}}}, "deps": [{"path": "stages/prepare.py", "md5": "b"}]}}
+    assert fingerprint(from_url, "cv_yolo_tiny") == fingerprint(from_zip, "cv_yolo_tiny") == fingerprint(
+        LOCK, "cv_yolo_tiny")
+    other_data = [{"path": "data/tiny_coco", "md5": "d2.dir"}]
+    other_split = {**from_zip, "prepare": {**from_zip["prepare"], "outs": other_data},
+                   "train": {**LOCK["train"], "deps": other_data}}
+    assert fingerprint(other_split, "cv_yolo_tiny") != fingerprint(from_zip, "cv_yolo_tiny")

@@ -9,6 +9,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from tests.conftest import log_synthetic_run
+from yolo_mlops.core import vocabulary as names
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.params import PromoteParams
 from yolo_mlops.core.vocabulary import CHALLENGER, CHAMPION, STAGE_TAG
@@ -17,7 +18,7 @@ from yolo_mlops.grid.ranking import RunSummary
 from yolo_mlops.grid.registry import aliases, gates, promote, rollback
 
 PARAMS = {"train.model": "yolov8n.yaml", "train.epochs": 3, "train.imgsz": 320, "train.lr0": 0.01,
-          "train.seed": 42, "dvc.dataset_md5": "abc.dir", "git.commit": "c0ffee"}
+          "train.seed": 42, names.DATASET_TAG: "abc.dir", names.COMMIT_TAG: "c0ffee"}
 
 
 def test_metrics(map50_95: float, recall: float) -> dict[str, float]:
@@ -51,7 +52,7 @@ def snapshot(client: MlflowClient, name: str) -> list[tuple]:
 
 
 def test_gates_without_and_against_a_champion():
-    run = RunSummary("r1", "exp", "FINISHED", {"dvc.dataset_md5": "abc.dir"}, test_metrics(0.25, 0.2))
+    run = RunSummary("r1", "exp", "FINISHED", {names.DATASET_TAG: "abc.dir"}, test_metrics(0.25, 0.2))
     results = {gate.name: gate.passed for gate in gates(run, None, gate_params("m"))}
     assert results == {"min test mAP50-95": True, "min test recall": False, "beats champion": True}
 
@@ -64,8 +65,8 @@ def test_first_promotion_registers_with_provenance_and_becomes_champion(registry
     assert aliases(client, name) == {CHALLENGER: "1", CHAMPION: "1"}
     version = client.get_model_version_by_alias(name, CHAMPION)
     assert version.run_id == run.run_id and version.source.startswith("models:/")
-    assert version.tags["run_id"] == run.run_id and version.tags["dvc.exp_name"] == "exp-a"
-    assert version.tags["dvc.dataset_md5"] == "abc.dir" and version.tags["git.commit"] == "c0ffee"
+    assert version.tags[names.RUN_ID_TAG] == run.run_id and version.tags[names.EXP_NAME_TAG] == "exp-a"
+    assert version.tags[names.DATASET_TAG] == "abc.dir" and version.tags[names.COMMIT_TAG] == "c0ffee"
     assert version.tags["train.lr0"] == "0.01" and float(version.tags["test.mAP50-95"]) == 0.30
     assert version.tags[STAGE_TAG] == "Production"
     import mlflow.pyfunc
@@ -98,7 +99,7 @@ def test_challenger_only_when_gates_fail_then_champion_moves_and_rolls_back(regi
 def test_other_test_split_is_not_comparable(registry):
     client, exp, name = registry
     promote(client, candidate(client, exp, "exp-a", 0.30), gate_params(name))
-    other = promote(client, candidate(client, exp, "exp-b", 0.90, **{"dvc.dataset_md5": "other.dir"}),
+    other = promote(client, candidate(client, exp, "exp-b", 0.90, **{names.DATASET_TAG: "other.dir"}),
                     gate_params(name))
     assert not other.approved and "another split" in other.gates[-1].detail
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import log_synthetic_run
+from yolo_mlops.core import vocabulary as names
 from yolo_mlops.grid import sync
 from yolo_mlops.grid.experiments import DvcExperiment
 
@@ -24,6 +25,6 @@ def test_a_run_missing_from_the_store_is_left_out_with_advice_and_the_others_are
 
     assert result.linked == [present] and result.unlogged == ["elsewhere"] and result.failed == []
     assert mlflow_store.get_run(present).info.run_name == "kept"
-    assert mlflow_store.get_run(present).data.tags["dvc.exp_rev"] == "rev-kept"
+    assert mlflow_store.get_run(present).data.tags[names.EXP_REV_TAG] == "rev-kept"
     advice = "\n".join(result.notes)
     assert "elsewhere" in advice and "does not hold" in advice and "dvc exp remove elsewhere" in advice
