@@ -5,7 +5,7 @@ from pathlib import Path
 
 from yolo_mlops.core.errors import run_stage
 from yolo_mlops.core.params import load_params
-from yolo_mlops.core.paths import DATASET_DIR, MODELS_DIR, TRAIN_LIVE_DIR
+from yolo_mlops.core.paths import DATASET_DIR, MODELS_DIR, RESULTS_CSV, TRAIN_LIVE_DIR
 from yolo_mlops.yolo.dataset import staged_dataset
 from yolo_mlops.yolo.history import read_history, write_dvclive
 from yolo_mlops.yolo.model import resolve_device, resolve_model
@@ -17,7 +17,7 @@ def main() -> None:
     model, device = resolve_model(params.model), resolve_device(params.device)
     with staged_dataset(DATASET_DIR) as data_yaml, tempfile.TemporaryDirectory(prefix="yolo-train-") as scratch:
         run_dir = train(data_yaml, params, model, device, Path(scratch) / "train")
-        history = read_history(run_dir / "results.csv")
+        history = read_history(run_dir / RESULTS_CSV.name)
         export_run(run_dir, MODELS_DIR)
     write_dvclive(history, TRAIN_LIVE_DIR)
     print(f"train: {len(history)} epoch(s); weights in {MODELS_DIR}/, history in {TRAIN_LIVE_DIR}/")

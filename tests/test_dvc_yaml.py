@@ -55,3 +55,18 @@ def test_outputs_metrics_and_plots_are_the_paths_of_the_code(stage: str) -> None
     for kind in ("outs", "metrics", "plots"):
         assert declared_paths(DVC_YAML[stage], kind) == STAGE_OUTPUTS[stage].get(kind, ()), f"{stage} {kind}"
     assert set(DVC_YAML) == set(STAGE_OUTPUTS)
+
+
+def test_top_level_plots_are_files_the_evaluate_stage_writes() -> None:
+    from yolo_mlops.core.params import SPLITS
+    from yolo_mlops.core.paths import PLOTS_RESULTS, PR_CURVE_CSV, split_plots
+    from yolo_mlops.yolo.evaluate import PLOT_NAMES
+
+    written = {PLOTS_RESULTS} | {split_plots(split) / name for split in SPLITS
+                                 for name in (PR_CURVE_CSV, *PLOT_NAMES.values())}
+    plots = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["plots"]
+    paths = set()
+    for plot in plots:
+        name, spec = next(iter(plot.items())) if isinstance(plot, dict) else (plot, None)
+        paths |= {Path(path) for path in spec["y"]} if spec else {Path(name)}
+    assert paths and paths <= written, sorted(map(str, paths - written))

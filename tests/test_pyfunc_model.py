@@ -1,11 +1,13 @@
 """The pyfunc model's input: image paths, raw bytes and base64 text all decode to the same pixels."""
 
 import base64
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import jpeg_bytes
+from tests.conftest import PROJECT_ROOT, jpeg_bytes
 from yolo_mlops.tracking.pyfunc_model import read_image
 
 
@@ -23,3 +25,14 @@ def test_unusable_input_is_refused_clearly() -> None:
         read_image("no/such/file.jpg")
     with pytest.raises(ValueError, match="must be a path, bytes or base64"):
         read_image(3.14)
+
+
+def test_importing_the_project_registers_no_model() -> None:
+    """The pyfunc file is MLflow model code: MLflow runs it (and it calls set_model) when it logs or loads
+    the model; the project imports it for its signature and must not register a model as a side effect."""
+    registered = subprocess.run(
+        [sys.executable, "-c", "import mlflow.models.model as m, yolo_mlops.tracking.run, yolo_mlops.tracking.model; "
+                               "print(m.__mlflow_model__)"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    assert registered == "None"

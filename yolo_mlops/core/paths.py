@@ -27,6 +27,8 @@ TRAIN_LIVE_METRICS = TRAIN_LIVE_DIR / "metrics.json"
 TRAIN_LIVE_PLOTS = TRAIN_LIVE_DIR / "plots" / "metrics"
 EVAL_METRICS_FILE = Path("metrics/eval.json")
 PLOTS_DIR = Path("plots")
+PLOTS_RESULTS = PLOTS_DIR / "results.png"  # the training curves, beside each split's plots
+PR_CURVE_CSV = "precision_recall.csv"  # in each split's folder, for `dvc plots`
 MLFLOW_RUN_FILE = Path("metrics/mlflow_run.json")
 
 STAGE_OUTPUTS: dict[str, dict[str, tuple[Path, ...]]] = {
@@ -57,6 +59,11 @@ def project_root() -> Path:
     """The user's project folder: `DVC_ROOT` inside a DVC stage (queued experiments run
     in a temporary copy, whose files are deleted afterwards), else the working directory."""
     return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+
+
+def split_plots(split: str) -> Path:
+    """The evaluate stage's plots of one split: plots/<split>/."""
+    return PLOTS_DIR / split
 
 
 def shared(path: Path) -> Path:

@@ -14,6 +14,7 @@ from PIL import Image, UnidentifiedImageError
 
 from yolo_mlops.core.atomic import atomic_dir
 from yolo_mlops.core.errors import PipelineError
+from yolo_mlops.core.paths import DATA_YAML
 from yolo_mlops.core.params import SPLITS, PrepareParams
 
 COCO_CLASS_COUNT = 80
@@ -195,7 +196,7 @@ def prepare_dataset(source: Path, params: PrepareParams, output_dir: Path) -> di
                 lines = "".join(f"0 {' '.join(box.coordinates)}\n" for box in sample.boxes)
                 (staging / "labels" / split / f"{sample.name}.txt").write_text(lines, encoding="utf-8")
         data_yaml = {split: f"images/{split}" for split in SPLITS} | {"names": {0: params.class_name}}
-        (staging / "data.yaml").write_text(
+        (staging / DATA_YAML.name).write_text(
             "# Paths are relative to this file's folder (no `path:` key), so it works anywhere.\n"
             + yaml.safe_dump(data_yaml, sort_keys=False),
             encoding="utf-8",

@@ -6,6 +6,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from yolo_mlops.core.paths import DATA_YAML
+
 
 @contextmanager
 def staged_dataset(dataset_dir: Path) -> Iterator[Path]:
@@ -16,4 +18,4 @@ def staged_dataset(dataset_dir: Path) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="yolo-data-") as scratch:
         copy = Path(scratch) / dataset_dir.name
         shutil.copytree(dataset_dir, copy)
-        yield copy / "data.yaml"
+        yield copy / DATA_YAML.name

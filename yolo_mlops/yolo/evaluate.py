@@ -6,6 +6,7 @@ from pathlib import Path
 
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.params import EvaluateParams, Params
+from yolo_mlops.core.paths import PLOTS_DIR, PLOTS_RESULTS, PR_CURVE_CSV, split_plots
 from yolo_mlops.yolo.model import resolve_device, ultralytics
 
 CURVE_POINTS = 101
@@ -60,17 +61,17 @@ def evaluate_splits(params: Params, weights: Path, data_yaml: Path, training_plo
     if not weights.is_file():
         raise PipelineError(f"{weights}: missing; run the train stage first (`dvc repro train`)")
     device = resolve_device(params.train.device)
-    shutil.copy2(training_plot, plots_dir / "results.png")
+    shutil.copy2(training_plot, plots_dir / PLOTS_RESULTS.relative_to(PLOTS_DIR))
     results = {}
     for split in params.evaluate.splits:
         metrics, curve, save_dir = evaluate(
             weights, data_yaml, split, params.evaluate, params.train.imgsz, params.train.batch, device, scratch / split
         )
         results[split] = {name: round(value, 6) for name, value in metrics.items()}
-        split_dir = plots_dir / split
+        split_dir = plots_dir / split_plots(split).relative_to(PLOTS_DIR)
         split_dir.mkdir()
         for produced, usual in PLOT_NAMES.items():
             if (save_dir / produced).is_file():
                 shutil.copy2(save_dir / produced, split_dir / usual)
-        write_curve(curve, split_dir / "precision_recall.csv")
+        write_curve(curve, split_dir / PR_CURVE_CSV)
     return results

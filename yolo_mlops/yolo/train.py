@@ -6,7 +6,12 @@ from pathlib import Path
 from yolo_mlops.core.atomic import atomic_dir
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.params import TrainParams
+from yolo_mlops.core.paths import BEST_WEIGHTS, LAST_WEIGHTS, MODELS_DIR, RESULTS_CSV, RESULTS_PLOT, TRAIN_ARGS
 from yolo_mlops.yolo.model import ultralytics
+
+# Ultralytics' run folder → the train stage's output (models/).
+RUN_FILES = {"weights/best.pt": BEST_WEIGHTS, "weights/last.pt": LAST_WEIGHTS, "results.csv": RESULTS_CSV,
+             "results.png": RESULTS_PLOT, "args.yaml": TRAIN_ARGS}
 
 
 def train(data_yaml: Path, params: TrainParams, model: str, device: str, run_dir: Path) -> Path:
@@ -26,15 +31,15 @@ def train(data_yaml: Path, params: TrainParams, model: str, device: str, run_dir
     save_dir = Path(trainer_model.trainer.save_dir)
     from ultralytics.utils.plotting import plot_results
 
-    plot_results(file=save_dir / "results.csv")
+    plot_results(file=save_dir / RESULTS_CSV.name)
     return save_dir
 
 
 def export_run(run_dir: Path, models_dir: Path) -> None:
     """Keep the run's weights, history and its plot as the train stage's output (atomically)."""
     with atomic_dir(models_dir) as staging:
-        for name in ("weights/best.pt", "weights/last.pt", "results.csv", "results.png", "args.yaml"):
+        for name, target in RUN_FILES.items():
             source = run_dir / name
             if not source.is_file():
                 raise PipelineError(f"train: Ultralytics did not write {source}")
-            shutil.copy2(source, staging / Path(name).name)
+            shutil.copy2(source, staging / target.relative_to(MODELS_DIR))
