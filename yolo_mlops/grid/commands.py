@@ -3,7 +3,6 @@ link the experiments to their MLflow runs, compare them, promote the best and wr
 `python -m yolo_mlops.grid` (grid/__main__.py) runs and prints them."""
 
 import os
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,10 +128,7 @@ def compare_grid(client: MlflowClient, root: Path, params: Params) -> Compared:
               for run in comparison.ranked}
     charts.config_chart(found, root / CONFIG_CHART)
     charts.curves_chart(curves, f"val.{metric}", root / CURVES_CHART)
-    ranked = [run.name for run in comparison.ranked]
-    plots = subprocess.run(["dvc", "plots", "diff", *ranked, "-o", str(DVC_PLOTS_DIR)], cwd=root,
-                           capture_output=True, text=True)
-    error = plots.stderr.strip()[-500:] if plots.returncode != 0 else None
+    error = experiments.plots_diff(root, [run.name for run in comparison.ranked], DVC_PLOTS_DIR)
     return Compared(comparison, found, curves, error)
 
 

@@ -127,6 +127,15 @@ def run_queue(root: Path, total: int) -> Iterator[str]:
         raise PipelineError(f"dvc exp run --run-all exited with {process.returncode}; see its output above")
 
 
+def plots_diff(root: Path, names: list[str], output: Path) -> str | None:
+    """`dvc plots diff` of the experiments into `output` (HTML); DVC's error when it failed, else None."""
+    try:
+        dvc(root, "plots", "diff", *names, "-o", str(output))
+    except PipelineError as error:
+        return str(error)[-500:]
+    return None
+
+
 def mlflow_run_id(root: Path, experiment: DvcExperiment) -> str | None:
     """The MLflow run the experiment's log stage wrote to (metrics/mlflow_run.json in its commit)."""
     text = show(root, experiment.rev, MLFLOW_RUN_FILE)

@@ -1,0 +1,1 @@
+"""The Ultralytics adapter: the `train` and `evaluate` stages' work with YOLO."""
