@@ -76,13 +76,8 @@ def eval_metric(name: str) -> str:
     return mlflow_metric(EVALUATE, name)
 
 
-def data_metric(name: str) -> str:
-    """`data.test_images` (the comparison's name of a metrics/data.json value) → `prepare/test_images`."""
-    return f"{PREPARE}/{name.removeprefix(DATA_PREFIX)}"
-
-
 def comparison_metric(mlflow_name: str) -> str | None:
-    """The reverse of `eval_metric` and `data_metric`: an MLflow metric → its name in the comparison
+    """The reverse of `mlflow_metric` for the final metrics: an MLflow metric → its name in the comparison
     (`evaluate/val_mAP50` → `val.mAP50`, `prepare/test_images` → `data.test_images`); None for others."""
     stage, _, name = mlflow_name.partition("/")
     if stage == EVALUATE and "_" in name:
