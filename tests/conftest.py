@@ -3,6 +3,7 @@
 import io
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import zipfile
@@ -13,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 from PIL import Image
+
+from yolo_mlops.core import vocabulary as names
 
 if TYPE_CHECKING:
     from tests.stack import Offline
@@ -31,6 +34,14 @@ TINY_PARAMS = {
     "train.epochs": 1,
     "train.workers": 0,
 }
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on `host` that nothing listens on right now (the OS picks it, then the probe closes it):
+    a closed port stands for an unreachable server, or a test server binds it next."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
 
 
 def jpeg_bytes(width: int = 32, height: int = 24, color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
@@ -164,19 +175,19 @@ def log_synthetic_run(client: Any, experiment_id: str, name: str, metrics: dict[
                       params: dict[str, object] | None = None, baseline: str = "base", status: str = "FINISHED",
                       model: bool = False) -> str:
     """An MLflow run shaped like the log stage's: `val.mAP50` → metric `evaluate/val_mAP50`, tags
-    naming the DVC experiment; `model=True` logs `echo_model()` under `model`."""
+    naming the DVC experiment (core/vocabulary.py); `model=True` logs `echo_model()` as the run's model."""
     import mlflow
     from mlflow.entities import Metric, Param
 
-    tags = {"dvc.exp_name": name, "dvc.baseline_rev": baseline, "yolo_mlops.log_status": "complete"}
+    tags = {names.EXP_NAME_TAG: name, names.BASELINE_TAG: baseline, names.LOG_STATUS_TAG: names.COMPLETE}
     run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
     client.log_batch(
         run_id,
-        metrics=[Metric(f"evaluate/{key.replace('.', '_', 1)}", value, 0, 0) for key, value in metrics.items()],
+        metrics=[Metric(names.eval_metric(key), value, 0, 0) for key, value in metrics.items()],
         params=[Param(key, str(value)) for key, value in (params or {}).items()],
     )
     if model:
         with mlflow.start_run(run_id=run_id):
-            mlflow.pyfunc.log_model(name="model", python_model=echo_model(), pip_requirements=["mlflow"])
+            mlflow.pyfunc.log_model(name=names.MODEL_NAME, python_model=echo_model(), pip_requirements=["mlflow"])
     client.set_terminated(run_id, status)
     return run_id

@@ -10,7 +10,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tests.conftest import TINY_PARAMS, copy_project, project_env, run
+from tests.conftest import TINY_PARAMS, copy_project, free_port, project_env, run
 
 HOST = "127.0.0.1"
 BUCKETS = ("mlflow", "dvc")  # as created by the compose file's init service
@@ -34,13 +33,6 @@ S3_ENV = {"AWS_ACCESS_KEY_ID": "stack-test-user", "AWS_SECRET_ACCESS_KEY": "stac
 START_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 30
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return probe.getsockname()[1]
 
 
 def answers(url: str) -> bool:
@@ -116,7 +108,7 @@ class S3Server:
 @contextmanager
 def s3_server(log_dir: Path, port: int | None = None) -> Iterator[S3Server]:
     """moto's S3 server (the stand-in for MinIO) on 127.0.0.1, with the stack's buckets."""
-    port = port or free_port()
+    port = port or free_port(HOST)
     service = Service.start([str(BIN / "moto_server"), "-H", HOST, "-p", str(port)], project_env(),
                             log_dir / f"moto-{port}.log")
     try:
@@ -151,7 +143,7 @@ def postgres_server() -> Iterator[str]:
             pytest.skip("running as root, and there is no `postgres` user to run PostgreSQL as")
         as_user = ["runuser", "-u", "postgres", "--"]
     root = Path(tempfile.mkdtemp(prefix="stack-postgres-"))  # under /tmp: the postgres user can enter it
-    port, password = free_port(), "stack-test-db-password"
+    port, password = free_port(HOST), "stack-test-db-password"
     (root / "password").write_text(password)
     for path in (root, root / "password") if as_user else ():
         shutil.chown(path, "postgres", "postgres")
@@ -210,7 +202,7 @@ class MlflowServer:
 @contextmanager
 def mlflow_server(backend_uri: str, s3_endpoint: str, log_dir: Path, port: int | None = None,
                   proxy_artifacts: bool = True) -> Iterator[MlflowServer]:
-    server = MlflowServer(backend_uri, s3_endpoint, log_dir, port or free_port(), proxy_artifacts)
+    server = MlflowServer(backend_uri, s3_endpoint, log_dir, port or free_port(HOST), proxy_artifacts)
     try:
         yield server.start()
     finally:
@@ -242,7 +234,7 @@ class Offline:
 def run_without_server(project_dir: Path) -> Offline:
     """`dvc repro` with MLFLOW_TRACKING_URI at a port nothing listens on: prepare, train and
     evaluate complete, the log stage fails. Tests work on copies of the project."""
-    port = free_port()
+    port = free_port(HOST)
     project = copy_project(project_dir, TINY_PARAMS)
     result = run(["dvc", "repro"], project, env=client_env(f"http://{HOST}:{port}"), check=False)
     return Offline(project, result, port)

@@ -1,7 +1,11 @@
 """End to end: the real `dvc repro` of prepare → train → evaluate → log at tiny settings,
-checked on the DVC side (dvc.lock, metrics, plots) and the MLflow side (MlflowClient)."""
+checked on the DVC side (dvc.lock, metrics, plots) and the MLflow side (MlflowClient).
+
+One real pipeline run (`finished`) is shared, read-only; every test that changes a project works
+on its own copy of it (`project`), so the tests pass alone and in any order."""
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -11,19 +15,42 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tests.conftest import TINY_PARAMS, copy_project, needs_coco128, project_env, run, write_params
+from tests.conftest import (
+    COCO128_ZIP,
+    TINY_PARAMS,
+    copy_project,
+    free_port,
+    needs_coco128,
+    project_env,
+    run,
+    write_params,
+)
+from yolo_mlops.core import vocabulary as names
 from yolo_mlops.tracking.pyfunc_model import BOX_COLUMNS
+from yolo_mlops.yolo.model import _online
 
 pytestmark = [pytest.mark.e2e, needs_coco128]
 EXPERIMENT = "cv_yolo_tiny"
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One real pipeline run shared by the tests of this module (they run in file order)."""
-    project = copy_project(tmp_path_factory.mktemp("pipeline"), TINY_PARAMS)
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real pipeline run, shared by the tests of this module: they only read it."""
+    project = copy_project(tmp_path_factory.mktemp("pipeline") / "project", TINY_PARAMS)
     run(["dvc", "repro"], project)
     return project
+
+
+@pytest.fixture
+def project(finished: Path, tmp_path: Path) -> Path:
+    """A test's own copy of the finished project: git history (.git), DVC cache and outputs, the
+    embedded MLflow store (mlflow.db) and its mlartifacts/.
+
+    One link to the original remains: mlflow.db records the experiment's artifact location as an
+    absolute path, the original's mlartifacts/ (tracking/store.py sets it when the experiment is
+    created). So runs a copy adds store their artifacts there, each under its own run id; the
+    original's runs and files are left as they are, and the tests that read it see no change."""
+    return Path(shutil.copytree(finished, tmp_path / "project", symlinks=True))
 
 
 def client(project: Path) -> MlflowClient:
@@ -39,71 +66,81 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def test_dvc_records_every_stage_and_the_workspace_is_clean(project: Path) -> None:
-    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+def dataset_md5(project: Path) -> str:
+    """DVC's md5 of data/tiny_coco, the prepare stage's output in dvc.lock."""
+    return yaml.safe_load((project / "dvc.lock").read_text())["stages"]["prepare"]["outs"][0]["md5"]
+
+
+def test_dvc_records_every_stage_and_the_workspace_is_clean(finished: Path) -> None:
+    lock = yaml.safe_load((finished / "dvc.lock").read_text())["stages"]
     assert list(lock) == ["prepare", "train", "evaluate", "log"]
     assert lock["train"]["params"]["params.yaml"]["train"]["imgsz"] == 64
     assert all(out.get("md5") for stage in lock.values() for out in stage.get("outs", []))
-    status = run(["dvc", "status", "--json"], project)
+    status = run(["dvc", "status", "--json"], finished)
     assert json.loads(status.stdout) == {}  # Ultralytics' label caches did not touch the dataset output
 
 
-def test_outputs_metrics_and_plots(project: Path) -> None:
-    data = read_json(project / "metrics" / "data.json")
+def test_outputs_metrics_and_plots(finished: Path, tmp_path: Path) -> None:
+    data = read_json(finished / "metrics" / "data.json")
     assert [data[split]["images"] for split in ("train", "val", "test")] == [40, 10, 10]
     assert data["source_images_with_class"] == 61
     assert all(data[split]["boxes"] >= data[split]["images"] for split in ("train", "val", "test"))
-    labels = list((project / "data" / "tiny_coco" / "labels").rglob("*.txt"))
+    labels = list((finished / "data" / "tiny_coco" / "labels").rglob("*.txt"))
     assert len(labels) == 60 and all(line.startswith("0 ") for f in labels for line in f.read_text().splitlines())
-    evaluation = read_json(project / "metrics" / "eval.json")
+    evaluation = read_json(finished / "metrics" / "eval.json")
     for split in ("val", "test"):
         assert set(evaluation[split]) == {"mAP50", "mAP50-95", "precision", "recall", "f1"}
         assert all(0.0 <= value <= 1.0 for value in evaluation[split].values())
         for image in ("confusion_matrix.png", "PR_curve.png", "F1_curve.png", "P_curve.png", "R_curve.png"):
-            assert (project / "plots" / split / image).stat().st_size > 1000
-        curve = pd.read_csv(project / "plots" / split / "precision_recall.csv")
+            assert (finished / "plots" / split / image).stat().st_size > 1000
+        curve = pd.read_csv(finished / "plots" / split / "precision_recall.csv")
         assert list(curve.columns) == ["recall", "precision"] and len(curve) > 50
-    assert (project / "plots" / "results.png").is_file()
-    assert {p.name for p in (project / "models").iterdir()} >= {"best.pt", "last.pt", "results.csv"}
-    assert read_json(project / "dvclive" / "metrics.json")["step"] == 1
-    shown = run(["dvc", "exp", "show", "--json"], project)
+    assert (finished / "plots" / "results.png").is_file()
+    assert {p.name for p in (finished / "models").iterdir()} >= {"best.pt", "last.pt", "results.csv"}
+    assert read_json(finished / "dvclive" / "metrics.json")["step"] == 1
+    shown = run(["dvc", "exp", "show", "--json"], finished)
     assert "mAP50-95" in shown.stdout
-    run(["dvc", "plots", "show", "-o", str(project / "plots_html")], project)
-    assert (project / "plots_html" / "index.html").is_file()
+    run(["dvc", "plots", "show", "-o", str(tmp_path / "plots_html")], finished)
+    assert (tmp_path / "plots_html" / "index.html").is_file()
 
 
-def test_one_mlflow_run_carries_params_metrics_history_artifacts_and_model(project: Path) -> None:
-    [logged] = runs(project)
+def test_one_mlflow_run_carries_params_metrics_history_artifacts_and_model(finished: Path) -> None:
+    [logged] = runs(finished)
     assert logged.info.status == "FINISHED"
     params = logged.data.params
     assert params["train.lr0"] == "0.01" and params["train.imgsz"] == "64" and params["prepare.train"] == "40"
     assert params["train.model"] == "yolov8n.yaml" and params["mlflow.experiment_name"] == EXPERIMENT
-    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
-    assert params["dvc.dataset_md5"] == lock["prepare"]["outs"][0]["md5"]
-    head = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
-    assert params["git.commit"] == head == logged.data.tags["mlflow.source.git.commit"]
-    assert params["version.ultralytics"] and params["version.mlflow"]
-    evaluation = read_json(project / "metrics" / "eval.json")
+    assert params[names.DATASET_TAG] == dataset_md5(finished)
+    head = run(["git", "rev-parse", "HEAD"], finished).stdout.strip()
+    assert params[names.COMMIT_TAG] == head == logged.data.tags[names.MLFLOW_COMMIT_TAG]
+    assert params[f"{names.VERSION_PARAM_PREFIX}ultralytics"] and params[f"{names.VERSION_PARAM_PREFIX}mlflow"]
+    evaluation = read_json(finished / "metrics" / "eval.json")
     for split in ("val", "test"):
         for name, value in evaluation[split].items():
-            assert logged.data.metrics[f"evaluate/{split}_{name}"] == pytest.approx(value)
-    assert logged.data.metrics["prepare/train_images"] == 40
-    history = client(project).get_metric_history(logged.info.run_id, "train/val_mAP50-95")
+            assert logged.data.metrics[names.eval_metric(f"{split}.{name}")] == pytest.approx(value)
+    assert logged.data.metrics[names.data_metric("data.train_images")] == 40
+    history = client(finished).get_metric_history(logged.info.run_id, names.history_metric("val/mAP50-95"))
     assert [metric.step for metric in history] == [1]  # one entry per epoch
-    listed = {a.path for folder in ("prepare", "train", "weights", "evaluate", "evaluate/plots", "evaluate/plots/test")
-              for a in client(project).list_artifacts(logged.info.run_id, folder)}
-    assert {"prepare/data.yaml", "prepare/data.json", "train/results.csv", "weights/best.pt", "weights/last.pt",
-            "evaluate/eval.json", "evaluate/plots/results.png", "evaluate/plots/test/confusion_matrix.png",
-            "evaluate/plots/test/PR_curve.png", "evaluate/plots/test/F1_curve.png"} <= listed
-    run_record = read_json(project / "metrics" / "mlflow_run.json")
+    dataset, train, weights = names.DATASET_ARTIFACTS, names.TRAIN_ARTIFACTS, names.WEIGHTS_ARTIFACTS
+    evaluate, plots = names.EVALUATE_ARTIFACTS, names.PLOTS_ARTIFACTS
+    listed = {a.path for folder in (dataset, train, weights, evaluate, plots, f"{plots}/test")
+              for a in client(finished).list_artifacts(logged.info.run_id, folder)}
+    assert {f"{dataset}/data.yaml", f"{dataset}/data.json", f"{train}/results.csv", f"{weights}/best.pt",
+            f"{weights}/last.pt", f"{evaluate}/eval.json", f"{plots}/results.png", f"{plots}/test/confusion_matrix.png",
+            f"{plots}/test/PR_curve.png", f"{plots}/test/F1_curve.png"} <= listed
+    run_record = read_json(finished / "metrics" / "mlflow_run.json")
     assert run_record["run_id"] == logged.info.run_id
 
 
-def test_logged_model_predicts_person_boxes(project: Path) -> None:
-    [logged] = runs(project)
-    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
-    model = mlflow.pyfunc.load_model(f"runs:/{logged.info.run_id}/model")
-    images = sorted(str(p) for p in (project / "data" / "tiny_coco" / "images" / "test").iterdir())[:2]
+def test_logged_model_predicts_person_boxes(finished: Path) -> None:
+    [logged] = runs(finished)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{finished / 'mlflow.db'}")
+    try:
+        model = mlflow.pyfunc.load_model(f"runs:/{logged.info.run_id}/{names.MODEL_NAME}")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    images = sorted(str(p) for p in (finished / "data" / "tiny_coco" / "images" / "test").iterdir())[:2]
     boxes = model.predict(pd.DataFrame({"image": images}), params={"conf": 0.0})
     assert list(boxes.columns) == BOX_COLUMNS
     assert len(boxes) > 0 and set(boxes["class_name"]) == {"person"} and set(boxes["image"]) <= {0, 1}
@@ -121,7 +158,8 @@ def test_exactly_once(project: Path) -> None:
 
 def test_tracking_outage_keeps_results_and_a_rerun_sends_them_once(project: Path) -> None:
     write_params(project, {"evaluate.conf": 0.002})
-    down = run(["dvc", "repro"], project, env=project_env(MLFLOW_TRACKING_URI="http://127.0.0.1:9"), check=False)
+    down = run(["dvc", "repro"], project, env=project_env(MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}"),
+               check=False)
     assert down.returncode != 0
     assert "unreachable" in down.stderr and "Nothing is lost" in down.stderr and "Traceback" not in down.stderr
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
@@ -135,13 +173,34 @@ def test_tracking_outage_keeps_results_and_a_rerun_sends_them_once(project: Path
 
 def test_same_seed_gives_identical_results(project: Path) -> None:
     evaluation, history = read_json(project / "metrics" / "eval.json"), read_json(project / "dvclive" / "metrics.json")
-    dataset_hash = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["prepare"]["outs"][0]["md5"]
+    dataset_hash = dataset_md5(project)
     count = len(runs(project))
     run(["dvc", "repro", "--force"], project)
     assert read_json(project / "metrics" / "eval.json") == evaluation
     assert read_json(project / "dvclive" / "metrics.json") == history
-    assert yaml.safe_load((project / "dvc.lock").read_text())["stages"]["prepare"]["outs"][0]["md5"] == dataset_hash
+    assert dataset_md5(project) == dataset_hash
     assert len(runs(project)) == count  # the same experiment again: its run is found, not duplicated
+
+
+def test_the_same_dataset_from_another_path_is_the_same_experiment(project: Path, tmp_path: Path) -> None:
+    """Identity by content: the same COCO128 bytes under another path re-run prepare, which makes
+    the same dataset; train and evaluate are skipped, and the log stage finds the same MLflow run."""
+    [logged] = runs(project)
+    record = read_json(project / "metrics" / "mlflow_run.json")
+    dataset_hash = dataset_md5(project)
+    moved = tmp_path / "elsewhere" / "coco128.zip"
+    moved.parent.mkdir()
+    shutil.copyfile(COCO128_ZIP, moved)
+    write_params(project, {"prepare.source": str(moved)})
+    again = run(["dvc", "repro"], project)
+    assert "Running stage 'prepare'" in again.stdout and dataset_md5(project) == dataset_hash
+    for stage in ("train", "evaluate"):
+        assert f"Stage '{stage}' didn't change, skipping" in again.stdout
+        assert f"Running stage '{stage}'" not in again.stdout
+    assert "Running stage 'log'" in again.stdout and f"unchanged MLflow run {logged.info.run_id}" in again.stdout
+    [same] = runs(project)  # no new run
+    assert same.info.run_id == logged.info.run_id and same.data.tags[names.DATASET_TAG] == dataset_hash
+    assert read_json(project / "metrics" / "mlflow_run.json")["run_id"] == record["run_id"] == logged.info.run_id
 
 
 def test_bad_param_is_refused_before_any_work(tmp_path: Path) -> None:
@@ -153,11 +212,12 @@ def test_bad_param_is_refused_before_any_work(tmp_path: Path) -> None:
 
 
 def test_pretrained_weights_offline_fail_within_the_train_stage(tmp_path: Path) -> None:
+    if _online():  # the same probe as the train stage's (yolo/model.py)
+        pytest.skip("this machine can reach the download host; the offline path is covered by test_yolo")
     project = copy_project(tmp_path / "offline", TINY_PARAMS | {"train.model": "yolov8n.pt"})
     result = run(["dvc", "repro"], project, check=False)
     assert result.returncode != 0
-    if "cannot be downloaded" not in result.stderr:
-        pytest.skip("this machine can reach the download host; the offline path is covered by test_yolo")
+    assert "cannot be downloaded" in result.stderr
     assert "train.model=yolov8n.yaml" in result.stderr and not (project / "models").exists()
     assert subprocess.run(["git", "status", "--porcelain", "params.yaml"], cwd=project,
                           capture_output=True, text=True).stdout == ""

@@ -1,14 +1,13 @@
 """Where COCO128 comes from: local zip or folder, or a URL downloaded once into the cache."""
 
 import http.server
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_source, person_labels
+from tests.conftest import free_port, make_source, person_labels
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.data.source import resolve_source
 
@@ -45,12 +44,6 @@ def zip_server(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
     server.shutdown()
 
 
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_relative_paths_resolve_against_the_project_root_even_inside_dvc_copies(
         project: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     (project / "inputs").mkdir()
@@ -77,7 +70,7 @@ def test_missing_path_and_unreadable_zips_are_refused(project: Path) -> None:
 
 def test_unreachable_url_fails_with_an_offline_hint(project: Path) -> None:
     with pytest.raises(PipelineError, match="cannot download .*Point prepare.source at a local copy"):
-        resolve_source(f"http://127.0.0.1:{closed_port()}/coco128.zip")
+        resolve_source(f"http://127.0.0.1:{free_port()}/coco128.zip")
     assert not list((project / "data" / "cache").glob("*"))  # nothing half-downloaded left
 
 

@@ -4,7 +4,6 @@
 import re
 from pathlib import Path
 
-import pytest
 import yaml
 from mlflow.environment_variables import MLFLOW_S3_ENDPOINT_URL
 
@@ -81,15 +80,45 @@ def test_mlflow_server_uses_postgresql_proxies_artifacts_to_minio_and_pins_mlflo
     assert re.search(r"psycopg2-binary==[\d.]+", dockerfile) and re.search(r"boto3==[\d.]+", dockerfile)
 
 
-def test_variable_names_agree_between_compose_env_example_and_code() -> None:
-    compose_text = (PROJECT_ROOT / "docker-compose.yml").read_text()
-    used = {match[1] for match in VARIABLE.finditer(compose_text)}
-    example = set(env_example())
-    assert used <= example, f"compose uses {used - example}, missing from .env.example"
-    makefile = (PROJECT_ROOT / "Makefile").read_text()
-    tracking = (PROJECT_ROOT / "yolo_mlops/tracking.py").read_text()
-    unused = {name for name in example - used if name not in makefile and f'"{name}"' not in tracking}
-    assert not unused, f".env.example sets {unused}, read by nothing"
+def makefile_recipe(target: str) -> str:
+    """The recipe (tab-indented lines) of a Makefile target."""
+    found = re.search(rf"^{target}:.*\n((?:\t.*\n)+)", (PROJECT_ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert found, f"Makefile has no target {target}"
+    return found[1]
+
+
+def exported_in_comments(name: str, value: str) -> bool:
+    """True when a comment of .env.example tells the user to `export NAME=value` in the shell."""
+    comments = [line for line in (PROJECT_ROOT / ".env.example").read_text().splitlines() if line.startswith("#")]
+    return any(f"export {name}={value}" in line for line in comments)
+
+
+def test_no_client_reads_the_env_file() -> None:
+    """The pipeline, DVC and MLflow read the shell's environment only: no project code loads .env."""
+    code = [path for folder in ("yolo_mlops", "stages") for path in (PROJECT_ROOT / folder).rglob("*.py")]
+    assert code
+    loaders = [str(path.relative_to(PROJECT_ROOT)) for path in code
+               if re.search(r"dotenv|[\"']\.env[\"']", path.read_text(encoding="utf-8"))]
+    assert not loaders, f"{loaders} read .env: .env.example and the README say only make up/remote do"
+    requirements = (PROJECT_ROOT / "requirements.txt").read_text().lower()
+    assert "dotenv" not in requirements
+
+
+def test_every_env_example_variable_is_read_by_make_up_or_make_remote_or_exported_by_the_user() -> None:
+    """.env is read by `make up` (docker compose substitutes its variables) and `make remote` (which
+    sources it) only; any other variable of .env.example must be one its comments say to export."""
+    example = env_example()
+    compose = {match[1] for match in VARIABLE.finditer((PROJECT_ROOT / "docker-compose.yml").read_text())}
+    assert compose <= set(example), f"compose uses {compose - set(example)}, missing from .env.example"
+    assert "docker compose up" in makefile_recipe("up")  # compose reads .env from the project folder
+    remote = makefile_recipe("remote")
+    assert ". ./.env" in remote
+    sourced = {name for name in example if re.search(rf"\b{name}\b", remote)}
+    exported = {name for name, value in example.items() if exported_in_comments(name, value)}
+    assert "MLFLOW_TRACKING_URI" in exported, ".env.example must say to export MLFLOW_TRACKING_URI in the shell"
+    unread = set(example) - compose - sourced - exported
+    assert not unread, (f".env.example sets {unread}: neither make up (compose) nor make remote reads it, "
+                        "and its comments do not say to export it in the shell")
 
 
 def test_dvc_remotes_minio_and_local_without_credentials() -> None:
@@ -100,29 +129,29 @@ def test_dvc_remotes_minio_and_local_without_credentials() -> None:
     assert "/config.local" in (PROJECT_ROOT / ".dvc/.gitignore").read_text().split()
 
 
-@pytest.mark.parametrize(("env_file", "message"), [
-    (None, "error: .env is missing"),
-    ("DVC_S3_ENDPOINT_URL=http://localhost:9000\nDVC_S3_ACCESS_KEY_ID=dvc-client\n",
-     "error: .env: DVC_S3_SECRET_ACCESS_KEY is not set"),
-])
-def test_make_remote_refuses_an_incomplete_env_file(env_file: str | None, message: str, tmp_path: Path) -> None:
-    project = copy_project(tmp_path / "project")
-    if env_file is not None:
-        (project / ".env").write_text(env_file)
-    result = run(["make", "remote"], project, env=project_env(), check=False)
+def make_fails(target: str, project: Path, message: str) -> None:
+    """`make target` exits non-zero saying `message`, before doing anything."""
+    result = run(["make", target], project, env=project_env(), check=False)
     assert result.returncode != 0 and message in result.stdout + result.stderr
     assert not (project / ".dvc/config.local").exists()
-
-
-@pytest.mark.parametrize(("env_file", "message"), [
-    (None, "error: .env is missing"),
-    ("example", "error: .env still holds change-me placeholder passwords"),
-])
-def test_make_up_refuses_missing_or_placeholder_credentials(env_file: str | None, message: str,
-                                                            tmp_path: Path) -> None:
-    project = copy_project(tmp_path / "project")
-    if env_file == "example":
-        (project / ".env").write_text((project / ".env.example").read_text())
-    result = run(["make", "up"], project, env=project_env(), check=False)
-    assert result.returncode != 0 and message in result.stdout + result.stderr
     assert "docker compose" not in result.stdout
+
+
+def test_make_remote_refuses_a_missing_env_file(tmp_path: Path) -> None:
+    make_fails("remote", copy_project(tmp_path / "project"), "error: .env is missing")
+
+
+def test_make_remote_refuses_an_incomplete_env_file(tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "project")
+    (project / ".env").write_text("DVC_S3_ENDPOINT_URL=http://localhost:9000\nDVC_S3_ACCESS_KEY_ID=dvc-client\n")
+    make_fails("remote", project, "error: .env: DVC_S3_SECRET_ACCESS_KEY is not set")
+
+
+def test_make_up_refuses_a_missing_env_file(tmp_path: Path) -> None:
+    make_fails("up", copy_project(tmp_path / "project"), "error: .env is missing")
+
+
+def test_make_up_refuses_placeholder_credentials(tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "project")
+    (project / ".env").write_text((project / ".env.example").read_text())
+    make_fails("up", project, "error: .env still holds change-me placeholder passwords")

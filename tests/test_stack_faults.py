@@ -6,13 +6,12 @@ which cannot be installed on these machines (see tests/stack.py)."""
 import json
 import subprocess
 from collections.abc import Iterator
-from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import TINY_PARAMS, copy_project, needs_coco128, run
+from tests.conftest import TINY_PARAMS, copy_project, free_port, needs_coco128, run
 from tests.stack import (
     S3_ENV,
     MlflowServer,
@@ -20,13 +19,11 @@ from tests.stack import (
     S3Server,
     client_env,
     copy_results,
-    free_port,
     mlflow_server,
     s3_server,
     wait_for,
 )
-from yolo_mlops.core.vocabulary import COMPLETE
-from yolo_mlops.core.vocabulary import LOG_STATUS_TAG as COMPLETE_TAG
+from yolo_mlops.core import vocabulary as names
 
 pytestmark = [needs_coco128, pytest.mark.e2e]
 # The log stage's own bound: a refused connection fails at once, a 500 after MLflow's 2 retries.
@@ -54,16 +51,18 @@ def assert_one_complete_run(server: MlflowServer, project: Path, epochs: int) ->
     runs = runs_of(server)
     assert len(runs) == 1, f"{len(runs)} runs in MLflow"
     run_info = runs[0]
-    assert run_info.info.status == "FINISHED" and run_info.data.tags[COMPLETE_TAG] == COMPLETE
+    assert run_info.info.status == "FINISHED" and run_info.data.tags[names.LOG_STATUS_TAG] == names.COMPLETE
     record = json.loads((project / "metrics/mlflow_run.json").read_text())
     assert record["run_id"] == run_info.info.run_id
     client = MlflowClient(server.uri)
-    steps = sorted(metric.step for metric in client.get_metric_history(run_info.info.run_id, "train/val_mAP50"))
+    steps = sorted(metric.step for metric in client.get_metric_history(run_info.info.run_id,
+                                                                 names.history_metric("val/mAP50")))
     assert steps == list(range(1, epochs + 1))
     artifacts = {item.path for item in client.list_artifacts(run_info.info.run_id)}
-    assert {"prepare", "train", "weights", "evaluate", "dvc"} <= artifacts
-    weights = {item.path for item in client.list_artifacts(run_info.info.run_id, "weights")}
-    assert weights == {"weights/best.pt", "weights/last.pt"}
+    assert {names.DATASET_ARTIFACTS, names.TRAIN_ARTIFACTS, names.WEIGHTS_ARTIFACTS, names.EVALUATE_ARTIFACTS,
+            names.DVC_ARTIFACTS} <= artifacts
+    weights = {item.path for item in client.list_artifacts(run_info.info.run_id, names.WEIGHTS_ARTIFACTS)}
+    assert weights == {f"{names.WEIGHTS_ARTIFACTS}/best.pt", f"{names.WEIGHTS_ARTIFACTS}/last.pt"}
     assert len(run_info.outputs.model_outputs) == 1
     return run_info.info.run_id
 
@@ -124,37 +123,55 @@ def test_server_killed_during_training_ends_with_one_complete_run(s3: S3Server, 
         assert_one_complete_run(server, project, epochs)
 
 
-@pytest.mark.parametrize("fault", ["server's S3 endpoint down", "client without S3 credentials"])
-def test_s3_fault_during_upload_is_reported_and_a_rerun_completes_the_same_run(
-        fault: str, offline_results: Offline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Artifacts proxied by the server (the stack's setting), or uploaded by the client itself
-    (`--no-serve-artifacts`, the documented alternative with MLFLOW_S3_ENDPOINT_URL + AWS_*)."""
+def rerun_completes_the_same_run(project: Path, server: MlflowServer, s3_port: int, fixed_env: dict[str, str],
+                                 log_dir: Path) -> None:
+    """After the S3 fault, the run is left incomplete; with the S3 server up at `s3_port` and the
+    client's environment `fixed_env`, `dvc repro` completes that same run."""
+    [first] = runs_of(server)
+    assert first.data.tags.get(names.LOG_STATUS_TAG) != names.COMPLETE
+    with s3_server(log_dir, port=s3_port):
+        resent = run(["dvc", "repro"], project, env=fixed_env, timeout=LOG_STAGE_TIMEOUT_S)
+        assert f"completing run {first.info.run_id}" in output(resent)
+        assert assert_one_complete_run(server, project, TINY_PARAMS["train.epochs"]) == first.info.run_id
+
+
+def assert_reported(failed: subprocess.CompletedProcess, expected: str) -> None:
+    """The log stage failed saying `expected`, that nothing is lost, and without a traceback."""
+    text = output(failed)
+    assert failed.returncode != 0 and expected in text, text[-3000:]
+    assert "Nothing is lost" in text and "Traceback" not in text
+
+
+def test_server_s3_endpoint_down_during_upload_is_reported_and_a_rerun_completes_the_same_run(
+        offline_results: Offline, tmp_path: Path) -> None:
+    """Artifacts proxied by the server (the stack's setting): the server's S3 endpoint is down."""
     project = copy_results(offline_results.project, tmp_path / "project")
     s3_port = free_port()
     endpoint = f"http://127.0.0.1:{s3_port}"
-    proxied = fault == "server's S3 endpoint down"
-    with mlflow_server(f"sqlite:///{tmp_path}/mlflow.db", endpoint, tmp_path, proxy_artifacts=proxied) as server:
-        if proxied:
-            env, fixed_env = client_env(server.uri), client_env(server.uri)
-            expected = "check the server's MLFLOW_S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-        else:
-            env = client_env(server.uri, MLFLOW_S3_ENDPOINT_URL=endpoint)
-            fixed_env = env | S3_ENV
-            for name, value in {"MLFLOW_S3_ENDPOINT_URL": endpoint, **S3_ENV}.items():  # this test reads S3 too
-                monkeypatch.setenv(name, value)
-            expected = f"Direct upload to S3 at {endpoint} failed: check MLFLOW_S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID"
-        with s3_server(tmp_path, port=s3_port) if not proxied else nullcontext():
-            failed = run(["dvc", "repro"], project, env=env, check=False, timeout=LOG_STAGE_TIMEOUT_S)
-        text = output(failed)
-        assert failed.returncode != 0 and expected in text, text[-3000:]
-        assert "Nothing is lost" in text and "Traceback" not in text
-        [first] = runs_of(server)
-        assert first.data.tags.get(COMPLETE_TAG) != COMPLETE
+    with mlflow_server(f"sqlite:///{tmp_path}/mlflow.db", endpoint, tmp_path, proxy_artifacts=True) as server:
+        env = client_env(server.uri)
+        failed = run(["dvc", "repro"], project, env=env, check=False, timeout=LOG_STAGE_TIMEOUT_S)
+        assert_reported(failed, "check the server's MLFLOW_S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID and "
+                                "AWS_SECRET_ACCESS_KEY")
+        rerun_completes_the_same_run(project, server, s3_port, env, tmp_path)
 
+
+def test_client_without_s3_credentials_is_reported_and_a_rerun_completes_the_same_run(
+        offline_results: Offline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Artifacts uploaded by the client itself (`--no-serve-artifacts`, the documented alternative
+    with MLFLOW_S3_ENDPOINT_URL + AWS_*): the client has the endpoint but no S3 credentials."""
+    project = copy_results(offline_results.project, tmp_path / "project")
+    s3_port = free_port()
+    endpoint = f"http://127.0.0.1:{s3_port}"
+    with mlflow_server(f"sqlite:///{tmp_path}/mlflow.db", endpoint, tmp_path, proxy_artifacts=False) as server:
+        env = client_env(server.uri, MLFLOW_S3_ENDPOINT_URL=endpoint)
+        for name, value in {"MLFLOW_S3_ENDPOINT_URL": endpoint, **S3_ENV}.items():  # this test reads S3 too
+            monkeypatch.setenv(name, value)
         with s3_server(tmp_path, port=s3_port):
-            resent = run(["dvc", "repro"], project, env=fixed_env, timeout=LOG_STAGE_TIMEOUT_S)
-            assert f"completing run {first.info.run_id}" in output(resent)
-            assert assert_one_complete_run(server, project, TINY_PARAMS["train.epochs"]) == first.info.run_id
+            failed = run(["dvc", "repro"], project, env=env, check=False, timeout=LOG_STAGE_TIMEOUT_S)
+        assert_reported(failed, f"Direct upload to S3 at {endpoint} failed: check MLFLOW_S3_ENDPOINT_URL, "
+                                "AWS_ACCESS_KEY_ID")
+        rerun_completes_the_same_run(project, server, s3_port, env | S3_ENV, tmp_path)
 
 
 @pytest.mark.parametrize(("uri", "named"), [

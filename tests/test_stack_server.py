@@ -6,8 +6,8 @@ import json
 import sqlite3
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
-from contextlib import closing, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, closing, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from tests.stack import (
     postgres_server,
     s3_server,
 )
+from yolo_mlops.core import vocabulary as names
 
 pytestmark = [needs_coco128, pytest.mark.e2e]
 
@@ -37,27 +38,65 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         yield server
 
 
+RUN_ROW = "SELECT status, experiment_id FROM runs WHERE run_uuid = "
+
+
+def sqlite_store(root: Path) -> AbstractContextManager[str]:
+    return nullcontext(f"sqlite:///{root}/mlflow.db")
+
+
+def sqlite_rows(backend_uri: str, run_id: str) -> list[tuple]:
+    with closing(sqlite3.connect(backend_uri.removeprefix("sqlite:///"))) as connection:
+        return connection.execute(RUN_ROW + "?", (run_id,)).fetchall()
+
+
+def postgresql_store(root: Path) -> AbstractContextManager[str]:
+    return postgres_server()
+
+
+def postgresql_rows(backend_uri: str, run_id: str) -> list[tuple]:
+    import psycopg2
+
+    with closing(psycopg2.connect(backend_uri.replace("+psycopg2", ""))) as connection, connection.cursor() as cursor:
+        cursor.execute(RUN_ROW + "%s", (run_id,))
+        return cursor.fetchall()
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A backend store of the MLflow server: how to start one (its URI), and how to read a run's
+    row from it directly (status, experiment id)."""
+
+    name: str
+    store: Callable[[Path], AbstractContextManager[str]]
+    run_rows: Callable[[str, str], list[tuple]]
+
+
+BACKENDS = [Backend("sqlite", sqlite_store, sqlite_rows), Backend("postgresql", postgresql_store, postgresql_rows)]
+
+
 @dataclass(frozen=True)
 class Logged:
     project: Path
     server: MlflowServer
+    backend: Backend
     output: str
     run_id: str
     experiment_id: str
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=BACKENDS, ids=lambda backend: backend.name)
 def logged(request: pytest.FixtureRequest, s3: S3Server, offline_results: Offline,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Logged]:
     """`dvc repro` with only MLFLOW_TRACKING_URI set, against a server on SQLite or PostgreSQL."""
-    root = tmp_path_factory.mktemp(request.param)
-    backend_store = postgres_server() if request.param == "postgresql" else nullcontext(f"sqlite:///{root}/mlflow.db")
-    with backend_store as backend, \
-            mlflow_server(backend, s3.endpoint, root) as server:
+    backend: Backend = request.param
+    root = tmp_path_factory.mktemp(backend.name)
+    with backend.store(root) as backend_uri, mlflow_server(backend_uri, s3.endpoint, root) as server:
         project = copy_results(offline_results.project, root / "project")
         result = run(["dvc", "repro"], project, env=client_env(server.uri))
         record = json.loads((project / "metrics/mlflow_run.json").read_text())
-        yield Logged(project, server, result.stdout + result.stderr, record["run_id"], record["experiment_id"])
+        yield Logged(project, server, backend, result.stdout + result.stderr, record["run_id"],
+                     record["experiment_id"])
 
 
 def rest(server: MlflowServer, endpoint: str, **query: str) -> dict:
@@ -69,7 +108,8 @@ def rest(server: MlflowServer, endpoint: str, **query: str) -> dict:
 
 def flat_eval_metrics(project: Path) -> dict[str, float]:
     evaluation = json.loads((project / "metrics/eval.json").read_text())
-    return {f"evaluate/{split}_{name}": value for split, values in evaluation.items() for name, value in values.items()}
+    return {names.eval_metric(f"{split}.{name}"): value
+            for split, values in evaluation.items() for name, value in values.items()}
 
 
 def test_with_only_the_tracking_uri_set_the_log_stage_sends_the_run_to_the_server(logged: Logged) -> None:
@@ -86,17 +126,19 @@ def test_rest_api_returns_the_runs_metrics(logged: Logged) -> None:
     expected = flat_eval_metrics(logged.project)
     assert expected and {name: metrics.get(name) for name in expected} == expected
     epochs = TINY_PARAMS["train.epochs"]
-    history = rest(logged.server, "metrics/get-history", run_id=logged.run_id, metric_key="train/val_mAP50")
+    history = rest(logged.server, "metrics/get-history", run_id=logged.run_id,
+                   metric_key=names.history_metric("val/mAP50"))
     assert sorted(point["step"] for point in history["metrics"]) == list(range(1, epochs + 1))
 
 
 def test_artifacts_and_model_are_in_the_s3_bucket(logged: Logged, s3: S3Server) -> None:
     prefix = f"{logged.experiment_id}/{logged.run_id}/artifacts/"
     keys = s3.keys("mlflow", prefix)
-    for name in ("weights/best.pt", "evaluate/eval.json", "train/results.csv", "dvc/dvc.lock",
-                 "evaluate/plots/test/confusion_matrix.png"):
+    for name in (f"{names.WEIGHTS_ARTIFACTS}/best.pt", f"{names.EVALUATE_ARTIFACTS}/eval.json",
+                 f"{names.TRAIN_ARTIFACTS}/results.csv", f"{names.DVC_ARTIFACTS}/dvc.lock",
+                 f"{names.PLOTS_ARTIFACTS}/test/confusion_matrix.png"):
         assert prefix + name in keys, f"{name} missing from s3://mlflow/{prefix}"
-    stored = s3.client().get_object(Bucket="mlflow", Key=prefix + "weights/best.pt")["Body"].read()
+    stored = s3.client().get_object(Bucket="mlflow", Key=f"{prefix}{names.WEIGHTS_ARTIFACTS}/best.pt")["Body"].read()
     assert stored == (logged.project / "models/best.pt").read_bytes()
     model_ids = [output["model_id"] for output in
                  rest(logged.server, "runs/get", run_id=logged.run_id)["run"]["outputs"]["model_outputs"]]
@@ -114,7 +156,7 @@ def test_model_loads_back_through_the_server(logged: Logged, monkeypatch: pytest
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(logged.server.uri)
     try:
-        model = mlflow.pyfunc.load_model(f"runs:/{logged.run_id}/model")
+        model = mlflow.pyfunc.load_model(f"runs:/{logged.run_id}/{names.MODEL_NAME}")
     finally:
         mlflow.set_tracking_uri(previous)
     image = sorted((logged.project / "data/tiny_coco/images/test").iterdir())[0]
@@ -125,18 +167,7 @@ def test_model_loads_back_through_the_server(logged: Logged, monkeypatch: pytest
 
 def test_backend_store_holds_the_run(logged: Logged) -> None:
     """The run is in the server's own database (SQLite file or PostgreSQL), read directly."""
-    query = "SELECT status, experiment_id FROM runs WHERE run_uuid = "
-    backend = logged.server.backend_uri
-    if backend.startswith("sqlite:///"):
-        with closing(sqlite3.connect(backend.removeprefix("sqlite:///"))) as connection:
-            rows = connection.execute(query + "?", (logged.run_id,)).fetchall()
-    else:
-        import psycopg2
-
-        with closing(psycopg2.connect(backend.replace("+psycopg2", ""))) as connection, \
-                connection.cursor() as cursor:
-            cursor.execute(query + "%s", (logged.run_id,))
-            rows = cursor.fetchall()
+    rows = logged.backend.run_rows(logged.server.backend_uri, logged.run_id)
     assert rows == [("FINISHED", int(logged.experiment_id))]
 
 

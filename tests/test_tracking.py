@@ -1,12 +1,13 @@
 """Where runs go, and how a wrong tracking location is reported."""
 
-import socket
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.tracking import store as tracking
+from yolo_mlops.tracking.model import model_requirements
 
 
 def test_embedded_store_lives_at_the_project_root_also_in_dvc_copies(monkeypatch: pytest.MonkeyPatch,
@@ -51,18 +52,13 @@ def test_credentials_never_appear_in_messages() -> None:
 
 
 def test_unreachable_server_fails_fast_saying_results_are_safe() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     with pytest.raises(PipelineError) as error:
-        tracking.check_server(f"http://127.0.0.1:{port}")
+        tracking.check_server(f"http://127.0.0.1:{free_port()}")
     assert "unreachable" in str(error.value) and "Nothing is lost" in str(error.value)
     assert "run `dvc repro` again" in str(error.value)
 
 
 def test_model_requirements_are_exact_public_versions() -> None:
-    from yolo_mlops.tracking.model import model_requirements
-
     requirements = model_requirements()
     assert all("==" in line and "+" not in line for line in requirements)
     assert any(line.startswith("ultralytics==") for line in requirements)

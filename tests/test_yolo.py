@@ -1,7 +1,6 @@
 """The Ultralytics side: the torch/torchvision pair, model and device checks, settings."""
 
 import json
-import socket
 import sys
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import pytest
 import torch
 import torchvision
 
-from tests.conftest import PROJECT_ROOT, project_env, run
+from tests.conftest import PROJECT_ROOT, free_port, project_env, run
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.yolo import model as yolo
 
@@ -54,10 +53,8 @@ def test_unknown_models_are_refused(project: Path, model: str) -> None:
 
 def test_pretrained_weights_without_network_fail_fast_with_advice(project: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    with socket.socket() as probe:  # a loopback port nobody listens on stands for the download host
-        probe.bind(("127.0.0.1", 0))
-        closed = probe.getsockname()[1]
-    monkeypatch.setattr(yolo, "DOWNLOAD_HOST", ("127.0.0.1", closed))
+    # A loopback port nobody listens on stands for the download host.
+    monkeypatch.setattr(yolo, "DOWNLOAD_HOST", ("127.0.0.1", free_port()))
     with pytest.raises(PipelineError) as error:
         yolo.resolve_model("yolov8n.pt")
     message = str(error.value)
