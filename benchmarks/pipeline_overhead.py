@@ -24,14 +24,19 @@ import torch
 import yaml
 
 PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+
+from yolo_mlops.core.paths import PARAMS_FILE  # noqa: E402
+
 CONFIG = {"model": "yolov8n.yaml", "epochs": 3, "imgsz": 320, "device": "cpu"}
 BARE_TRAINING = """
 import sys
 from yolo_mlops.core.params import load_params
+from yolo_mlops.core.paths import DATASET_DIR
 from yolo_mlops.yolo.dataset import staged_dataset
 from yolo_mlops.yolo.model import ultralytics
 p = load_params().train
-with staged_dataset(__import__("pathlib").Path("data/tiny_coco")) as data:
+with staged_dataset(DATASET_DIR) as data:
     model = ultralytics().YOLO(p.model)
     model.train(data=str(data), epochs=p.epochs, imgsz=p.imgsz, lr0=p.lr0, seed=p.seed, batch=p.batch,
                 optimizer=p.optimizer, device=p.device, workers=p.workers, deterministic=True,
@@ -50,7 +55,7 @@ def timed(command: list[str], cwd: Path, env: dict[str, str]) -> float:
 
 
 def set_params(project: Path, **values: object) -> None:
-    path = project / "params.yaml"
+    path = project / PARAMS_FILE
     params = yaml.safe_load(path.read_text())
     for dotted, value in values.items():
         section, key = dotted.split("__")

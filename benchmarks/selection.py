@@ -25,6 +25,7 @@ from mlflow.entities import Metric, RunTag
 
 from yolo_mlops.core import vocabulary as names
 from yolo_mlops.core.params import load_params
+from yolo_mlops.core.paths import EMBEDDED_DB, PARAMS_FILE
 from yolo_mlops.grid.ranking import select_best
 
 BASELINE = "b" * 40
@@ -51,9 +52,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    rank_by = load_params(Path(__file__).resolve().parents[1] / "params.yaml").compare.rank_by
+    rank_by = load_params(Path(__file__).resolve().parents[1] / PARAMS_FILE).compare.rank_by
     with tempfile.TemporaryDirectory(prefix="selection-bench-") as folder:
-        client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
+        client = MlflowClient(f"sqlite:///{Path(folder) / EMBEDDED_DB}")
         experiment_id = client.create_experiment("bench", artifact_location=Path(folder).as_uri())
         started = time.perf_counter()
         fill(client, experiment_id, args.runs, rank_by)

@@ -4,7 +4,7 @@ import tempfile
 from pathlib import Path
 
 from yolo_mlops.core.atomic import atomic_dir, write_json
-from yolo_mlops.core.errors import run_stage
+from yolo_mlops.core.entry import run_main
 from yolo_mlops.core.params import load_params
 from yolo_mlops.core.paths import BEST_WEIGHTS, DATASET_DIR, EVAL_METRICS_FILE, PLOTS_DIR, RESULTS_PLOT
 from yolo_mlops.yolo.dataset import staged_dataset
@@ -24,4 +24,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_main(main)

@@ -1,9 +1,10 @@
 """DVC stage `log`: forward the experiment's params, metrics, plots and model to MLflow."""
 
 from yolo_mlops.core.atomic import write_json
-from yolo_mlops.core.errors import run_stage
+from yolo_mlops.core.entry import run_main
 from yolo_mlops.core.params import load_params
 from yolo_mlops.core.paths import MLFLOW_RUN_FILE
+from yolo_mlops.core.vocabulary import RUN_LINK_ID
 from yolo_mlops.tracking.record import collect_record
 from yolo_mlops.tracking.run import log_record
 from yolo_mlops.tracking.store import public_uri, tracking_uri
@@ -16,7 +17,7 @@ def main() -> None:
     write_json(MLFLOW_RUN_FILE, {
         "experiment_name": params.mlflow.experiment_name,
         "experiment_id": logged.experiment_id,
-        "run_id": logged.run_id,
+        RUN_LINK_ID: logged.run_id,
         "run_name": logged.run_name,
         "fingerprint": record.fingerprint,
     })
@@ -25,4 +26,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_main(main)

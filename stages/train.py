@@ -3,13 +3,13 @@
 import tempfile
 from pathlib import Path
 
-from yolo_mlops.core.errors import run_stage
+from yolo_mlops.core.entry import run_main
 from yolo_mlops.core.params import load_params
-from yolo_mlops.core.paths import DATASET_DIR, MODELS_DIR, RESULTS_CSV, TRAIN_LIVE_DIR
+from yolo_mlops.core.paths import DATASET_DIR, MODELS_DIR, TRAIN_LIVE_DIR
 from yolo_mlops.yolo.dataset import staged_dataset
 from yolo_mlops.yolo.history import read_history, write_dvclive
 from yolo_mlops.yolo.model import resolve_device, resolve_model
-from yolo_mlops.yolo.train import export_run, train
+from yolo_mlops.yolo.train import RUN_RESULTS, export_run, train
 
 
 def main() -> None:
@@ -17,11 +17,11 @@ def main() -> None:
     model, device = resolve_model(params.model), resolve_device(params.device)
     with staged_dataset(DATASET_DIR) as data_yaml, tempfile.TemporaryDirectory(prefix="yolo-train-") as scratch:
         run_dir = train(data_yaml, params, model, device, Path(scratch) / "train")
-        history = read_history(run_dir / RESULTS_CSV.name)
+        history = read_history(run_dir / RUN_RESULTS)
         export_run(run_dir, MODELS_DIR)
     write_dvclive(history, TRAIN_LIVE_DIR)
     print(f"train: {len(history)} epoch(s); weights in {MODELS_DIR}/, history in {TRAIN_LIVE_DIR}/")
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_main(main)

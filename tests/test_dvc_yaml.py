@@ -58,8 +58,8 @@ def test_outputs_metrics_and_plots_are_the_paths_of_the_code(stage: str) -> None
 
 
 def test_top_level_plots_are_files_the_evaluate_stage_writes() -> None:
-    from yolo_mlops.core.params import SPLITS
     from yolo_mlops.core.paths import PLOTS_RESULTS, PR_CURVE_CSV, split_plots
+    from yolo_mlops.core.vocabulary import SPLITS
     from yolo_mlops.yolo.evaluate import PLOT_NAMES
 
     written = {PLOTS_RESULTS} | {split_plots(split) / name for split in SPLITS

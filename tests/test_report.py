@@ -34,7 +34,7 @@ def report_data(approved: bool, ranked: list[RunSummary], excluded=(), champion:
     promotion = Promotion("yolo_tiny_person", "3", True, approved, gates, champion, "3" if approved else champion)
     curves = {r.name: [(1, 0.1), (2, 0.2), (3, 0.3)] for r in ranked}
     return ReportData(load_params(PROJECT / "params.yaml"), "abcdef1234", "sqlite:///mlflow.db", "CPU only, 2 core(s)",
-                      comparison, insights(comparison), promotion, curves)
+                      comparison, insights(comparison), promotion, curves, "val.mAP50-95")
 
 
 def test_report_has_six_sections_numbers_and_approval(tmp_path: Path):

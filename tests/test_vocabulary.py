@@ -3,7 +3,7 @@
 import pytest
 
 from yolo_mlops.core import vocabulary as names
-from yolo_mlops.core.params import EVAL_METRICS, SPLITS
+from yolo_mlops.core.vocabulary import EVAL_METRICS, SPLITS
 
 
 @pytest.mark.parametrize("split", SPLITS[1:])
@@ -21,6 +21,7 @@ def test_data_metrics_go_to_mlflow_and_back() -> None:
     assert [names.mlflow_metric(names.PREPARE, name) for name in flat] == [
         "prepare/test_images", "prepare/test_box_width_mean"]
     assert names.comparison_metric("prepare/test_images") == "data.test_images"
+    assert names.data_metric("data.test_images") == "prepare/test_images"
 
 
 def test_history_names_and_what_the_comparison_ignores() -> None:
@@ -29,3 +30,5 @@ def test_history_names_and_what_the_comparison_ignores() -> None:
     assert names.history_metric("lr/pg0") == "train/lr_pg0"
     assert names.comparison_metric("train/val_mAP50-95") is None  # per-epoch history is not a final metric
     assert names.comparison_metric("system/cpu_utilization_percentage") is None
+    assert names.history_of("val.mAP50-95") == "train/val_mAP50-95"
+    assert names.history_of("val.f1") is None and names.history_of("test.mAP50") is None  # no per-epoch history

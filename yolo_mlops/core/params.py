@@ -9,10 +9,8 @@ import yaml
 
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.paths import PARAMS_FILE
-from yolo_mlops.core.vocabulary import flatten
+from yolo_mlops.core.vocabulary import EVAL_METRICS, SPLITS, flatten
 
-SPLITS = ("train", "val", "test")
-EVAL_METRICS = ("mAP50", "mAP50-95", "precision", "recall", "f1")
 # The sections the DVC stages read: an experiment's params (MLflow run params, `dvc exp show`).
 PIPELINE_SECTIONS = ("prepare", "train", "evaluate", "mlflow")
 OPTIMIZERS = ("SGD", "Adam", "AdamW", "NAdam", "RAdam", "RMSProp", "MuSGD")
@@ -90,7 +88,7 @@ class Params:
 class _Section:
     """Typed access to one section of the params file, with errors naming file and key."""
 
-    def __init__(self, path: Path, name: str, values: Any):
+    def __init__(self, path: Path, name: str, values: Any) -> None:
         if not isinstance(values, dict):
             raise PipelineError(f"{path}: section '{name}' is missing or not a mapping")
         self.path, self.name, self.values = path, name, values

@@ -42,6 +42,14 @@ DVC_ARTIFACTS = "dvc"  # params.yaml and dvc.lock
 DECISION_ARTIFACTS = "decision"
 MODEL_NAME = "model"
 
+# The splits of the dataset, and the metrics the evaluate stage writes for each (metrics/eval.json).
+SPLITS = ("train", "val", "test")
+EVAL_METRICS = ("mAP50", "mAP50-95", "precision", "recall", "f1")
+HISTORY_METRICS = ("mAP50", "mAP50-95", "precision", "recall")  # also per epoch, on val (Ultralytics' results.csv)
+
+# metrics/mlflow_run.json, the DVC side's link to the MLflow run: the key of the run id.
+RUN_LINK_ID = "run_id"
+
 # The hyper-parameters a run is described by (comparison, registered versions, report), and the
 # metrics reported for each evaluated split.
 HYPERPARAMETERS = ("train.model", "train.epochs", "train.imgsz", "train.lr0", "train.seed", "train.batch",
@@ -76,8 +84,13 @@ def eval_metric(name: str) -> str:
     return mlflow_metric(EVALUATE, name)
 
 
+def data_metric(name: str) -> str:
+    """`data.test_images` (the comparison's name of a metrics/data.json value) → `prepare/test_images`."""
+    return f"{PREPARE}/{name.removeprefix(DATA_PREFIX)}"
+
+
 def comparison_metric(mlflow_name: str) -> str | None:
-    """The reverse of `mlflow_metric` for the final metrics: an MLflow metric → its name in the comparison
+    """The reverse of `eval_metric` and `data_metric`: an MLflow metric → its name in the comparison
     (`evaluate/val_mAP50` → `val.mAP50`, `prepare/test_images` → `data.test_images`); None for others."""
     stage, _, name = mlflow_name.partition("/")
     if stage == EVALUATE and "_" in name:
@@ -86,6 +99,13 @@ def comparison_metric(mlflow_name: str) -> str | None:
     if stage == PREPARE and name:
         return f"{DATA_PREFIX}{name}"
     return None
+
+
+def history_of(name: str) -> str | None:
+    """The per-epoch MLflow metric of a comparison name (`val.mAP50-95` → `train/val_mAP50-95`); None when
+    training records no history of it (test metrics, f1)."""
+    split, _, metric = name.partition(".")
+    return history_metric(f"{split}/{metric}") if split == "val" and metric in HISTORY_METRICS else None
 
 
 def history_metric(name: str) -> str:

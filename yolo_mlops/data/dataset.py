@@ -15,7 +15,8 @@ from PIL import Image, UnidentifiedImageError
 from yolo_mlops.core.atomic import atomic_dir
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.paths import DATA_YAML
-from yolo_mlops.core.params import SPLITS, PrepareParams
+from yolo_mlops.core.params import PrepareParams
+from yolo_mlops.core.vocabulary import SPLITS
 
 COCO_CLASS_COUNT = 80
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")

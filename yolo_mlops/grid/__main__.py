@@ -1,12 +1,5 @@
-"""The grid across experiments, in commands (`make run` runs `run`):
-
-    python -m yolo_mlops.grid run [-S key=value ...]    # all of it: queue, run, sync, compare, promote
-    python -m yolo_mlops.grid queue [-S key=value ...]  # queue the grid points not run yet
-    python -m yolo_mlops.grid start                     # run DVC's queue, then link the MLflow runs
-    python -m yolo_mlops.grid compare                   # table, reports/runs.csv, insights, charts
-    python -m yolo_mlops.grid promote                   # compare, register, gates, reports/decision.md
-    python -m yolo_mlops.grid rollback [--to VERSION]   # move `champion` back
-"""
+"""The grid across experiments: `python -m yolo_mlops.grid <command>` (`make run` runs `run`).
+`python -m yolo_mlops.grid --help` lists the commands."""
 
 import argparse
 import sys
@@ -16,10 +9,11 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from yolo_mlops.core.errors import PipelineError, run_stage
+from yolo_mlops.core.entry import run_main
+from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.params import Params, load_params
 from yolo_mlops.core.paths import CONFIG_CHART, CURVES_CHART, DECISION_FILE, DVC_PLOTS_DIR, RUNS_CSV
-from yolo_mlops.core.vocabulary import CHAMPION
+from yolo_mlops.core.vocabulary import CHALLENGER, CHAMPION, DECISION_ARTIFACTS
 from yolo_mlops.grid import commands
 from yolo_mlops.grid.registry import rollback
 from yolo_mlops.grid.report import table
@@ -53,15 +47,16 @@ def start(client: MlflowClient, root: Path, params: Params) -> list[str]:
 
 def compare(client: MlflowClient, root: Path, params: Params) -> commands.Compared:
     compared = commands.compare_grid(client, root, params)
-    if compared.plots_error:
-        print(f"warning: dvc plots diff failed, {DVC_PLOTS_DIR}/ not updated: {compared.plots_error}", file=sys.stderr)
     comparison = compared.comparison
-    split = comparison.primary.split(".", 1)[0]
-    print(f"\nRuns ranked by {', then '.join(comparison.rank_by)} ({split} ranks, test alongside):\n")
+    print(f"\nRuns ranked by {', then '.join(comparison.rank_by)} (val and test shown):\n")
     print(table(comparison))
     print("\n" + "\n".join(f"- {line}" for line in compared.insights.lines()))
-    print(f"\nWritten: {RUNS_CSV}, {CONFIG_CHART}, {CURVES_CHART}, {DVC_PLOTS_DIR}/index.html "
-          "(dvc plots diff of the experiments)")
+    written = [str(RUNS_CSV), str(CONFIG_CHART)]
+    written += [f"{CURVES_CHART} ({compared.curve_metric} per epoch)"] if compared.curve_metric else []
+    written += [] if compared.plots_error else [f"{DVC_PLOTS_DIR}/index.html (dvc plots diff of the experiments)"]
+    print(f"\nWritten: {', '.join(written)}")
+    if compared.plots_error:
+        print(f"warning: dvc plots diff failed, {DVC_PLOTS_DIR}/ not updated: {compared.plots_error}", file=sys.stderr)
     return compared
 
 
@@ -69,12 +64,12 @@ def promote(client: MlflowClient, root: Path, params: Params, compared: commands
     promoted = commands.promote_best(client, root, params, compared)
     best, promotion = promoted.best, promoted.promotion
     print(f"\npromote: run {best.run_id} ({best.name}) is {promotion.name} version {promotion.version} "
-          f"({'new' if promotion.created else 'registered before'}), alias challenger")
+          f"({'new' if promotion.created else 'registered before'}), alias {CHALLENGER}")
     for gate in promotion.gates:
         print(f"  gate {gate.name}: {'pass' if gate.passed else 'FAIL'} ({gate.detail})")
-    print(f"decision: {promoted.decision}; {CHAMPION} = "
+    print(f"decision: {promotion.decision}; {CHAMPION} = "
           + (f"version {promotion.champion} (models:/{promotion.name}@{CHAMPION})" if promotion.champion else "none"))
-    print(f"report: {DECISION_FILE} (also logged to run {best.run_id} under decision/)")
+    print(f"report: {DECISION_FILE} (also logged to run {best.run_id} under {DECISION_ARTIFACTS}/)")
 
 
 def refuse_failures(failed: list[str]) -> None:
@@ -120,28 +115,38 @@ def cmd_rollback(root: Path, params: Params, args: argparse.Namespace) -> None:
     print(f"rollback: {params.promote.registered_model}@{CHAMPION} moved from version {previous} to version {target}")
 
 
-COMMANDS: dict[str, tuple[Callable[[Path, Params, argparse.Namespace], None], str]] = {
-    "run": (cmd_run, "all of it: queue, run, sync, compare, promote (what `make run` does)"),
-    "queue": (cmd_queue, "queue the grid points this commit has not run yet"),
-    "start": (cmd_start, "run DVC's queue, then link the experiments to their MLflow runs"),
-    "compare": (cmd_compare, "ranked table, reports/runs.csv, insights, charts"),
-    "promote": (cmd_promote, "compare, register the best run, gates, reports/decision.md"),
-    "rollback": (cmd_rollback, f"move the {CHAMPION} alias back"),
+def overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-S", "--set-param", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a params.yaml value for every experiment of the grid (as dvc exp run -S)")
+
+
+def target_version(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--to", help="the version to make champion (default: the previous champion)")
+
+
+def no_options(parser: argparse.ArgumentParser) -> None:
+    """A command without options."""
+
+
+Command = Callable[[Path, Params, argparse.Namespace], None]
+# name → (what runs, its help, its options): every subcommand, declared once.
+COMMANDS: dict[str, tuple[Command, str, Callable[[argparse.ArgumentParser], None]]] = {
+    "run": (cmd_run, "all of it: queue, run, sync, compare, promote (what `make run` does)", overrides),
+    "queue": (cmd_queue, "queue the grid points this commit has not run yet", overrides),
+    "start": (cmd_start, "run DVC's queue, then link the experiments to their MLflow runs", no_options),
+    "compare": (cmd_compare, "ranked table, reports/runs.csv, insights, charts", no_options),
+    "promote": (cmd_promote, "compare, register the best run, gates, reports/decision.md", no_options),
+    "rollback": (cmd_rollback, f"move the {CHAMPION} alias back", target_version),
 }
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m yolo_mlops.grid", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m yolo_mlops.grid", description=__doc__)
     subcommands = parser.add_subparsers(dest="command", required=True)
-    for name, (func, summary) in COMMANDS.items():
+    for name, (func, summary, add_options) in COMMANDS.items():
         sub = subcommands.add_parser(name, help=summary, description=summary)
         sub.set_defaults(func=func)
-        if name in ("run", "queue"):
-            sub.add_argument("-S", "--set-param", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                             help="a params.yaml value for every experiment of the grid (as dvc exp run -S)")
-        if name == "rollback":
-            sub.add_argument("--to", help="the version to make champion (default: the previous champion)")
+        add_options(sub)
     args = parser.parse_args(argv)
     root, params = Path.cwd(), load_params()
     try:
@@ -151,4 +156,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_main(main)

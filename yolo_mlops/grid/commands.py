@@ -21,6 +21,7 @@ from yolo_mlops.core.paths import (
     DECISION_TEMPLATE,
     DVC_PLOTS_DIR,
     GRID_FILE,
+    PARAMS_FILE,
     RUNS_CSV,
 )
 from yolo_mlops.data.source import resolve_source
@@ -49,7 +50,8 @@ class Plan:
 class Compared:
     comparison: Comparison
     insights: Insights
-    curves: dict[str, list[tuple[int, float]]]
+    curves: dict[str, list[tuple[int, float]]]  # run name → (epoch, value) of `curve_metric`
+    curve_metric: str | None  # the per-epoch metric charted (val), None when training records none
     plots_error: str | None  # why `dvc plots diff` did not update reports/dvc_plots/, if it did not
 
 
@@ -57,12 +59,11 @@ class Compared:
 class Promoted:
     best: RunSummary
     promotion: Promotion
-    decision: str  # Approve or Reject
 
 
 def plan_grid(root: Path, params: Params, overrides: list[str]) -> Plan:
     """The grid points this commit has no experiment for (queued ones count as there)."""
-    grid = points.load_grid(params=params)
+    grid = points.load_grid(root / GRID_FILE, params)
     extra = points.parse_overrides(overrides, grid, params.flat())
     experiments.refuse_uncommitted(root)
     every = points.combinations(grid)
@@ -73,20 +74,20 @@ def plan_grid(root: Path, params: Params, overrides: list[str]) -> Plan:
 def queue_plan(root: Path, plan: Plan) -> list[tuple[list[str], str]]:
     """Check, then queue the missing points: the whole grid in one `dvc exp run --queue` (DVC expands
     `key=a,b`), or one command per point when only some are missing. Returns (command, DVC's output)."""
-    check_before_queueing(plan.missing, plan.overrides)
+    check_before_queueing(root, plan.missing, plan.overrides)
     whole = len(plan.missing) == len(plan.points)
     return [experiments.queue(root, points.set_args(values | plan.overrides))
             for values in ([plan.grid] if whole else plan.missing)]
 
 
-def check_before_queueing(grid_points: list[dict[str, Any]], overrides: dict[str, Any]) -> None:
+def check_before_queueing(root: Path, grid_points: list[dict[str, Any]], overrides: dict[str, Any]) -> None:
     """Refuse, before anything is queued, what every experiment would fail on: a bad value in a
     grid point or an -S override, a COCO128 source or a model this machine cannot get (downloads
     happen here, once, into the caches the stages share), a device it does not have."""
     checked = []
     for point in grid_points:
         try:
-            checked.append(load_params(overrides=point | overrides))
+            checked.append(load_params(root / PARAMS_FILE, overrides=point | overrides))
         except PipelineError as error:
             values = ", ".join(f"{key}={value}" for key, value in (point | overrides).items())
             raise PipelineError(f"experiment {values} ({GRID_FILE} and -S): {error}. Nothing was queued.") from None
@@ -122,14 +123,20 @@ def compare_grid(client: MlflowClient, root: Path, params: Params) -> Compared:
     comparison = compare(client, [exp_id], baseline, params.compare.rank_by)
     found = insights(comparison)
     export_csv(client, [exp_id], baseline, params.compare.rank_by, root / RUNS_CSV)
-    metric = comparison.primary.split(".", 1)[1]
-    history_key = names.history_metric(f"val/{metric}")  # the per-epoch history is on the val split
-    curves = {run.name: [(m.step, m.value) for m in client.get_metric_history(run.run_id, history_key)]
-              for run in comparison.ranked}
     charts.config_chart(found, root / CONFIG_CHART)
-    charts.curves_chart(curves, f"val.{metric}", root / CURVES_CHART)
+    # Training records a per-epoch history on val only: the primary metric's, or its val counterpart's.
+    val_counterpart = "val." + comparison.primary.split(".", 1)[1]
+    curve_metric = next((name for name in (comparison.primary, val_counterpart) if names.history_of(name)), None)
+    curves: dict[str, list[tuple[int, float]]] = {}
+    if curve_metric is None:
+        (root / CURVES_CHART).unlink(missing_ok=True)  # an older chart would belong to another comparison
+    else:
+        history = names.history_of(curve_metric)
+        curves = {run.name: [(m.step, m.value) for m in client.get_metric_history(run.run_id, history)]
+                  for run in comparison.ranked}
+        charts.curves_chart(curves, curve_metric, root / CURVES_CHART)
     error = experiments.plots_diff(root, [run.name for run in comparison.ranked], DVC_PLOTS_DIR)
-    return Compared(comparison, found, curves, error)
+    return Compared(comparison, found, curves, curve_metric, error)
 
 
 def hardware() -> str:
@@ -149,14 +156,13 @@ def promote_best(client: MlflowClient, root: Path, params: Params, compared: Com
         raise PipelineError("no finished run with every ranking metric to promote")
     promotion = promote(client, best, params.promote)
     data = ReportData(params, baseline, public_uri(client.tracking_uri), hardware(), compared.comparison,
-                      compared.insights, promotion, compared.curves)
+                      compared.insights, promotion, compared.curves, compared.curve_metric)
     render(data, root / DECISION_TEMPLATE, root / DECISION_FILE)
     client.log_artifact(best.run_id, str(root / DECISION_FILE), names.DECISION_ARTIFACTS)
     version = client.get_model_version(promotion.name, promotion.version)
-    decision = "Approve" if promotion.approved else "Reject"
-    tags = {names.DECISION_TAG: decision,
+    tags = {names.DECISION_TAG: promotion.decision,
             names.REPORT_TAG: f"runs:/{best.run_id}/{names.DECISION_ARTIFACTS}/{DECISION_FILE.name}"}
     for key, value in tags.items():
         if version.tags.get(key) != value:
             client.set_model_version_tag(promotion.name, promotion.version, key, value)
-    return Promoted(best, promotion, decision)
+    return Promoted(best, promotion)

@@ -10,14 +10,16 @@ from typing import Any
 
 import yaml
 
-from yolo_mlops.core.errors import ERROR_PREFIX, PipelineError
+from yolo_mlops.core.entry import ERROR_PREFIX
+from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.git import git, show
 from yolo_mlops.core.params import PIPELINE_SECTIONS, read_yaml
 from yolo_mlops.core.paths import DVC_CONFIG, DVC_YAML, EVAL_METRICS_FILE, MLFLOW_RUN_FILE, PARAMS_FILE
-from yolo_mlops.core.vocabulary import flatten, numbers
+from yolo_mlops.core.vocabulary import RUN_LINK_ID, flatten, numbers
 
-# DVC's queue prints no machine-readable progress: this line of its text output marks the start of
-# each experiment (the one place the grid reads DVC's human-readable output, see `run_queue`).
+# DVC has no machine-readable form of two outputs the grid needs, so it reads their text, here only:
+# the start of each experiment in the queue's output (this line, `run_queue`), and a failed
+# experiment's log (`dvc queue logs`, `failure_reason`). Everything else comes from `--json`.
 PROGRESS_MARK = "Reproducing experiment '"
 
 
@@ -36,7 +38,10 @@ class DvcExperiment:
 
 def dvc(root: Path, *args: str) -> str:
     """`dvc <args>` in `root`: its standard output, or a PipelineError with DVC's message."""
-    result = subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True)
+    try:
+        result = subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True)
+    except OSError as error:
+        raise PipelineError(f"dvc is not available ({error}); run from the project's virtualenv (make setup)") from None
     if result.returncode != 0:
         raise PipelineError(f"dvc {' '.join(args)} failed: {(result.stderr or result.stdout).strip()[-2000:]}")
     return result.stdout
@@ -139,12 +144,14 @@ def plots_diff(root: Path, names: list[str], output: Path) -> str | None:
 def mlflow_run_id(root: Path, experiment: DvcExperiment) -> str | None:
     """The MLflow run the experiment's log stage wrote to (metrics/mlflow_run.json in its commit)."""
     text = show(root, experiment.rev, MLFLOW_RUN_FILE)
-    return json.loads(text)["run_id"] if text else None
+    return json.loads(text)[RUN_LINK_ID] if text else None
 
 
 def failure_reason(root: Path, experiment: DvcExperiment) -> str:
     """The failed stage's own error line (`error: ...`, core/errors.py) from `dvc queue logs`."""
-    result = subprocess.run(["dvc", "queue", "logs", experiment.name], cwd=root, capture_output=True, text=True)
-    errors = [line.strip() for line in result.stdout.splitlines()
-              if line.startswith((ERROR_PREFIX, ERROR_PREFIX.upper()))]
+    try:
+        log = dvc(root, "queue", "logs", experiment.name)
+    except PipelineError:
+        log = ""
+    errors = [line.strip() for line in log.splitlines() if line.startswith((ERROR_PREFIX, ERROR_PREFIX.upper()))]
     return errors[0] if errors else "the experiment failed (see `dvc queue logs " + experiment.name + "`)"

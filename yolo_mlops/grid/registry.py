@@ -34,6 +34,10 @@ class Promotion:
     champion_before: str | None
     champion: str | None
 
+    @property
+    def decision(self) -> str:
+        return "Approve" if self.approved else "Reject"
+
 
 def version_tags(run: RunSummary) -> dict[str, str]:
     """Provenance carried by the version: run, params, metrics, dataset, code, DVC experiment."""

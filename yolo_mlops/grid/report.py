@@ -30,7 +30,8 @@ class ReportData:
     comparison: Comparison
     insights: Insights
     promotion: Promotion
-    curves: dict[str, list[tuple[int, float]]]  # run name → per-epoch primary metric (val)
+    curves: dict[str, list[tuple[int, float]]]  # run name → (epoch, value) of curve_metric
+    curve_metric: str | None  # the per-epoch metric (val) behind `curves`; None when training records none
 
 
 def _number(value: float) -> str:
@@ -52,8 +53,6 @@ def table(comparison: Comparison) -> str:
         cells += [""] * (len(header) - len(cells))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
 
 
 def _fmt(value: float) -> str:
@@ -112,10 +111,10 @@ def pros_cons(run: RunSummary, top: list[RunSummary]) -> tuple[list[str], list[s
     if len(sizes) > 1:
         size = int(run.params.get("train.imgsz", 0))
         (pros if size == min(sizes) else cons).append(f"imgsz {size}: " + (
-            "cheapest inference of the top 3" if size == min(sizes) else "costlier inference than imgsz "
+            f"cheapest inference of the top {len(top)}" if size == min(sizes) else "costlier inference than imgsz "
             f"{min(sizes)}"))
     if not pros and not cons:
-        pros.append("identical to the others of the top 3 on every compared metric")
+        pros.append(f"identical to the others of the top {len(top)} on every compared metric")
     return pros, cons
 
 
@@ -174,9 +173,11 @@ def risks(data: ReportData) -> str:
             if abs(precision - recall) > IMBALANCE else f"balanced, within {IMBALANCE} of each other") + ".",
          "Tune the confidence threshold on the val PR curve for the use case (missed people vs false alarms)."),
         ("Too few epochs / under-fitting",
-         f"{best.params.get('train.epochs', '?')} epoch(s); {insights.metric} "
-         + ("was still rising at the last epoch" if rising else "had levelled off or fallen by the last epoch"
-            if len(curve) > 1 else "has a single epoch: no trend to judge")
+         f"{best.params.get('train.epochs', '?')} epoch(s); "
+         + (f"training records no per-epoch {insights.metric}: compare the curves in MLflow" if not data.curve_metric
+            else f"{data.curve_metric} " + ("was still rising at the last epoch" if rising else
+                                             "had levelled off or fallen by the last epoch" if len(curve) > 1
+                                             else "has a single epoch: no trend to judge"))
          + ".",
          "Train longer with early stopping (Ultralytics `patience`) and compare the curves in epoch_curves.png."),
         ("Training from scratch vs pretrained",
@@ -191,7 +192,6 @@ def risks(data: ReportData) -> str:
 
 def decision(data: ReportData) -> str:
     promotion, best = data.promotion, data.comparison.ranked[0]
-    verdict = "Approve" if promotion.approved else "Reject"
     gates = "\n".join(f"| {gate.name} | {'pass' if gate.passed else 'FAIL'} | {gate.detail} |"
                       for gate in promotion.gates)
     if promotion.approved:
@@ -210,8 +210,8 @@ def decision(data: ReportData) -> str:
         conditions.append("the ranking is within seed noise: confirm with more seeds before relying on the choice")
     if data.comparison.excluded:
         conditions.append(f"{len(data.comparison.excluded)} experiment(s) could not be ranked (see section 3)")
-    return (f"**{verdict}**\n\n| gate | outcome | detail |\n|---|---|---|\n{gates}\n\n- Justification: {why}\n"
-            + "\n".join(f"- Condition: {text}" for text in conditions))
+    return (f"**{promotion.decision}**\n\n| gate | outcome | detail |\n|---|---|---|\n{gates}\n\n"
+            f"- Justification: {why}\n" + "\n".join(f"- Condition: {text}" for text in conditions))
 
 
 def next_steps(data: ReportData) -> str:

@@ -2,14 +2,13 @@
 
 import os
 
-from yolo_mlops.core.paths import MODELS_DIR, PLOTS_DIR
+from yolo_mlops.core.paths import EVAL_METRICS_FILE, MODELS_DIR, PLOTS_DIR
 
 SAFE_RESULTS = (
-    f"Nothing is lost: the results stay in {MODELS_DIR}/, {PLOTS_DIR}/ and metrics/. Once the tracking "
-    "server is back, run `dvc repro` again: only the log stage runs, and it completes the same MLflow run "
+    f"Nothing is lost: the results stay in {MODELS_DIR}/, {PLOTS_DIR}/ and {EVAL_METRICS_FILE.parent}/. Once the "
+    "tracking server is back, run `dvc repro` again: only the log stage runs, and it completes the same MLflow run "
     "instead of adding one."
 )
-
 
 
 def artifact_store_hint(error: Exception) -> str:

@@ -107,7 +107,7 @@ def connect() -> tuple[MlflowClient, str]:
 
 def experiment_id(client: MlflowClient, name: str, create: bool = True) -> str:
     """The id of experiment `name` on the client's store; a missing one is created (artifacts beside a
-    SQLite store), or refused when `create` is False (the grid reads, it does not start experiments)."""
+    SQLite store), or refused when `create` is False (comparing needs runs that already exist)."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None and not create:
         raise PipelineError(

@@ -21,8 +21,6 @@ PLOT_NAMES = {
 }
 
 
-
-
 def evaluate(weights: Path, data_yaml: Path, split: str, params: EvaluateParams, imgsz: int, batch: int,
              device: str, run_dir: Path) -> tuple[dict[str, float], dict[str, list[float]], Path]:
     """Validate `weights` on one split: (metrics, PR curve points, folder with the plots)."""

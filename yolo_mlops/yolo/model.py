@@ -18,6 +18,7 @@ ULTRALYTICS_SETTINGS = {
 DOWNLOAD_HOST = ("github.com", 443)
 NETWORK_PROBE_TIMEOUT_S = 3
 
+
 def ultralytics() -> Any:
     """Import Ultralytics with this project's settings (keeps the import out of start-up).
 

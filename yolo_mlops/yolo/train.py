@@ -9,8 +9,9 @@ from yolo_mlops.core.params import TrainParams
 from yolo_mlops.core.paths import BEST_WEIGHTS, LAST_WEIGHTS, MODELS_DIR, RESULTS_CSV, RESULTS_PLOT, TRAIN_ARGS
 from yolo_mlops.yolo.model import ultralytics
 
+RUN_RESULTS = "results.csv"  # the per-epoch history in Ultralytics' run folder
 # Ultralytics' run folder → the train stage's output (models/).
-RUN_FILES = {"weights/best.pt": BEST_WEIGHTS, "weights/last.pt": LAST_WEIGHTS, "results.csv": RESULTS_CSV,
+RUN_FILES = {"weights/best.pt": BEST_WEIGHTS, "weights/last.pt": LAST_WEIGHTS, RUN_RESULTS: RESULTS_CSV,
              "results.png": RESULTS_PLOT, "args.yaml": TRAIN_ARGS}
 
 
@@ -31,7 +32,7 @@ def train(data_yaml: Path, params: TrainParams, model: str, device: str, run_dir
     save_dir = Path(trainer_model.trainer.save_dir)
     from ultralytics.utils.plotting import plot_results
 
-    plot_results(file=save_dir / RESULTS_CSV.name)
+    plot_results(file=save_dir / RUN_RESULTS)
     return save_dir
 
 
