@@ -26,6 +26,9 @@ help:
 	@echo "make down        stop the team stack; its named volumes, and so every run, are kept"
 	@echo "make remote      make the stack's MinIO bucket this clone's DVC remote (credentials from .env)"
 	@echo "make clean-venv  delete .venv (the next target that needs it rebuilds it)"
+	@echo
+	@echo "The grid's steps one by one: python -m yolo_mlops.grid queue|start|compare|promote|rollback"
+	@echo "(run it inside .venv; python -m yolo_mlops.grid --help explains each)."
 
 $(VENV)/.installed: requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \

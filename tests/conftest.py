@@ -8,6 +8,7 @@ import subprocess
 import sys
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -148,14 +149,27 @@ def offline_results(tmp_path_factory: pytest.TempPathFactory) -> "Offline":
     return run_without_server(tmp_path_factory.mktemp("offline") / "project")
 
 
+@contextmanager
+def tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's global tracking URI (and MLFLOW_TRACKING_URI, which MLflow sets with it) set to `uri`,
+    then put back as they were, so that no test leaves MLflow pointing at its store."""
+    import mlflow
+
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)  # None unsets both
+
+
 @pytest.fixture(scope="module")
 def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """An MlflowClient on a fresh embedded SQLite tracking store and model registry, set as the
     user's MLFLOW_TRACKING_URI; one per test module (tests use their own experiment or model name)."""
     from yolo_mlops.tracking.store import connect
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}")
+    with tracking_uri(f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"):
         client, _ = connect()
         yield client
 

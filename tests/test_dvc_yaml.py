@@ -2,6 +2,7 @@
 one re-runs the stage, as a user of DVC expects), no stage imports the grid, and the outputs dvc.yaml
 declares are exactly the paths of yolo_mlops/core/paths.py."""
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 import yaml
 
 from tests.conftest import PROJECT_ROOT
+from yolo_mlops.core import paths
 from yolo_mlops.core.paths import STAGE_OUTPUTS
 
 STAGES = ("prepare", "train", "evaluate", "log")
@@ -40,10 +42,32 @@ def test_no_stage_imports_the_grid(stage: str) -> None:
     assert not {name for name in imported_modules(stage) if name.startswith("yolo_mlops.grid")}
 
 
+def imports(module: Path) -> set[str]:
+    """Every module name an `import` or `from ... import` of this file names."""
+    names = set()
+    for node in ast.walk(ast.parse(module.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return names
+
+
 def test_no_package_of_the_stages_imports_the_grid() -> None:
-    for package in ("core", "data", "yolo", "tracking"):
-        for module in (PROJECT_ROOT / "yolo_mlops" / package).glob("*.py"):
-            assert "yolo_mlops.grid" not in module.read_text(), f"{module} imports the grid"
+    modules = [module for package in ("core", "data", "yolo", "tracking")
+               for module in (PROJECT_ROOT / "yolo_mlops" / package).glob("*.py")]
+    modules += list((PROJECT_ROOT / "stages").glob("*.py"))
+    assert len(modules) > 20
+    for module in modules:
+        grid = {name for name in imports(module) if name.startswith("yolo_mlops.grid")}
+        assert not grid, f"{module} imports {sorted(grid)}"
+
+
+def test_data_dependencies_are_paths_of_the_code() -> None:
+    known = {value for value in vars(paths).values() if isinstance(value, Path)}
+    for stage, spec in DVC_YAML.items():
+        data = {Path(dep) for dep in spec.get("deps", []) if not dep.startswith(("stages/", "yolo_mlops/"))}
+        assert data <= known, f"dvc.yaml stage {stage} depends on {sorted(map(str, data - known))}"
 
 
 def declared_paths(stage: dict, kind: str) -> tuple[Path, ...]:

@@ -23,6 +23,7 @@ from tests.conftest import (
     needs_coco128,
     project_env,
     run,
+    tracking_uri,
     write_params,
 )
 from yolo_mlops.core import vocabulary as names
@@ -134,12 +135,8 @@ def test_one_mlflow_run_carries_params_metrics_history_artifacts_and_model(finis
 
 def test_logged_model_predicts_person_boxes(finished: Path) -> None:
     [logged] = runs(finished)
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{finished / 'mlflow.db'}")
-    try:
+    with tracking_uri(f"sqlite:///{finished / 'mlflow.db'}"):
         model = mlflow.pyfunc.load_model(f"runs:/{logged.info.run_id}/{names.MODEL_NAME}")
-    finally:
-        mlflow.set_tracking_uri(previous)
     images = sorted(str(p) for p in (finished / "data" / "tiny_coco" / "images" / "test").iterdir())[:2]
     boxes = model.predict(pd.DataFrame({"image": images}), params={"conf": 0.0})
     assert list(boxes.columns) == BOX_COLUMNS

@@ -15,7 +15,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from tests.conftest import TINY_PARAMS, needs_coco128, project_env, run, write_params
+from tests.conftest import TINY_PARAMS, needs_coco128, project_env, run, tracking_uri, write_params
 from tests.stack import (
     S3_ENV,
     MlflowServer,
@@ -153,12 +153,8 @@ def test_model_loads_back_through_the_server(logged: Logged, monkeypatch: pytest
     for name in [*S3_ENV, "MLFLOW_S3_ENDPOINT_URL"]:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("YOLO_CONFIG_DIR", str(logged.project / ".ultralytics"))
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(logged.server.uri)
-    try:
+    with tracking_uri(logged.server.uri):
         model = mlflow.pyfunc.load_model(f"runs:/{logged.run_id}/{names.MODEL_NAME}")
-    finally:
-        mlflow.set_tracking_uri(previous)
     image = sorted((logged.project / "data/tiny_coco/images/test").iterdir())[0]
     boxes = model.predict(pd.DataFrame({"image": [str(image)]}), params={"conf": 0.0})
     assert list(boxes.columns) == ["image", "x1", "y1", "x2", "y2", "confidence", "class_id", "class_name"]

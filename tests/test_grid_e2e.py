@@ -1,6 +1,6 @@
 """End to end through the real DVC queue: a 2 × 2 × 2 grid at tiny settings (yolov8n.yaml, imgsz
 64 / 96, 1 epoch, real COCO128), compared and promoted in MLflow, then run again unchanged, then
-with a failing grid point. One course run is shared by every assertion (module-scoped)."""
+with a failing grid point. One grid run is shared by every assertion (module-scoped)."""
 
 import csv
 import json
@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import COCO128_ZIP, TINY_PARAMS, copy_project, needs_coco128, run
+from tests.conftest import COCO128_ZIP, TINY_PARAMS, copy_project, needs_coco128, run, tracking_uri
 from yolo_mlops.core import vocabulary as names
 from yolo_mlops.grid.experiments import parse_exp_show
 from yolo_mlops.tracking.pyfunc_model import BOX_COLUMNS
@@ -26,12 +26,12 @@ MODEL = "yolo_tiny_person"
 GATES = {"promote.min_test_map50_95": 0.0, "promote.min_test_recall": 0.0, "promote.min_margin": 0.0}
 
 
-def course(project: Path, check: bool = True) -> Any:
+def grid_run(project: Path, check: bool = True) -> Any:
     return run(["python", "-m", "yolo_mlops.grid", "run"], project, check=check, timeout=1500)
 
 
 def state(project: Path) -> dict[str, Any]:
-    """What DVC and MLflow hold after a course run."""
+    """What DVC and MLflow hold after a grid run."""
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     exp_show = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     versions = client.search_model_versions(f"name = '{MODEL}'")
@@ -47,15 +47,15 @@ def state(project: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def course_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    project = copy_project(tmp_path_factory.mktemp("course") / "project", TINY_PARAMS | GATES)
+def grid_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    project = copy_project(tmp_path_factory.mktemp("grid") / "project", TINY_PARAMS | GATES)
     (project / "grid.yaml").write_text(GRID)  # read from the working tree: no commit needed
-    first = course(project)
+    first = grid_run(project)
     after_first = state(project)
-    again = course(project)
+    again = grid_run(project)
     after_again = state(project)
     (project / "grid.yaml").write_text(FAILING_GRID)
-    failing = course(project, check=False)
+    failing = grid_run(project, check=False)
     after_failing = state(project)
     # The retry the output advises: remove the failed experiment, and the next queueing queues it again.
     failed_names = [e.name for e in after_failing["experiments"] if e.failed]
@@ -65,20 +65,20 @@ def course_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "after_again": after_again, "failing": failing, "after_failing": after_failing, "requeued": requeued}
 
 
-def test_dvc_queue_runs_the_grid_with_progress(course_runs):
-    out = course_runs["first"].stdout
+def test_dvc_queue_runs_the_grid_with_progress(grid_runs):
+    out = grid_runs["first"].stdout
     assert "grid: 8 experiment(s), 0 already run" in out and "8 to queue" in out
     assert "dvc exp run --queue -S train.imgsz=64,96 -S train.lr0=0.005,0.01 -S train.seed=1,42" in out
     for step in range(1, 9):
         assert f"[{step}/8] Reproducing experiment '" in out
-    experiments = course_runs["after_first"]["experiments"]
+    experiments = grid_runs["after_first"]["experiments"]
     assert len(experiments) == 8 and not any(e.failed for e in experiments)
     points = {(e.params["train.imgsz"], e.params["train.lr0"], e.params["train.seed"]) for e in experiments}
     assert points == {(i, lr, s) for i in (64, 96) for lr in (0.005, 0.01) for s in (1, 42)}
 
 
-def test_one_mlflow_run_per_experiment_with_the_same_numbers(course_runs):
-    experiments, runs = course_runs["after_first"]["experiments"], course_runs["after_first"]["runs"]
+def test_one_mlflow_run_per_experiment_with_the_same_numbers(grid_runs):
+    experiments, runs = grid_runs["after_first"]["experiments"], grid_runs["after_first"]["runs"]
     assert len(runs) == 8 and all(r.info.status == "FINISHED" for r in runs)
     by_name = {r.data.tags[names.EXP_NAME_TAG]: r for r in runs}
     assert set(by_name) == {e.name for e in experiments}
@@ -93,64 +93,64 @@ def test_one_mlflow_run_per_experiment_with_the_same_numbers(course_runs):
             assert mlflow_run.data.metrics[names.eval_metric(name)] == value
 
 
-def test_comparison_outputs(course_runs):
-    out, project = course_runs["first"].stdout, course_runs["project"]
+def test_comparison_outputs(grid_runs):
+    out, project = grid_runs["first"].stdout, grid_runs["project"]
     assert "Runs ranked by val.mAP50-95, then val.mAP50, then val.recall" in out
-    rows = course_runs["after_first"]["csv"]
+    rows = grid_runs["after_first"]["csv"]
     assert len(rows) == 8 and {"run_id", "status", "metrics.evaluate/val_mAP50-95", "tags.dvc.exp_name"} <= set(rows[0])
     values = [float(row["metrics.evaluate/val_mAP50-95"]) for row in rows]
     assert values == sorted(values, reverse=True)
     for chart in ("metric_by_config.png", "epoch_curves.png"):
         assert (project / "reports" / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = (project / "reports" / "dvc_plots" / "index.html").read_text()
-    assert all(e.name in html for e in course_runs["after_first"]["experiments"])
+    assert all(e.name in html for e in grid_runs["after_first"]["experiments"])
 
 
-def test_best_run_is_registered_champion_and_loads(course_runs, tmp_path: Path):
-    after = course_runs["after_first"]
+def test_best_run_is_registered_champion_and_loads(grid_runs, tmp_path: Path):
+    after = grid_runs["after_first"]
     assert len(after["registry"]) == 1 and after["aliases"] == {"challenger": "1", "champion": "1"}
     version, run_id, _, tags = after["registry"][0]
     assert version == "1"
-    best = course_runs["after_first"]["csv"][0]
-    assert run_id == best[names.RUN_ID_TAG] == dict(tags)[names.RUN_ID_TAG]
+    best = grid_runs["after_first"]["csv"][0]
+    assert run_id == best["run_id"] == dict(tags)[names.RUN_ID_TAG]
     assert {names.DATASET_TAG, names.COMMIT_TAG, names.EXP_NAME_TAG, "train.lr0", "test.mAP50-95", "val.recall"} <= set(
         dict(tags))
     with zipfile.ZipFile(COCO128_ZIP) as archive:
         member = next(name for name in archive.namelist() if name.endswith(".jpg"))
         image = tmp_path / "image.jpg"
         image.write_bytes(archive.read(member))
-    mlflow.set_tracking_uri(f"sqlite:///{course_runs['project'] / 'mlflow.db'}")
-    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    with tracking_uri(f"sqlite:///{grid_runs['project'] / 'mlflow.db'}"):
+        model = mlflow.pyfunc.load_model(f"models:/{MODEL}@{names.CHAMPION}")
     boxes = model.predict(pd.DataFrame({"image": [str(image)]}), params={"conf": 0.0})
     assert list(boxes.columns) == BOX_COLUMNS and (boxes["image"] == 0).all()
 
 
-def test_decision_report(course_runs):
-    text, runs = course_runs["after_first"]["decision"], course_runs["after_first"]["runs"]
+def test_decision_report(grid_runs):
+    text, runs = grid_runs["after_first"]["decision"], grid_runs["after_first"]["runs"]
     for number, title in enumerate(("Objectives and constraints", "Recommended model", "Comparative analysis",
                                     "Risk assessment", "Final decision", "Next steps"), start=1):
         assert f"## {number}. {title}" in text
-    best = course_runs["after_first"]["csv"][0][names.RUN_ID_TAG]
+    best = grid_runs["after_first"]["csv"][0]["run_id"]
     assert f"MLflow run id `{best}`" in text and "**Approve**" in text
     assert sum(f"(run `{r.info.run_id}`)" in text for r in runs) == 3  # the top 3
     ranking = sorted((tuple(r.data.metrics[names.eval_metric(f"val.{m}")] for m in ("mAP50-95", "mAP50", "recall"))
                       for r in runs), reverse=True)
     assert ("TIE:" in text) == (ranking[0] == ranking[1])  # all zero is likely after one epoch from scratch
-    client = MlflowClient(f"sqlite:///{course_runs['project'] / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{grid_runs['project'] / 'mlflow.db'}")
     logged = client.download_artifacts(best, "decision/decision.md")  # the latest report, after the last run
-    assert Path(logged).read_text() == course_runs["after_failing"]["decision"]
+    assert Path(logged).read_text() == grid_runs["after_failing"]["decision"]
 
 
-def test_running_again_changes_nothing(course_runs):
-    assert "8 already run" in course_runs["again"].stdout and "0 to queue" in course_runs["again"].stdout
-    first, again = course_runs["after_first"], course_runs["after_again"]
+def test_running_again_changes_nothing(grid_runs):
+    assert "8 already run" in grid_runs["again"].stdout and "0 to queue" in grid_runs["again"].stdout
+    first, again = grid_runs["after_first"], grid_runs["after_again"]
     assert sorted(r.info.run_id for r in again["runs"]) == sorted(r.info.run_id for r in first["runs"])
     assert again["registry"] == first["registry"] and again["aliases"] == first["aliases"]
     assert again["decision"] == first["decision"]
 
 
-def test_a_failed_experiment_is_visible_and_does_not_stop_the_comparison(course_runs):
-    out, after = course_runs["failing"].stdout, course_runs["after_failing"]
+def test_a_failed_experiment_is_visible_and_does_not_stop_the_comparison(grid_runs):
+    out, after = grid_runs["failing"].stdout, grid_runs["after_failing"]
     failed = [e for e in after["experiments"] if e.failed]
     assert len(failed) == 1 and failed[0].params["prepare.train"] == 500
     failed_runs = [r for r in after["runs"] if r.info.status == "FAILED"]
@@ -159,9 +159,9 @@ def test_a_failed_experiment_is_visible_and_does_not_stop_the_comparison(course_
     assert failed_runs[0].data.params["prepare.train"] == "500"
     assert "but train + val + test = 520 were requested" in failed_runs[0].data.tags[names.ERROR_TAG]
     assert f"FAILED: {failed[0].name} (to retry: `dvc exp remove {failed[0].name}`" in out
-    assert course_runs["failing"].returncode == 1  # the report is written, and the exit status says a point failed
-    assert f"error: 1 experiment(s) of this commit failed: {failed[0].name}" in course_runs["failing"].stderr
-    assert "grid: 1 experiment(s), 0 already run" in course_runs["requeued"].stdout
-    assert "1 to queue" in course_runs["requeued"].stdout
+    assert grid_runs["failing"].returncode == 1  # the report is written, and the exit status says a point failed
+    assert f"error: 1 experiment(s) of this commit failed: {failed[0].name}" in grid_runs["failing"].stderr
+    assert "grid: 1 experiment(s), 0 already run" in grid_runs["requeued"].stdout
+    assert "1 to queue" in grid_runs["requeued"].stdout
     assert f"not ranked: {failed[0].name}: FAILED" in after["decision"]
-    assert len(after["csv"]) == 9 and after["registry"] == course_runs["after_first"]["registry"]
+    assert len(after["csv"]) == 9 and after["registry"] == grid_runs["after_first"]["registry"]
