@@ -63,7 +63,7 @@ class Promoted:
 
 def plan_grid(root: Path, params: Params, overrides: list[str]) -> Plan:
     """The grid points this commit has no experiment for (queued ones count as there)."""
-    grid = points.load_grid(root / GRID_FILE, params)
+    grid = points.load_grid(GRID_FILE, params)  # relative, as the user names it: the CLI runs at the root
     extra = points.parse_overrides(overrides, grid, params.flat())
     experiments.refuse_uncommitted(root)
     every = points.combinations(grid)
@@ -74,20 +74,20 @@ def plan_grid(root: Path, params: Params, overrides: list[str]) -> Plan:
 def queue_plan(root: Path, plan: Plan) -> list[tuple[list[str], str]]:
     """Check, then queue the missing points: the whole grid in one `dvc exp run --queue` (DVC expands
     `key=a,b`), or one command per point when only some are missing. Returns (command, DVC's output)."""
-    check_before_queueing(root, plan.missing, plan.overrides)
+    check_before_queueing(plan.missing, plan.overrides)
     whole = len(plan.missing) == len(plan.points)
     return [experiments.queue(root, points.set_args(values | plan.overrides))
             for values in ([plan.grid] if whole else plan.missing)]
 
 
-def check_before_queueing(root: Path, grid_points: list[dict[str, Any]], overrides: dict[str, Any]) -> None:
+def check_before_queueing(grid_points: list[dict[str, Any]], overrides: dict[str, Any]) -> None:
     """Refuse, before anything is queued, what every experiment would fail on: a bad value in a
     grid point or an -S override, a COCO128 source or a model this machine cannot get (downloads
     happen here, once, into the caches the stages share), a device it does not have."""
     checked = []
     for point in grid_points:
         try:
-            checked.append(load_params(root / PARAMS_FILE, overrides=point | overrides))
+            checked.append(load_params(PARAMS_FILE, overrides=point | overrides))
         except PipelineError as error:
             values = ", ".join(f"{key}={value}" for key, value in (point | overrides).items())
             raise PipelineError(f"experiment {values} ({GRID_FILE} and -S): {error}. Nothing was queued.") from None
