@@ -1,20 +1,14 @@
 """The one way the project asks git something."""
 
-import subprocess
 from pathlib import Path
 
 from yolo_mlops.core.errors import PipelineError
+from yolo_mlops.core.tools import run_tool
 
 
 def git(root: Path, *args: str) -> str:
     """`git <args>` in `root`: its standard output, or a PipelineError with git's message."""
-    try:
-        result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-    except OSError as error:
-        raise PipelineError(f"git is not available: {error}") from None
-    if result.returncode != 0:
-        raise PipelineError(f"git {' '.join(args)} failed in {root}: {result.stderr.strip()}")
-    return result.stdout
+    return run_tool(root, "git", *args)
 
 
 def head_rev(root: Path) -> str:

@@ -15,6 +15,7 @@ from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.git import git, show
 from yolo_mlops.core.params import PIPELINE_SECTIONS, read_yaml
 from yolo_mlops.core.paths import DVC_CONFIG, DVC_YAML, EVAL_METRICS_FILE, MLFLOW_RUN_FILE, PARAMS_FILE
+from yolo_mlops.core.tools import run_tool
 from yolo_mlops.core.vocabulary import RUN_LINK_ID, flatten, numbers
 
 # DVC has no machine-readable form of two outputs the grid needs, so it reads their text, here only:
@@ -38,13 +39,7 @@ class DvcExperiment:
 
 def dvc(root: Path, *args: str) -> str:
     """`dvc <args>` in `root`: its standard output, or a PipelineError with DVC's message."""
-    try:
-        result = subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True)
-    except OSError as error:
-        raise PipelineError(f"dvc is not available ({error}); run from the project's virtualenv (make setup)") from None
-    if result.returncode != 0:
-        raise PipelineError(f"dvc {' '.join(args)} failed: {(result.stderr or result.stdout).strip()[-2000:]}")
-    return result.stdout
+    return run_tool(root, "dvc", *args)
 
 
 def stage_code(root: Path) -> list[str]:

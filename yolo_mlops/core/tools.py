@@ -1,0 +1,20 @@
+"""The command-line tools the project drives (git, dvc): run one, get its output or one clear error."""
+
+import subprocess
+from pathlib import Path
+
+from yolo_mlops.core.errors import PipelineError
+
+INSTALL_HINT = "run from the project's virtualenv (make setup), with git installed"
+
+
+def run_tool(root: Path, program: str, *args: str) -> str:
+    """`<program> <args>` in `root`: its standard output, or a PipelineError with the tool's message."""
+    try:
+        result = subprocess.run([program, *args], cwd=root, capture_output=True, text=True)
+    except OSError as error:
+        raise PipelineError(f"{program} is not available ({error}); {INSTALL_HINT}") from None
+    if result.returncode != 0:
+        message = (result.stderr or result.stdout).strip()[-2000:]
+        raise PipelineError(f"{program} {' '.join(args)} failed in {root}: {message}")
+    return result.stdout
