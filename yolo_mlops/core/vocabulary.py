@@ -45,7 +45,6 @@ MODEL_NAME = "model"
 # The splits of the dataset, and the metrics the evaluate stage writes for each (metrics/eval.json).
 SPLITS = ("train", "val", "test")
 EVAL_METRICS = ("mAP50", "mAP50-95", "precision", "recall", "f1")
-HISTORY_METRICS = ("mAP50", "mAP50-95", "precision", "recall")  # also per epoch, on val (Ultralytics' results.csv)
 
 # metrics/mlflow_run.json, the DVC side's link to the MLflow run: the key of the run id.
 RUN_LINK_ID = "run_id"
@@ -54,7 +53,7 @@ RUN_LINK_ID = "run_id"
 # metrics reported for each evaluated split.
 HYPERPARAMETERS = ("train.model", "train.epochs", "train.imgsz", "train.lr0", "train.seed", "train.batch",
                    "train.optimizer")
-REPORTED_METRICS = ("mAP50-95", "mAP50", "precision", "recall")
+REPORTED_METRICS = ("mAP50-95", "mAP50", "precision", "recall")  # also recorded per epoch, on val
 REPORTED_SPLITS = ("val", "test")
 DATA_PREFIX = "data."  # metrics/data.json values in the comparison: `data.test_images`
 
@@ -105,7 +104,7 @@ def history_of(name: str) -> str | None:
     """The per-epoch MLflow metric of a comparison name (`val.mAP50-95` → `train/val_mAP50-95`); None when
     training records no history of it (test metrics, f1)."""
     split, _, metric = name.partition(".")
-    return history_metric(f"{split}/{metric}") if split == "val" and metric in HISTORY_METRICS else None
+    return history_metric(f"{split}/{metric}") if split == "val" and metric in REPORTED_METRICS else None
 
 
 def history_metric(name: str) -> str:
