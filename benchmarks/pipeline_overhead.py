@@ -33,10 +33,12 @@ BARE_TRAINING = """
 import sys
 from yolo_mlops.core.params import load_params
 from yolo_mlops.core.paths import DATASET_DIR
-from yolo_mlops.yolo.dataset import staged_dataset
+from yolo_mlops.core.scratch import scratch
+from yolo_mlops.yolo.dataset import stage_dataset
 from yolo_mlops.yolo.model import ultralytics
 p = load_params().train
-with staged_dataset(DATASET_DIR) as data:
+with scratch("benchmark") as folder:
+    data = stage_dataset(DATASET_DIR, folder)
     model = ultralytics().YOLO(p.model)
     model.train(data=str(data), epochs=p.epochs, imgsz=p.imgsz, lr0=p.lr0, seed=p.seed, batch=p.batch,
                 optimizer=p.optimizer, device=p.device, workers=p.workers, deterministic=True,

@@ -1,12 +1,10 @@
 """DVC stage `train`: data/tiny_coco → models/ (best.pt, last.pt, results.csv) and dvclive/."""
 
-import tempfile
-from pathlib import Path
-
 from yolo_mlops.core.entry import run_main
 from yolo_mlops.core.params import load_params
 from yolo_mlops.core.paths import DATASET_DIR, MODELS_DIR, TRAIN_LIVE_DIR
-from yolo_mlops.yolo.dataset import staged_dataset
+from yolo_mlops.core.scratch import scratch
+from yolo_mlops.yolo.dataset import stage_dataset
 from yolo_mlops.yolo.history import read_history, write_dvclive
 from yolo_mlops.yolo.model import resolve_device, resolve_model
 from yolo_mlops.yolo.train import RUN_RESULTS, export_run, train
@@ -15,8 +13,8 @@ from yolo_mlops.yolo.train import RUN_RESULTS, export_run, train
 def main() -> None:
     params = load_params().train
     model, device = resolve_model(params.model), resolve_device(params.device)
-    with staged_dataset(DATASET_DIR) as data_yaml, tempfile.TemporaryDirectory(prefix="yolo-train-") as scratch:
-        run_dir = train(data_yaml, params, model, device, Path(scratch) / "train")
+    with scratch("train") as folder:
+        run_dir = train(stage_dataset(DATASET_DIR, folder), params, model, device, folder / "train")
         history = read_history(run_dir / RUN_RESULTS)
         export_run(run_dir, MODELS_DIR)
     write_dvclive(history, TRAIN_LIVE_DIR)

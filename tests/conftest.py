@@ -4,6 +4,7 @@ import io
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import zipfile
@@ -12,7 +13,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import alembic.command
 import pytest
+import sqlalchemy
 import yaml
 from PIL import Image
 
@@ -205,3 +208,34 @@ def log_synthetic_run(client: Any, experiment_id: str, name: str, metrics: dict[
             mlflow.pyfunc.log_model(name=names.MODEL_NAME, python_model=echo_model(), pip_requirements=["mlflow"])
     client.set_terminated(run_id, status)
     return run_id
+
+
+# An MLflow schema revision after which the next migration rebuilds latest_metrics (SQLite batch mode: a
+# copy named _alembic_tmp_latest_metrics, filled, then renamed): where two processes creating a new
+# store at once left it, before store opening was serialised.
+REVISION_BEFORE_REBUILD = "a8c4a736bde6"
+
+
+def half_migrated_store(database: Path, runs: int) -> str:
+    """A SQLite store as an interrupted schema upgrade leaves it: at an older revision, with the
+    table copy the next migration had begun (alembic, MLflow's own migrations)."""
+    from mlflow.store.db.utils import _get_alembic_config
+    from mlflow.store.tracking.dbmodels.initial_models import Base as InitialBase
+
+    uri = f"sqlite:///{database}"
+    engine = sqlalchemy.create_engine(uri)
+    InitialBase.metadata.create_all(engine)
+    config = _get_alembic_config(uri)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        alembic.command.upgrade(config, REVISION_BEFORE_REBUILD)
+    engine.dispose()
+    with sqlite3.connect(database) as connection:
+        connection.execute("INSERT INTO experiments (experiment_id, name, lifecycle_stage) VALUES (0, 'Default', "
+                           "'active')")
+        for index in range(runs):
+            connection.execute("INSERT INTO runs (run_uuid, name, experiment_id, user_id, status, lifecycle_stage, "
+                               "start_time, source_type, source_name, artifact_uri) VALUES (?, 'run', 0, 'user', "
+                               "'FINISHED', 'active', 0, 'LOCAL', '', '')", (f"{index:032d}",))
+        connection.execute("CREATE TABLE _alembic_tmp_latest_metrics AS SELECT * FROM latest_metrics WHERE 0")
+    return uri

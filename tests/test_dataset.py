@@ -1,6 +1,8 @@
 """The prepare stage's library: filtering, splitting, determinism and refusal of bad data."""
 
 import hashlib
+import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -84,13 +86,39 @@ def test_bad_label_lines_are_refused_with_file_and_line(tmp_path: Path, line: st
     assert not (tmp_path / "out").exists()
 
 
-def test_an_image_that_does_not_decode_is_named(tmp_path: Path) -> None:
+@pytest.mark.parametrize("data", [b"\xff\xd8\xff\xe0 a truncated jpeg", b"no image format at all"])
+def test_an_image_that_does_not_decode_is_named(tmp_path: Path, data: bytes) -> None:
     labels = person_labels(8)
-    broken = {"000000000003": b"\xff\xd8\xff\xe0 not really a jpeg"}
+    broken = {"000000000003": data}
     source = make_source(tmp_path, labels, images=broken)
-    with pytest.raises(PipelineError, match=r"000000000003\.jpg: image does not decode"):
+    with pytest.raises(PipelineError, match=r"000000000003\.jpg: image does not decode") as error:
         prepare_dataset(source, params(), tmp_path / "out")
+    assert "BytesIO" not in str(error.value) and " at 0x" not in str(error.value)  # the file only, no buffer
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("as_zip", [True, False])
+def test_a_source_without_labels_says_so_not_to_lower_the_split_sizes(tmp_path: Path, as_zip: bool) -> None:
+    source = make_source(tmp_path, person_labels(70), as_zip=as_zip)
+    if as_zip:  # the same zip without its labels/ members
+        stripped = tmp_path / "stripped.zip"
+        with zipfile.ZipFile(source) as original, zipfile.ZipFile(stripped, "w") as archive:
+            for member in original.namelist():
+                if "/labels/" not in member:
+                    archive.writestr(member, original.read(member))
+        source = stripped
+    else:
+        shutil.rmtree(source / "labels")
+    with pytest.raises(PipelineError) as error:
+        prepare_dataset(source, params(), tmp_path / "out")
+    message = str(error.value)
+    assert f"prepare.source: {source} has 72 images but there is no labels/ folder" in message
+    assert "lower prepare" not in message and not (tmp_path / "out").exists()
+    (tmp_path / "labels_only").mkdir()
+    empty_labels = make_source(tmp_path / "labels_only", {"000000000001": "0 0.5 0.5 0.2 0.4\n"}, as_zip=False)
+    (empty_labels / "labels" / "train2017" / "000000000001.txt").rename(empty_labels / "labels" / "other.txt")
+    with pytest.raises(PipelineError, match=f"{empty_labels} has 1 images but no image has a label file"):
+        find_samples(SourceTree(empty_labels), 0)
 
 
 def test_a_failed_run_keeps_the_previous_output(tmp_path: Path) -> None:

@@ -1,9 +1,11 @@
 """End to end through the real DVC queue: a 2 × 2 × 2 grid at tiny settings (yolov8n.yaml, imgsz
-64 / 96, 1 epoch, real COCO128), compared and promoted in MLflow, then run again unchanged, then
-with a failing grid point. One grid run is shared by every assertion (module-scoped)."""
+64 / 96, 1 epoch, real COCO128), queued, run by two queue workers at once on a new embedded MLflow
+store (`dvc exp run --run-all --jobs 2`), compared and promoted in MLflow, then run again unchanged,
+then with two failing grid points. One grid run is shared by every assertion (module-scoped)."""
 
 import csv
 import json
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,8 @@ from yolo_mlops.tracking.pyfunc_model import BOX_COLUMNS
 
 pytestmark = [pytest.mark.e2e, needs_coco128]
 GRID = "train.imgsz: [64, 96]\ntrain.lr0: [0.005, 0.01]\ntrain.seed: [1, 42]\ntrain.epochs: [1]\n"
-# Valid params (so it is queued), but COCO128 holds fewer person images: the prepare stage fails.
-FAILING_GRID = "prepare.train: [500]\ntrain.imgsz: [64]\ntrain.lr0: [0.01]\ntrain.seed: [1]\ntrain.epochs: [1]\n"
+# Valid params (so they are queued), but COCO128 holds fewer person images: the prepare stage fails.
+FAILING_GRID = "prepare.train: [500]\ntrain.imgsz: [64]\ntrain.lr0: [0.01]\ntrain.seed: [1, 2]\ntrain.epochs: [1]\n"
 MODEL = "yolo_tiny_person"
 GATES = {"promote.min_test_map50_95": 0.0, "promote.min_test_recall": 0.0, "promote.min_margin": 0.0}
 
@@ -50,6 +52,10 @@ def state(project: Path) -> dict[str, Any]:
 def grid_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     project = copy_project(tmp_path_factory.mktemp("grid") / "project", TINY_PARAMS | GATES)
     (project / "grid.yaml").write_text(GRID)  # read from the working tree: no commit needed
+    queued = run(["python", "-m", "yolo_mlops.grid", "queue"], project)
+    new_store = not (project / "mlflow.db").exists()
+    # Two workers on a new store: the first log stages open (and so create) the store at the same time.
+    parallel = run(["dvc", "exp", "run", "--run-all", "--jobs", "2"], project, timeout=1500)
     first = grid_run(project)
     after_first = state(project)
     again = grid_run(project)
@@ -61,18 +67,19 @@ def grid_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     failed_names = [e.name for e in after_failing["experiments"] if e.failed]
     run(["dvc", "exp", "remove", *failed_names], project)
     requeued = run(["python", "-m", "yolo_mlops.grid", "queue"], project)
-    return {"project": project, "first": first, "after_first": after_first, "again": again,
+    return {"project": project, "queued": queued, "new_store": new_store, "parallel": parallel,
+            "first": first, "after_first": after_first, "again": again,
             "after_again": after_again, "failing": failing, "after_failing": after_failing, "requeued": requeued}
 
 
-def test_dvc_queue_runs_the_grid_with_progress(grid_runs):
-    out = grid_runs["first"].stdout
+def test_two_queue_workers_on_a_new_store_run_the_whole_grid(grid_runs):
+    out = grid_runs["queued"].stdout
     assert "grid: 8 experiment(s), 0 already run" in out and "8 to queue" in out
     assert "dvc exp run --queue -S train.imgsz=64,96 -S train.lr0=0.005,0.01 -S train.seed=1,42" in out
-    for step in range(1, 9):
-        assert f"[{step}/8] Reproducing experiment '" in out
+    assert grid_runs["new_store"] and "Traceback" not in grid_runs["parallel"].stdout + grid_runs["parallel"].stderr
+    assert "grid: 8 experiment(s), 8 already run" in grid_runs["first"].stdout
     experiments = grid_runs["after_first"]["experiments"]
-    assert len(experiments) == 8 and not any(e.failed for e in experiments)
+    assert len(experiments) == 8 and not any(e.failed for e in experiments)  # 8 of 8
     points = {(e.params["train.imgsz"], e.params["train.lr0"], e.params["train.seed"]) for e in experiments}
     assert points == {(i, lr, s) for i in (64, 96) for lr in (0.005, 0.01) for s in (1, 42)}
 
@@ -149,19 +156,27 @@ def test_running_again_changes_nothing(grid_runs):
     assert again["decision"] == first["decision"]
 
 
-def test_a_failed_experiment_is_visible_and_does_not_stop_the_comparison(grid_runs):
+def test_failed_experiments_are_visible_and_do_not_stop_the_comparison(grid_runs):
     out, after = grid_runs["failing"].stdout, grid_runs["after_failing"]
-    failed = [e for e in after["experiments"] if e.failed]
-    assert len(failed) == 1 and failed[0].params["prepare.train"] == 500
-    failed_runs = [r for r in after["runs"] if r.info.status == "FAILED"]
-    assert len(failed_runs) == 1 and len(after["runs"]) == 9
-    assert failed_runs[0].data.tags[names.EXP_NAME_TAG] == failed[0].name
-    assert failed_runs[0].data.params["prepare.train"] == "500"
-    assert "but train + val + test = 520 were requested" in failed_runs[0].data.tags[names.ERROR_TAG]
-    assert f"FAILED: {failed[0].name} (to retry: `dvc exp remove {failed[0].name}`" in out
+    for step in (1, 2):  # DVC's queue, with the grid's progress
+        assert f"[{step}/2] Reproducing experiment '" in out
+    failed = sorted((e for e in after["experiments"] if e.failed), key=lambda e: e.params["train.seed"])
+    assert [(e.params["prepare.train"], e.params["train.seed"]) for e in failed] == [(500, 1), (500, 2)]
+    failed_runs = {r.data.tags[names.EXP_NAME_TAG]: r for r in after["runs"] if r.info.status == "FAILED"}
+    assert set(failed_runs) == {e.name for e in failed} and len(after["runs"]) == 10
+    for experiment in failed:
+        failed_run = failed_runs[experiment.name]
+        assert failed_run.data.params["prepare.train"] == "500"
+        # The stage's own error line, not DVC's generic "failed to reproduce".
+        assert failed_run.data.tags[names.ERROR_TAG].startswith("error: prepare: only ")
+        assert "but train + val + test = 520 were requested" in failed_run.data.tags[names.ERROR_TAG]
+    retry = re.search(r"\(to retry: `dvc exp remove ([^`]*)`", out)
+    assert retry and set(retry.group(1).split()) == {e.name for e in failed}
     assert grid_runs["failing"].returncode == 1  # the report is written, and the exit status says a point failed
-    assert f"error: 1 experiment(s) of this commit failed: {failed[0].name}" in grid_runs["failing"].stderr
-    assert "grid: 1 experiment(s), 0 already run" in grid_runs["requeued"].stdout
-    assert "1 to queue" in grid_runs["requeued"].stdout
-    assert f"not ranked: {failed[0].name}: FAILED" in after["decision"]
-    assert len(after["csv"]) == 9 and after["registry"] == grid_runs["after_first"]["registry"]
+    listed = re.search(r"error: 2 experiment\(s\) of this commit failed: ([^ ]+), ([^ ]+) \(",
+                       grid_runs["failing"].stderr)
+    assert listed and set(listed.groups()) == {e.name for e in failed}
+    assert "grid: 2 experiment(s), 0 already run" in grid_runs["requeued"].stdout
+    assert "2 to queue" in grid_runs["requeued"].stdout
+    assert all(f"not ranked: {e.name}: FAILED" in after["decision"] for e in failed)
+    assert len(after["csv"]) == 10 and after["registry"] == grid_runs["after_first"]["registry"]

@@ -7,10 +7,12 @@ on its own copy of it (`project`), so the tests pass alone and in any order."""
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import mlflow
 import pandas as pd
+import psutil
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -20,6 +22,7 @@ from tests.conftest import (
     TINY_PARAMS,
     copy_project,
     free_port,
+    half_migrated_store,
     needs_coco128,
     project_env,
     run,
@@ -154,11 +157,16 @@ def test_exactly_once(project: Path) -> None:
 
 
 def test_tracking_outage_keeps_results_and_a_rerun_sends_them_once(project: Path) -> None:
+    run(["git", "add", "metrics/mlflow_run.json"], project)
+    link = (project / "metrics" / "mlflow_run.json").read_text()
     write_params(project, {"evaluate.conf": 0.002})
     down = run(["dvc", "repro"], project, env=project_env(MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}"),
                check=False)
     assert down.returncode != 0
     assert "unreachable" in down.stderr and "Nothing is lost" in down.stderr and "Traceback" not in down.stderr
+    # The failed log stage leaves git's copy of the run link as it was: `git commit -a` deletes nothing.
+    assert (project / "metrics" / "mlflow_run.json").read_text() == link
+    assert run(["git", "diff", "--name-status", "--", "metrics/mlflow_run.json"], project).stdout == ""
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     assert lock["evaluate"]["params"]["params.yaml"]["evaluate"]["conf"] == 0.002  # evaluate finished and is kept
     before = len(runs(project))
@@ -166,6 +174,48 @@ def test_tracking_outage_keeps_results_and_a_rerun_sends_them_once(project: Path
     assert "Running stage 'evaluate'" not in resent.stdout and "created MLflow run" in resent.stdout
     assert len(runs(project)) == before + 1
     assert json.loads(run(["dvc", "status", "--json"], project).stdout) == {}
+
+
+@pytest.mark.parametrize("broken", ["scheme", "corrupt", "half-migrated"])
+def test_a_tracking_store_error_in_the_log_stage_is_one_line_saying_nothing_is_lost(
+        finished: Path, tmp_path: Path, broken: str) -> None:
+    database = tmp_path / "mlflow.db"
+    if broken == "corrupt":
+        database.write_bytes(b"not a database " * 300)
+    elif broken == "half-migrated":
+        half_migrated_store(database, runs=0)
+    uri = "htp://localhost:5000" if broken == "scheme" else f"sqlite:///{database}"
+    result = run(["python", "-m", "stages.log"], finished, env=project_env(MLFLOW_TRACKING_URI=uri), check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    named = f"MLFLOW_TRACKING_URI={uri!r}: unsupported scheme" if broken == "scheme" else f"MLflow store {uri} cannot"
+    assert line.startswith(f"error: {named}")
+    assert "Nothing is lost" in line and "run `dvc repro` again" in line
+
+
+def test_a_killed_training_leaves_its_scratch_space_to_the_next_run(project: Path, tmp_path: Path) -> None:
+    """kill -9 of the train stage: nothing is left in the system's temporary folder, and what is left in
+    the project's .scratch/train/ is removed by the next run of the stage."""
+    write_params(project, {"train.lr0": 0.02})
+    system_tmp = tmp_path / "tmp"
+    system_tmp.mkdir()
+    env = project_env(TMPDIR=str(system_tmp))
+    scratch = project / ".scratch" / "train"
+    with subprocess.Popen(["dvc", "repro", "train"], cwd=project, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL) as pipeline:
+        deadline = time.monotonic() + 300
+        stage = None
+        while stage is None and time.monotonic() < deadline and pipeline.poll() is None:
+            time.sleep(0.1)
+            if (scratch / "train" / "weights").is_dir():  # Ultralytics is training
+                stage = next((child for child in psutil.Process(pipeline.pid).children(recursive=True)
+                              if "stages.train" in " ".join(child.cmdline())), None)
+        assert stage is not None, "the train stage did not start training"
+        stage.kill()
+        assert pipeline.wait(timeout=120) != 0
+    assert scratch.is_dir() and not list(system_tmp.glob("yolo-*"))
+    rerun = run(["dvc", "repro", "train"], project, env=env)
+    assert "Running stage 'train'" in rerun.stdout and not scratch.exists()
 
 
 def test_same_seed_gives_identical_results(project: Path) -> None:

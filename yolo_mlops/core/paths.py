@@ -53,6 +53,7 @@ EMBEDDED_ARTIFACTS = Path("mlartifacts")  # artifacts beside a SQLite store: mla
 ULTRALYTICS_CONFIG_DIR = Path(".ultralytics")
 WEIGHTS_DIR = Path("weights")  # pretrained weights, downloaded once
 DOWNLOAD_CACHE_DIR = Path("data/cache")  # COCO128 downloaded once
+SCRATCH_DIR = Path(".scratch")  # each stage's scratch space, .scratch/<stage>/ (core/scratch.py)
 
 
 def project_root() -> Path:

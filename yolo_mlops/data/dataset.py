@@ -108,11 +108,17 @@ def find_samples(tree: SourceTree, class_id: int) -> list[Sample]:
     )
     if not images:
         raise PipelineError(f"prepare.source: no images/ folder with images in {tree.location}")
+    labelled = [image for image in images if label_member_for(image) in tree.members]
+    if not labelled:
+        layout = "no image has a label file" if any(
+            "labels" in PurePosixPath(member).parts[:-1] for member in tree.members) else "there is no labels/ folder"
+        raise PipelineError(
+            f"prepare.source: {tree.location} has {len(images)} images but {layout} (YOLO labels: "
+            f"labels/<split>/<image>.txt beside images/<split>/). Give the whole COCO128, labels included"
+        )
     samples = []
-    for image in images:
+    for image in labelled:  # COCO128 has images without any object, and so without a label file
         label = label_member_for(image)
-        if label not in tree.members:
-            continue  # COCO128 has images without any object
         text = tree.read(label).decode("utf-8", errors="replace")
         kept = tuple(box for box in parse_labels(text, tree.describe(label)) if box.class_id == class_id)
         if kept:
@@ -145,7 +151,9 @@ def decode_image(data: bytes, where: str) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+    except UnidentifiedImageError:  # its message names the in-memory buffer, not the file
+        raise PipelineError(f"{where}: image does not decode (not a format Pillow recognises)") from None
+    except (OSError, SyntaxError) as error:
         raise PipelineError(f"{where}: image does not decode ({error})") from None
     return image
 

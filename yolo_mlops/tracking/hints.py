@@ -6,7 +6,7 @@ from yolo_mlops.core.paths import EVAL_METRICS_FILE, MODELS_DIR, PLOTS_DIR
 
 SAFE_RESULTS = (
     f"Nothing is lost: the results stay in {MODELS_DIR}/, {PLOTS_DIR}/ and {EVAL_METRICS_FILE.parent}/. Once the "
-    "tracking server is back, run `dvc repro` again: only the log stage runs, and it completes the same MLflow run "
+    "tracking store is back, run `dvc repro` again: only the log stage runs, and it completes the same MLflow run "
     "instead of adding one."
 )
 

@@ -14,7 +14,7 @@ from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.tracking.hints import SAFE_RESULTS, artifact_store_hint
 from yolo_mlops.tracking.model import log_model
 from yolo_mlops.tracking.record import ExperimentRecord
-from yolo_mlops.tracking.store import connect, experiment_id, public_uri
+from yolo_mlops.tracking.store import connect, experiment_id, public_uri, store_error, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -73,18 +73,18 @@ def _send(client: MlflowClient, run_id: str, run: Run | None, record: Experiment
 
 def log_record(record: ExperimentRecord, experiment_name: str) -> LoggedRun:
     """Create or complete the experiment's single MLflow run."""
-    client, uri = connect()
     try:
+        client, uri = connect()
         exp_id = experiment_id(client, experiment_name)
         run = find_run(client, exp_id, record.fingerprint)
         if run is None:
             run_id = client.create_run(exp_id, run_name=record.run_name, tags=record.tags).info.run_id
         else:
             run_id = run.info.run_id
-    except PipelineError:
-        raise
+    except PipelineError as error:  # the store named, what is wrong and what to do
+        raise PipelineError(f"{error}. {SAFE_RESULTS}") from None
     except Exception as error:  # the server, the database or the network: report, don't trace
-        raise PipelineError(f"MLflow at {public_uri(uri)}: {type(error).__name__}: {error}. {SAFE_RESULTS}") from None
+        raise PipelineError(f"{store_error(tracking_uri(), error, 'failed')}. {SAFE_RESULTS}") from None
     if run is not None and run.data.tags.get(names.LOG_STATUS_TAG) == names.COMPLETE:
         return LoggedRun(run_id, exp_id, run.info.run_name, "unchanged")
     if run is not None:

@@ -2,17 +2,19 @@
 it that fails within seconds when a server does not answer, and the experiment lookup."""
 
 import os
+import sqlite3
 import urllib.error
 import urllib.request
+from contextlib import closing
 from pathlib import Path
 from urllib.parse import urlparse
 
 import mlflow
+from filelock import FileLock, Timeout
 from mlflow import MlflowClient
 
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.paths import EMBEDDED_ARTIFACTS, EMBEDDED_DB, project_root, shared
-from yolo_mlops.tracking.hints import SAFE_RESULTS
 
 SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql")  # no file: MLflow 3 deprecates its file store
 # Bounded waiting on a tracking server: MLflow's own defaults retry for minutes.
@@ -24,6 +26,11 @@ HTTP_DEFAULTS = {
 # Bounded retries for direct S3 uploads (MLFLOW_S3_ENDPOINT_URL); boto3 reads these variables.
 S3_DEFAULTS = {"AWS_MAX_ATTEMPTS": "3", "AWS_RETRY_MODE": "standard"}
 HEALTH_TIMEOUT_S = 5
+# MLflow creates (or upgrades) a SQLite store's schema when a client first opens it; two processes doing
+# so at once leave it half-migrated. One process at a time, under a lock file beside the database.
+STORE_LOCK_SUFFIX = ".lock"
+STORE_LOCK_TIMEOUT_S = 300
+LEFTOVER_TABLE_PREFIX = "_alembic_tmp_"  # what an interrupted SQLite schema migration leaves behind
 
 
 def tracking_uri() -> str:
@@ -83,9 +90,82 @@ def check_server(uri: str) -> None:
     except (urllib.error.URLError, OSError) as error:
         raise PipelineError(
             f"MLflow tracking server {public_uri(uri)} (MLFLOW_TRACKING_URI) is unreachable "
-            f"({getattr(error, 'reason', error)}). "
-            f"{SAFE_RESULTS}"
+            f"({getattr(error, 'reason', error)}); start it, or check the address"
         ) from None
+
+
+def _tables(database: Path) -> dict[str, int | None]:
+    """The tables of a SQLite store and their row counts (None where a table cannot be counted)."""
+    counts: dict[str, int | None] = {}
+    try:
+        with closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)) as connection:
+            for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+                try:
+                    counts[name] = connection.execute(f'SELECT COUNT(*) FROM "{name}"').fetchone()[0]
+                except sqlite3.Error:
+                    counts[name] = None
+    except sqlite3.Error:
+        pass
+    return counts
+
+
+def _half_migrated(uri: str, database: Path) -> str | None:
+    """What to do with a SQLite store an interrupted schema upgrade left behind; None if it is not one."""
+    tables = _tables(database)
+    leftovers = sorted(name for name in tables if name.startswith(LEFTOVER_TABLE_PREFIX))
+    if not leftovers:
+        return None
+    state = f"its schema is half-migrated (table {leftovers[0]} is left from an interrupted upgrade)"
+    if not tables.get("runs"):
+        return f"{state}, and it holds no runs: delete it (rm {database}) and run again"
+    originals = [name.removeprefix(LEFTOVER_TABLE_PREFIX) for name in leftovers]
+    if all(name in tables for name in originals):
+        drops = "; ".join(f"DROP TABLE {name}" for name in leftovers)
+        return (f"{state}; its {tables['runs']} run(s) are intact. Keep a copy (cp {database} {database}.bak), "
+                f"then `sqlite3 {database} '{drops}'` and `mlflow db upgrade {public_uri(uri)}`")
+    return (f"{state}, in the middle of moving table(s) {', '.join(originals)}. Keep a copy "
+            f"(cp {database} {database}.bak) and restore the store from a backup")
+
+
+def store_error(uri: str, error: Exception, what: str = "cannot be opened") -> PipelineError:
+    """One line naming the store, what went wrong (`what`, then the error's first line) and what to do."""
+    first_line = (str(error).strip().splitlines() or [""])[0].removeprefix("(sqlite3.OperationalError) ")
+    message = f"MLflow store {public_uri(uri)} {what} ({type(error).__name__}: {first_line})"
+    if urlparse(uri).scheme != "sqlite":
+        return PipelineError(message)
+    database = _sqlite_path(uri)
+    advice = _half_migrated(uri, database)
+    if advice is None and "locked" in first_line:
+        advice = "another process holds the database; run again when it is done"
+    if advice is None and ("not a database" in first_line or "malformed" in first_line):
+        advice = f"{database} is corrupt; keep a copy, and restore it from a backup"
+    return PipelineError(f"{message}: {advice}" if advice else message)
+
+
+def _open(uri: str) -> MlflowClient:
+    """A client whose tracking and registry stores are open (a new database gets its schema here)."""
+    client = MlflowClient(uri)  # opens the tracking store
+    client.search_registered_models(max_results=1)  # opens the registry store
+    return client
+
+
+def open_client(uri: str) -> MlflowClient:
+    """A client on `uri`, its stores opened now, so that a broken store fails here, in one line. A SQLite
+    store is opened by one process at a time: creating or upgrading its schema is not safe concurrently."""
+    try:
+        if urlparse(uri).scheme != "sqlite":
+            return _open(uri)
+        lock = Path(f"{_sqlite_path(uri)}{STORE_LOCK_SUFFIX}")
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(lock, timeout=STORE_LOCK_TIMEOUT_S):
+            return _open(uri)
+    except Timeout:
+        raise PipelineError(
+            f"MLflow store {public_uri(uri)}: another process has held {lock} for over {STORE_LOCK_TIMEOUT_S} s; "
+            "if no other run is going on, delete that lock file and run again"
+        ) from None
+    except Exception as error:  # the database, the server or the network: one line, no traceback
+        raise store_error(uri, error) from None
 
 
 def connect() -> tuple[MlflowClient, str]:
@@ -96,13 +176,14 @@ def connect() -> tuple[MlflowClient, str]:
     uri = tracking_uri()
     check_server(uri)
     user_setting = os.environ.get("MLFLOW_TRACKING_URI")
+    client = open_client(uri)
     mlflow.set_tracking_uri(uri)
     if user_setting is None:
         # set_tracking_uri also exports MLFLOW_TRACKING_URI. Keep the user's environment as it was: the
         # embedded store is recognised by its absence, and the DVC stages started from here (queued
         # experiments) must put their artifacts at DVC_ROOT, not in their temporary copy.
         os.environ.pop("MLFLOW_TRACKING_URI", None)
-    return MlflowClient(uri), uri
+    return client, uri
 
 
 def experiment_id(client: MlflowClient, name: str, create: bool = True) -> str:

@@ -1,0 +1,25 @@
+"""A stage's scratch space: a folder under the project that the stage's next run empties first, so
+that a killed run (kill -9) leaves nothing for long. Inside DVC's queue, the folder is in the
+experiment's temporary copy, which DVC deletes. Never the system's /tmp, which nothing cleans."""
+
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+from yolo_mlops.core.paths import SCRATCH_DIR
+
+
+@contextmanager
+def scratch(name: str) -> Iterator[Path]:
+    """Yield the empty folder .scratch/<name>/ (absolute); removed on exit, and emptied first of what
+    an interrupted earlier run left there."""
+    folder = (SCRATCH_DIR / name).resolve()
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        with suppress(OSError):  # .scratch/ itself, once empty
+            folder.parent.rmdir()
