@@ -5,7 +5,9 @@ the grid runs; then the command is run again with one experiment missing here. T
 checked without a cluster."""
 
 import json
+import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,8 @@ from yolo_mlops.grid.experiments import parse_exp_show
 from yolo_mlops.grid.sync import sync
 
 GRID = "train.lr0: [0.005, 0.01]\ntrain.seed: [1, 42]\n"
+# Valid params (so it is run), but COCO128 holds fewer person images: the point's prepare stage fails.
+FAILING_GRID = "prepare.train: [500]\ntrain.lr0: [0.005]\ntrain.seed: [1]\n"
 GATES = {"promote.min_test_map50_95": 0.0, "promote.min_test_recall": 0.0, "promote.min_margin": 0.0}
 MODEL = "yolo_tiny_person"
 KILL_DELAY_S = 8  # after the second point finished: its node is then well into its next experiment
@@ -76,9 +80,15 @@ def ray_grid(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         removed = first["experiments"][0].name
         run(["dvc", "exp", "remove", removed], project)
         again = run(grid_command(ray.address), project, env=env)
+        after_again = state(project, server.uri)
+        (project / "grid.yaml").write_text(FAILING_GRID)
+        failing = run(grid_command(ray.address), project, env=env, check=False)
+        for experiment in first["experiments"]:  # the clone of the task killed with its node stays behind
+            for stale in Path(tempfile.gettempdir()).glob(f"yolo-mlops-{experiment.name}-*"):
+                shutil.rmtree(stale, ignore_errors=True)
         return {"project": project, "output": output, "status": status, "killed": killed, "first": first,
-                "removed": removed, "again": again.stdout, "after_again": state(project, server.uri),
-                "workers": [node.node_id for node in nodes]}
+                "removed": removed, "again": again.stdout, "after_again": after_again, "failing": failing,
+                "after_failing": state(project, server.uri), "workers": [node.node_id for node in nodes]}
 
 
 @needs_coco128
@@ -128,6 +138,21 @@ def test_running_again_runs_only_what_is_missing_and_doubles_nothing(ray_grid):
     assert sorted(e.name for e in after["experiments"]) == sorted(e.name for e in ray_grid["first"]["experiments"])
     assert sorted(r.info.run_id for r in after["runs"]) == sorted(r.info.run_id for r in ray_grid["first"]["runs"])
     assert len(after["versions"]) == 1
+
+
+@needs_coco128
+@pytest.mark.e2e
+def test_a_point_failing_on_a_worker_is_a_failed_run_and_exit_1_after_the_comparison(ray_grid):
+    result, after = ray_grid["failing"], ray_grid["after_failing"]
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "grid: 1 experiment(s), 0 already run" in result.stdout and ": FAILED (error: " in result.stdout
+    failed = [r for r in after["runs"] if r.info.status == "FAILED"]
+    assert len(failed) == 1 and len(after["runs"]) == 5 and len(after["experiments"]) == 4
+    assert failed[0].data.params["prepare.train"] == "500" and failed[0].data.tags[names.RAY_NODE_TAG]
+    assert "but train + val + test = 520 were requested" in failed[0].data.tags[names.ERROR_TAG]
+    assert "Runs ranked by" in result.stdout and "promote: run" in result.stdout
+    assert f"error: 1 experiment(s) of this commit failed: {failed[0].data.tags[names.EXP_NAME_TAG]}" in result.stderr
+    assert "a point that failed on the Ray cluster is run again" in result.stderr
 
 
 # --- Refusals, before anything runs --------------------------------------------------------------------------------
