@@ -95,17 +95,18 @@ remote:
 
 # A Ray cluster over the team's machines, each a clone with `make setup` and `make remote`. The workers import
 # the project from this clone (PYTHONPATH) and take the DVC remote's credentials from its .dvc/config.local.
-# Ray has no authentication: keep its ports on a private network (README, "Many machines").
-RAY_PORTS := --node-manager-port=6380 --object-manager-port=6381 --runtime-env-agent-port=6382 \
+# Ray authenticates nothing by default: keep its ports on a private network (README, "Many machines").
+# No usage statistics are sent to Ray's makers.
+RAY_OPTIONS := --disable-usage-stats --node-manager-port=6380 --object-manager-port=6381 --runtime-env-agent-port=6382 \
 	--dashboard-agent-grpc-port=6383 --dashboard-agent-listen-port=52365 --metrics-export-port=6384 \
 	--min-worker-port=10002 --max-worker-port=10100
 
 ray-head: setup
-	PYTHONPATH=$(CURDIR) ray start --head --port=6379 --dashboard-host=127.0.0.1 $(RAY_PORTS)
+	PYTHONPATH=$(CURDIR) ray start --head --port=6379 --dashboard-host=127.0.0.1 $(RAY_OPTIONS)
 
 ray-worker: setup
 	@test -n "$(RAY)" || { echo "error: give the head's address: make ray-worker RAY=<head>:6379"; exit 1; }
-	PYTHONPATH=$(CURDIR) ray start --address=$(RAY) $(RAY_PORTS)
+	PYTHONPATH=$(CURDIR) ray start --address=$(RAY) $(RAY_OPTIONS)
 
 clean-venv:
 	rm -rf $(VENV)
