@@ -8,8 +8,10 @@ export PATH := $(BIN):$(PATH)
 COCO128 ?=
 MODEL ?=
 OVERRIDES := $(if $(COCO128),-S prepare.source=$(COCO128)) $(if $(MODEL),-S train.model=$(MODEL))
+# Many machines: make run RAY=auto (or RAY=<head>:6379); make ray-worker RAY=<head>:6379 on each GPU machine
+RAY ?=
 
-.PHONY: help setup run rollback test lint ui up down remote clean-venv
+.PHONY: help setup run rollback test lint ui up down remote ray-head ray-worker clean-venv
 
 help:
 	@echo "make help        this list (the default target)"
@@ -25,6 +27,9 @@ help:
 	@echo "make up          start the team stack (MinIO, PostgreSQL, MLflow server) from .env"
 	@echo "make down        stop the team stack; its named volumes, and so every run, are kept"
 	@echo "make remote      make the stack's MinIO bucket this clone's DVC remote (credentials from .env)"
+	@echo "make ray-head    start the head of a Ray cluster on this machine (ray start --head, port 6379)"
+	@echo "make ray-worker  join this machine to the Ray cluster at RAY=<head>:6379 (ray start --address)"
+	@echo "                 then: make run RAY=auto (on the head) or RAY=<head>:6379 runs the grid on the cluster"
 	@echo "make clean-venv  delete .venv (the next target that needs it rebuilds it)"
 	@echo
 	@echo "The grid's steps one by one: python -m yolo_mlops.grid queue|start|compare|promote|rollback"
@@ -45,7 +50,7 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 setup: $(VENV)/.installed
 
 run: setup
-	python -m yolo_mlops.grid run $(OVERRIDES)
+	python -m yolo_mlops.grid run $(OVERRIDES) $(if $(RAY),--ray $(RAY))
 	@echo
 	@echo "Results: reports/decision.md, reports/runs.csv, reports/*.png, reports/dvc_plots/index.html"
 	@echo "MLflow:  run 'make ui' and open http://127.0.0.1:5000 (experiment cv_yolo_tiny, model yolo_tiny_person)"
@@ -87,6 +92,21 @@ remote:
 	dvc remote modify --local minio secret_access_key "$$DVC_S3_SECRET_ACCESS_KEY" && \
 	dvc remote default --local minio && \
 	echo "DVC remote: minio (s3://dvc at $$DVC_S3_ENDPOINT_URL), credentials in .dvc/config.local"
+
+# A Ray cluster over the team's machines, each a clone with `make setup` and `make remote`. The workers import
+# the project from this clone (PYTHONPATH) and take the DVC remote's credentials from its .dvc/config.local.
+# Ray authenticates nothing by default: keep its ports on a private network (README, "Many machines").
+# No usage statistics are sent to Ray's makers.
+RAY_OPTIONS := --disable-usage-stats --node-manager-port=6380 --object-manager-port=6381 --runtime-env-agent-port=6382 \
+	--dashboard-agent-grpc-port=6383 --dashboard-agent-listen-port=52365 --metrics-export-port=6384 \
+	--min-worker-port=10002 --max-worker-port=10100
+
+ray-head: setup
+	PYTHONPATH=$(CURDIR) ray start --head --port=6379 --dashboard-host=127.0.0.1 $(RAY_OPTIONS)
+
+ray-worker: setup
+	@test -n "$(RAY)" || { echo "error: give the head's address: make ray-worker RAY=<head>:6379"; exit 1; }
+	PYTHONPATH=$(CURDIR) ray start --address=$(RAY) $(RAY_OPTIONS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -95,8 +95,9 @@ def write_params(project: Path, overrides: dict[str, object]) -> None:
 
 
 def project_env(**extra: str) -> dict[str, str]:
-    """The environment of a user in the project's virtualenv, with no tracking server set."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "DVC_", "YOLO_"))}
+    """The environment of a user in the project's virtualenv, with no tracking server and no Ray cluster set."""
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("MLFLOW_", "DVC_", "YOLO_")) and key != "RAY_ADDRESS"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONUNBUFFERED"] = "1"
     return env | extra

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -238,3 +239,39 @@ def run_without_server(project_dir: Path) -> Offline:
     project = copy_project(project_dir, TINY_PARAMS)
     result = run(["dvc", "repro"], project, env=client_env(f"http://{HOST}:{port}"), check=False)
     return Offline(project, result, port)
+
+
+RAY_OBJECT_STORE = 100 * 2**20  # bytes per node: the grid passes no data through Ray's object store
+
+
+@contextmanager
+def ray_cluster(workers: int) -> Iterator[tuple[Any, list]]:
+    """A real Ray cluster on this machine (`ray.cluster_utils.Cluster`): a head node that runs nothing
+    (no CPU, no dashboard) and `workers` worker nodes of one CPU each, as processes; yields the cluster
+    (`.address`; `.remove_node(node)` kills a node) and its worker nodes. Its processes inherit this
+    environment."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "include_dashboard": False, "object_store_memory": RAY_OBJECT_STORE})
+    try:
+        nodes = [cluster.add_node(num_cpus=1, object_store_memory=RAY_OBJECT_STORE) for _ in range(workers)]
+        cluster.wait_for_nodes()
+        yield cluster, nodes
+    finally:
+        cluster.shutdown()
+
+
+def team_clone(project: Path, s3: S3Server, git_remote: Path) -> Path:
+    """Make a committed project copy a team member's clone: a bare repository as its git remote `origin`
+    (pushed), and the S3 bucket `dvc` as its default DVC remote in .dvc/config.local, as `make remote`
+    writes it (endpoint and keys)."""
+    run(["git", "init", "-q", "--bare", str(git_remote)], project)
+    run(["git", "remote", "add", "origin", str(git_remote)], project)
+    run(["git", "push", "-q", "origin", "HEAD"], project)
+    for args in (["add", "--local", "-d", "team", "s3://dvc"],
+                 ["modify", "--local", "team", "endpointurl", s3.endpoint],
+                 ["modify", "--local", "team", "access_key_id", S3_ENV["AWS_ACCESS_KEY_ID"]],
+                 ["modify", "--local", "team", "secret_access_key", S3_ENV["AWS_SECRET_ACCESS_KEY"]]):
+        run(["dvc", "remote", *args], project)
+    return project

@@ -10,6 +10,7 @@ PARAMS_FILE = Path("params.yaml")
 DVC_YAML = Path("dvc.yaml")
 DVC_LOCK_FILE = Path("dvc.lock")
 DVC_CONFIG = Path(".dvc/config")
+DVC_LOCAL_CONFIG = Path(".dvc/config.local")  # this clone's DVC remote credentials (make remote), git-ignored
 GRID_FILE = Path("grid.yaml")
 
 # Stage outputs (dvc.yaml)

@@ -2,6 +2,7 @@
 `python -m yolo_mlops.grid --help` lists the commands."""
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,13 +18,24 @@ from yolo_mlops.core.vocabulary import CHALLENGER, CHAMPION, DECISION_ARTIFACTS
 from yolo_mlops.grid import commands
 from yolo_mlops.grid.registry import rollback
 from yolo_mlops.grid.report import table
+from yolo_mlops.grid.sync import SyncResult
 from yolo_mlops.tracking.store import connect, public_uri, tracking_uri
+
+
+def plan_line(plan: commands.Plan, where: str) -> str:
+    return (f"grid: {len(plan.points)} experiment(s), {len(plan.points) - len(plan.missing)} already run from commit "
+            f"{plan.baseline[:7]}, {len(plan.missing)} to {where}")
+
+
+# How to retry failed experiments ({} = their names): DVC's queue keeps a failed experiment, which holds
+# its point as run until removed; a point that failed on a Ray worker left no experiment, so it runs again.
+LOCAL_RETRY = "`dvc exp remove {}`, then run again"
+RAY_RETRY = "fix the cause, then run again (a point that failed on the Ray cluster is run again)"
 
 
 def queue(root: Path, params: Params, overrides: list[str]) -> None:
     plan = commands.plan_grid(root, params, overrides)
-    print(f"grid: {len(plan.points)} experiment(s), {len(plan.points) - len(plan.missing)} already run from commit "
-          f"{plan.baseline[:7]}, {len(plan.missing)} to queue", flush=True)
+    print(plan_line(plan, "queue"), flush=True)
     if plan.missing:
         for command, output in commands.queue_plan(root, plan):
             print("$ " + " ".join(command))
@@ -35,14 +47,39 @@ def start(client: MlflowClient, root: Path, params: Params) -> list[str]:
     for line in commands.run_queued(root):
         sys.stdout.write(line)
         sys.stdout.flush()
-    result = commands.sync_grid(client, root, params)
+    return print_sync(commands.sync_grid(client, root, params), LOCAL_RETRY)
+
+
+def print_sync(result: SyncResult, retry: str) -> list[str]:
+    """Print what the sync did; returns the failed experiments. `retry`: how to retry them ({} = their names)."""
     for note in result.notes:
         print(f"sync: {note}", file=sys.stderr)
     print(f"sync: {len(result.linked)} experiment(s) linked to their MLflow run"
-          + (f"; FAILED: {', '.join(result.failed)} (to retry: `dvc exp remove {' '.join(result.failed)}`, "
-             "then run again)" if result.failed else "")
+          + (f"; FAILED: {', '.join(result.failed)} (to retry: {retry.format(' '.join(result.failed))})"
+             if result.failed else "")
           + (f"; without MLflow run: {', '.join(result.unlogged)}" if result.unlogged else ""))
     return result.failed
+
+
+def on_ray(client: MlflowClient, root: Path, params: Params, overrides: list[str], address: str) -> list[str]:
+    """The missing grid points as Ray tasks, progress as they finish, then `dvc exp pull` and the sync;
+    returns the failed experiments."""
+    from yolo_mlops.grid import cluster  # Ray is imported on this path only
+
+    plan = commands.plan_grid(root, params, overrides)
+    fanout, resources = cluster.plan_fanout(root, plan, client.tracking_uri, address)
+    size = f" ({resources.get('CPU', 0):g} CPU(s), {resources.get('GPU', 0):g} GPU(s))" if resources else ""
+    print(plan_line(plan, f"run on the Ray cluster at {address}{size}"), flush=True)
+    results = []
+    for result in cluster.run(fanout):
+        results.append(result)
+        print(f"[{len(results)}/{len(fanout.tasks)}] {result.name} on {result.node}: "
+              + ("done" if result.error is None else f"FAILED ({result.error})"), flush=True)
+    pulled = cluster.pull(root, results)
+    if pulled:
+        print(f"dvc exp pull {cluster.GIT_REMOTE}: {len(pulled)} experiment(s)", flush=True)
+    failed = cluster.failed_points(fanout, results)
+    return print_sync(commands.sync_grid(client, root, params, failed, cluster.node_tags(results)), RAY_RETRY)
 
 
 def compare(client: MlflowClient, root: Path, params: Params) -> commands.Compared:
@@ -72,21 +109,23 @@ def promote(client: MlflowClient, root: Path, params: Params, compared: commands
     print(f"report: {DECISION_FILE} (also logged to run {best.run_id} under {DECISION_ARTIFACTS}/)")
 
 
-def refuse_failures(failed: list[str]) -> None:
+def refuse_failures(failed: list[str], retry: str) -> None:
     if failed:
         raise PipelineError(
             f"{len(failed)} experiment(s) of this commit failed: {', '.join(failed)} (reasons above and in their "
-            f"FAILED MLflow runs); the others were compared. To retry: `dvc exp remove {' '.join(failed)}`, "
-            "then run again"
+            f"FAILED MLflow runs); the others were compared. To retry: {retry.format(' '.join(failed))}"
         )
 
 
 def cmd_run(root: Path, params: Params, args: argparse.Namespace) -> None:
     client, _ = connect()  # before any training: fail now if the tracking server is down
-    queue(root, params, args.overrides)
-    failed = start(client, root, params)
+    if args.ray:
+        failed = on_ray(client, root, params, args.overrides, args.ray)
+    else:
+        queue(root, params, args.overrides)
+        failed = start(client, root, params)
     promote(client, root, params, compare(client, root, params))
-    refuse_failures(failed)
+    refuse_failures(failed, RAY_RETRY if args.ray else LOCAL_RETRY)
 
 
 def cmd_queue(root: Path, params: Params, args: argparse.Namespace) -> None:
@@ -96,7 +135,7 @@ def cmd_queue(root: Path, params: Params, args: argparse.Namespace) -> None:
 
 def cmd_start(root: Path, params: Params, args: argparse.Namespace) -> None:
     client, _ = connect()
-    refuse_failures(start(client, root, params))
+    refuse_failures(start(client, root, params), LOCAL_RETRY)
 
 
 def cmd_compare(root: Path, params: Params, args: argparse.Namespace) -> None:
@@ -120,6 +159,13 @@ def overrides(parser: argparse.ArgumentParser) -> None:
                         help="a params.yaml value for every experiment of the grid (as dvc exp run -S)")
 
 
+def run_options(parser: argparse.ArgumentParser) -> None:
+    overrides(parser)
+    parser.add_argument("--ray", metavar="ADDRESS", default=os.environ.get("RAY_ADDRESS") or None,
+                        help="run the missing grid points as tasks on the Ray cluster at ADDRESS (auto, host:6379) "
+                             "instead of DVC's local queue (default: $RAY_ADDRESS, Ray's own variable)")
+
+
 def target_version(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--to", help="the version to make champion (default: the previous champion)")
 
@@ -131,7 +177,7 @@ def no_options(parser: argparse.ArgumentParser) -> None:
 Command = Callable[[Path, Params, argparse.Namespace], None]
 # name → (what runs, its help, its options): every subcommand, declared once.
 COMMANDS: dict[str, tuple[Command, str, Callable[[argparse.ArgumentParser], None]]] = {
-    "run": (cmd_run, "all of it: queue, run, sync, compare, promote (what `make run` does)", overrides),
+    "run": (cmd_run, "all of it: queue, run, sync, compare, promote (what `make run` does)", run_options),
     "queue": (cmd_queue, "queue the grid points this commit has not run yet", overrides),
     "start": (cmd_start, "run DVC's queue, then link the experiments to their MLflow runs", no_options),
     "compare": (cmd_compare, "ranked table, reports/runs.csv, insights, charts", no_options),

@@ -26,6 +26,7 @@ from yolo_mlops.core.paths import (
 )
 from yolo_mlops.data.source import resolve_source
 from yolo_mlops.grid import charts, experiments, points
+from yolo_mlops.grid.experiments import DvcExperiment
 from yolo_mlops.grid.insights import Insights, insights
 from yolo_mlops.grid.ranking import Comparison, RunSummary, compare, export_csv, select_best
 from yolo_mlops.grid.registry import Promotion, promote
@@ -80,10 +81,12 @@ def queue_plan(root: Path, plan: Plan) -> list[tuple[list[str], str]]:
             for values in ([plan.grid] if whole else plan.missing)]
 
 
-def check_before_queueing(grid_points: list[dict[str, Any]], overrides: dict[str, Any]) -> None:
+def check_before_queueing(grid_points: list[dict[str, Any]], overrides: dict[str, Any],
+                          here: bool = True) -> list[Params]:
     """Refuse, before anything is queued, what every experiment would fail on: a bad value in a
     grid point or an -S override, a COCO128 source or a model this machine cannot get (downloads
-    happen here, once, into the caches the stages share), a device it does not have."""
+    happen here, once, into the caches the stages share), a device it does not have (`here`; on a
+    Ray cluster the device is the cluster's). Returns each point's params."""
     checked = []
     for point in grid_points:
         try:
@@ -96,10 +99,11 @@ def check_before_queueing(grid_points: list[dict[str, Any]], overrides: dict[str
             resolve_source(source)
         for model in dict.fromkeys(params.train.model for params in checked):
             resolve_model(model)
-        for device in dict.fromkeys(params.train.device for params in checked):
+        for device in dict.fromkeys(params.train.device for params in checked) if here else ():
             resolve_device(device)
     except PipelineError as error:
         raise PipelineError(f"{error} Nothing was queued.") from None
+    return checked
 
 
 def run_queued(root: Path) -> Iterator[str]:
@@ -109,10 +113,13 @@ def run_queued(root: Path) -> Iterator[str]:
         yield from experiments.run_queue(root, waiting)
 
 
-def sync_grid(client: MlflowClient, root: Path, params: Params) -> SyncResult:
-    """Link every experiment of this commit to its MLflow run; record the failed ones as FAILED runs."""
+def sync_grid(client: MlflowClient, root: Path, params: Params, failed_elsewhere: list[DvcExperiment] | None = None,
+              extra_tags: dict[str, dict[str, str]] | None = None) -> SyncResult:
+    """Link every experiment of this commit to its MLflow run; record the failed ones as FAILED runs,
+    with `failed_elsewhere` (points that failed on a Ray worker: DVC keeps no experiment of them).
+    `extra_tags`: more run tags by experiment name."""
     exp_id = experiment_id(client, params.mlflow.experiment_name)
-    return sync(client, exp_id, root, experiments.list_experiments(root))
+    return sync(client, exp_id, root, experiments.list_experiments(root) + (failed_elsewhere or []), extra_tags)
 
 
 def compare_grid(client: MlflowClient, root: Path, params: Params) -> Compared:

@@ -35,6 +35,7 @@ class DvcExperiment:
     metrics: dict[str, float]
     failed: bool
     queued: bool = False  # waiting in DVC's queue (or running): no results yet
+    error: str | None = None  # why it failed, when known without `dvc queue logs` (a point run on Ray)
 
 
 def dvc(root: Path, *args: str) -> str:
@@ -142,11 +143,38 @@ def mlflow_run_id(root: Path, experiment: DvcExperiment) -> str | None:
     return json.loads(text)[RUN_LINK_ID] if text else None
 
 
+def error_line(log: str) -> str | None:
+    """A failed stage's own error line (`error: ...`, core/entry.py) in DVC's output, if it printed one."""
+    errors = [line.strip() for line in log.splitlines() if line.startswith((ERROR_PREFIX, ERROR_PREFIX.upper()))]
+    return errors[0] if errors else None
+
+
 def failure_reason(root: Path, experiment: DvcExperiment) -> str:
-    """The failed stage's own error line (`error: ...`, core/errors.py) from `dvc queue logs`."""
+    """Why the experiment failed: its own error, else the failed stage's line from `dvc queue logs`."""
+    if experiment.error:
+        return experiment.error
     try:
         log = dvc(root, "queue", "logs", experiment.name)
     except PipelineError:
         log = ""
-    errors = [line.strip() for line in log.splitlines() if line.startswith((ERROR_PREFIX, ERROR_PREFIX.upper()))]
-    return errors[0] if errors else "the experiment failed (see `dvc queue logs " + experiment.name + "`)"
+    return error_line(log) or "the experiment failed (see `dvc queue logs " + experiment.name + "`)"
+
+
+def pull_experiments(root: Path, git_remote: str, names: list[str]) -> str:
+    """`dvc exp pull <git_remote> <names>`: the experiments' git refs, and their outputs from the DVC remote."""
+    return dvc(root, "exp", "pull", git_remote, *names)
+
+
+def remote_experiments(root: Path, git_remote: str, baseline: str) -> list[str]:
+    """The names of the experiments of `baseline` that `git_remote` holds (`dvc exp list --name-only`,
+    one name a line: the command has no --json)."""
+    return dvc(root, "exp", "list", git_remote, "--rev", baseline, "--name-only").split()
+
+
+def default_remote(root: Path) -> tuple[str, str] | None:
+    """The default DVC remote (`.dvc/config` and `.dvc/config.local` merged): its name and URL, or None."""
+    try:
+        name = dvc(root, "config", "core.remote").strip()
+    except PipelineError:
+        return None
+    return (name, dvc(root, "config", f"remote.{name}.url").strip()) if name else None

@@ -31,8 +31,10 @@ def failure_key(experiment: DvcExperiment) -> str:
 
 
 def experiment_tags(experiment: DvcExperiment) -> dict[str, str]:
-    return {names.EXP_NAME_TAG: experiment.name, names.EXP_REV_TAG: experiment.rev,
+    """The DVC experiment's name, revision (none for a point that failed on Ray) and baseline."""
+    tags = {names.EXP_NAME_TAG: experiment.name, names.EXP_REV_TAG: experiment.rev,
             names.BASELINE_TAG: experiment.baseline_rev}
+    return {name: value for name, value in tags.items() if value}
 
 
 def _set_tags(client: MlflowClient, run_id: str, tags: dict[str, str], current: dict[str, str]) -> None:
@@ -41,10 +43,10 @@ def _set_tags(client: MlflowClient, run_id: str, tags: dict[str, str], current: 
             client.set_tag(run_id, name, value)
 
 
-def _record_failure(client: MlflowClient, experiment_id: str, root: Path, experiment: DvcExperiment) -> str | None:
+def _record_failure(client: MlflowClient, experiment_id: str, root: Path, experiment: DvcExperiment,
+                    tags: dict[str, str]) -> str | None:
     """The FAILED run of a failed experiment, created once; returns a note when it is new."""
     key = failure_key(experiment)
-    tags = experiment_tags(experiment)
     found = client.search_runs([experiment_id], filter_string=f"tags.`{names.FAILURE_KEY_TAG}` = '{key}'",
                                max_results=1)
     if found:
@@ -63,15 +65,18 @@ def _record_failure(client: MlflowClient, experiment_id: str, root: Path, experi
     return f"experiment {experiment.name} failed ({reason}); recorded as FAILED run {run_id}"
 
 
-def sync(client: MlflowClient, experiment_id: str, root: Path, experiments: list[DvcExperiment]) -> SyncResult:
+def sync(client: MlflowClient, experiment_id: str, root: Path, experiments: list[DvcExperiment],
+         extra_tags: dict[str, dict[str, str]] | None = None) -> SyncResult:
     """Idempotent: tags that already hold the right value are not written again. Experiments still
-    waiting in DVC's queue are left for a later sync."""
+    waiting in DVC's queue are left for a later sync. `extra_tags`: more tags for the runs of some
+    experiments, by experiment name (the Ray node a point ran on)."""
     result = SyncResult([], [], [])
     for experiment in experiments:
         if experiment.queued:
             continue
+        tags = experiment_tags(experiment) | (extra_tags or {}).get(experiment.name, {})
         if experiment.failed:
-            note = _record_failure(client, experiment_id, root, experiment)
+            note = _record_failure(client, experiment_id, root, experiment, tags)
             result.notes.extend([note] if note else [])
             result.failed.append(experiment.name)
             continue
@@ -90,7 +95,7 @@ def sync(client: MlflowClient, experiment_id: str, root: Path, experiments: list
                 f"`dvc exp remove {experiment.name}`, then queue the grid again")
             result.unlogged.append(experiment.name)
             continue
-        _set_tags(client, run_id, experiment_tags(experiment), run.data.tags)
+        _set_tags(client, run_id, tags, run.data.tags)
         if run.info.run_name != experiment.name:
             client.update_run(run_id, name=experiment.name)
         result.linked.append(run_id)

@@ -1,0 +1,262 @@
+"""The grid on a Ray cluster (`python -m yolo_mlops.grid run --ray <address>`): every missing grid
+point is one Ray task that clones the project at the grid's baseline commit from the git remote,
+runs `dvc exp run` with the point's `-S` values (data and run-cache hits pulled from the DVC remote,
+runs sent to the shared MLflow server) and pushes the experiment (`dvc exp push`). The driver then
+pulls the experiments (`dvc exp pull`), and the local path's sync, comparison and promotion follow.
+
+What cannot work across machines is refused before anything runs."""
+
+import ctypes
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import ray
+from ray._private.services import canonicalize_bootstrap_address_or_die
+
+import yolo_mlops
+from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core.errors import PipelineError
+from yolo_mlops.core.git import git
+from yolo_mlops.core.paths import DVC_LOCAL_CONFIG
+from yolo_mlops.data.source import is_url
+from yolo_mlops.grid import experiments, points
+from yolo_mlops.grid.commands import Plan, check_before_queueing
+from yolo_mlops.grid.experiments import DvcExperiment
+
+GIT_REMOTE = "origin"  # the git remote the workers clone from and push the experiments to (DVC's default)
+MAX_RETRIES = 2  # Ray runs a task again elsewhere when its node or worker process dies, this many times
+CONNECT_TIMEOUT_S = 5
+NOTHING_RAN = "Nothing was run."
+
+
+@dataclass(frozen=True)
+class Task:
+    """One grid point to run on the cluster: its experiment name (chosen here), `-S` arguments and the
+    resources it reserves."""
+
+    name: str
+    point: dict[str, Any]
+    set_args: list[str]
+    num_gpus: int
+
+
+@dataclass(frozen=True)
+class Fanout:
+    """Everything the tasks need, checked: the git remote's URL, the baseline, the tracking server."""
+
+    git_url: str
+    baseline: str
+    tracking_uri: str
+    tasks: list[Task]
+    params: dict[str, dict[str, Any]]  # experiment name → the point's params.yaml values, flat
+
+
+@dataclass(frozen=True)
+class PointResult:
+    """What one task did: where it ran and, when the experiment failed, why."""
+
+    name: str
+    node_id: str
+    node_ip: str
+    error: str | None = None
+
+    @property
+    def node(self) -> str:
+        return f"node {self.node_id[:8]} ({self.node_ip})" if self.node_id else "no node"
+
+
+def experiment_name(baseline: str, point: dict[str, Any], overrides: dict[str, Any]) -> str:
+    """The DVC experiment name of a grid point: its values, readable, and a short hash of the baseline,
+    point and -S values, so that a task run again (after its node died) keeps its name."""
+    label = "-".join(f"{key.rsplit('.', 1)[-1]}_{value}" for key, value in point.items())
+    digest = hashlib.sha256(json.dumps([baseline, point, overrides], sort_keys=True, default=str).encode())
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label)[:80] + "-" + digest.hexdigest()[:6]
+
+
+def gpus_needed(device: str, cluster_gpus: float) -> int:
+    """The GPUs a point's task reserves: those `train.device` lists (`0`, `0,1`), one for `auto` on a
+    cluster with GPUs; none for `cpu`, `mps` or `auto` without GPUs (then it reserves one CPU)."""
+    if device in ("cpu", "mps") or (device == "auto" and not cluster_gpus):
+        return 0
+    return 1 if device == "auto" else len(device.split(","))
+
+
+def refuse_unshared(root: Path, tracking_uri: str) -> str:
+    """Refuse what the workers cannot share with this machine; returns the git remote's URL."""
+    if urlparse(tracking_uri).scheme not in ("http", "https"):
+        raise PipelineError(
+            "the embedded SQLite store cannot be shared with Ray workers: set MLFLOW_TRACKING_URI to the team's "
+            f"MLflow server (make up). {NOTHING_RAN}")
+    try:
+        url = git(root, "remote", "get-url", GIT_REMOTE).strip()
+    except PipelineError:
+        raise PipelineError(
+            f"no git remote {GIT_REMOTE!r}: the Ray workers clone the project from it and push their experiments "
+            f"to it; add the team's repository (git remote add {GIT_REMOTE} <url>) and push. {NOTHING_RAN}") from None
+    git(root, "fetch", "--quiet", GIT_REMOTE)
+    if not git(root, "for-each-ref", "--contains", "HEAD", "--format=%(refname)", f"refs/remotes/{GIT_REMOTE}"):
+        raise PipelineError(
+            f"commit {git(root, 'rev-parse', '--short', 'HEAD').strip()} (the grid's baseline) is not on "
+            f"{GIT_REMOTE}, so the Ray workers cannot check it out: push it (git push {GIT_REMOTE}). {NOTHING_RAN}")
+    remote = experiments.default_remote(root)
+    if remote is None:
+        raise PipelineError(
+            "no default DVC remote: the Ray workers take data and run-cache hits from it and push their outputs to "
+            f"it; make the team's MinIO bucket the default (make remote). {NOTHING_RAN}")
+    name, remote_url = remote
+    if "://" not in remote_url or urlparse(remote_url).scheme == "file":
+        raise PipelineError(
+            f"DVC remote {name!r} is a folder on this machine ({remote_url}), which the Ray workers cannot reach: "
+            f"make the team's MinIO bucket the default remote (make remote). {NOTHING_RAN}")
+    return url
+
+
+def refuse_local_source(source: str) -> None:
+    """A relative COCO128 path resolves inside each worker's own clone, where it is not."""
+    if not is_url(source) and not Path(source).expanduser().is_absolute():
+        raise PipelineError(
+            f"prepare.source: {source} is relative to this clone, and the Ray workers' clones lack it: give a URL "
+            f"or an absolute path that every machine has. {NOTHING_RAN}")
+
+
+def connect(address: str) -> dict[str, float]:
+    """Join the Ray cluster at `address` (`auto`: the one `ray start` started here; `host:port`;
+    `ray://host:port`); returns its resources. An address nobody listens on is refused within seconds
+    (Ray itself waits minutes)."""
+    try:
+        gcs = address if address.startswith("ray://") else canonicalize_bootstrap_address_or_die(address)
+        host, _, port = gcs.removeprefix("ray://").rpartition(":")
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    except (ConnectionError, OSError, ValueError) as error:
+        raise PipelineError(
+            f"no Ray cluster at {address} ({str(error).splitlines()[0]}): start one (ray start --head on one "
+            f"machine, ray start --address=<head>:6379 on each GPU machine; make ray-head, make ray-worker), or "
+            f"give its address (--ray, RAY_ADDRESS). {NOTHING_RAN}") from None
+    return ray.cluster_resources()
+
+
+def no_cluster(address: str, reason: str) -> PipelineError:
+    return PipelineError(
+        f"no Ray cluster at {address} ({reason}): start one (ray start --head on one machine, ray start "
+        f"--address=<head>:6379 on each GPU machine; make ray-head, make ray-worker), or give its address "
+        f"(--ray, RAY_ADDRESS). {NOTHING_RAN}")
+
+
+def plan_fanout(root: Path, plan: Plan, tracking_uri: str, address: str) -> tuple[Fanout, dict[str, float]]:
+    """Every refusal, then the cluster: the tasks of the missing points and the cluster's resources."""
+    git_url = refuse_unshared(root, tracking_uri)
+    checked = check_before_queueing(plan.missing, plan.overrides, here=False)
+    for source in dict.fromkeys(params.prepare.source for params in checked):
+        refuse_local_source(source)
+    resources = connect(address) if plan.missing else {}
+    tasks, flat = [], {}
+    for point, params in zip(plan.missing, checked, strict=True):
+        gpus = gpus_needed(params.train.device, resources.get("GPU", 0))
+        if gpus > resources.get("GPU", 0):
+            raise PipelineError(
+                f"train.device={params.train.device} asks for {gpus} CUDA GPU(s), and the Ray cluster at {address} "
+                f"has {resources.get('GPU', 0):g}: add GPU machines (ray start --address=...) or set train.device. "
+                f"{NOTHING_RAN}")
+        name = experiment_name(plan.baseline, point, plan.overrides)
+        tasks.append(Task(name, point, points.set_args(point | plan.overrides), gpus))
+        flat[name] = params.flat()
+    return Fanout(git_url, plan.baseline, tracking_uri, tasks, flat), resources
+
+
+def run(fanout: Fanout) -> Iterator[PointResult]:
+    """Submit every task, then yield their results as they finish. A task whose node died is run again
+    elsewhere by Ray (MAX_RETRIES); one that still could not finish is a failed point."""
+    remote = ray.remote(run_point)
+    pending = {remote.options(num_cpus=1, num_gpus=task.num_gpus, max_retries=MAX_RETRIES).remote(
+        fanout.git_url, fanout.baseline, task.name, task.set_args, fanout.tracking_uri): task.name
+        for task in fanout.tasks}
+    while pending:
+        (ref,), _ = ray.wait(list(pending), num_returns=1)
+        name = pending.pop(ref)
+        try:
+            yield ray.get(ref)
+        except ray.exceptions.RayError as error:
+            yield PointResult(name, "", "", f"the Ray task did not finish: {str(error).splitlines()[0]}")
+
+
+def pull(root: Path, results: list[PointResult]) -> list[str]:
+    """`dvc exp pull` the experiments that ran, so that `dvc exp show` here lists them; returns their names."""
+    done = [result.name for result in results if result.error is None]
+    if done:
+        experiments.pull_experiments(root, GIT_REMOTE, done)
+    return done
+
+
+def node_tags(results: list[PointResult]) -> dict[str, dict[str, str]]:
+    """The MLflow run tags naming the node each point ran on, by experiment name."""
+    return {result.name: {names.RAY_NODE_TAG: result.node_id, names.RAY_NODE_IP_TAG: result.node_ip}
+            for result in results if result.node_id}
+
+
+def failed_points(fanout: Fanout, results: list[PointResult]) -> list[DvcExperiment]:
+    """The points that failed on the cluster, as failed experiments (DVC keeps none of a failed `dvc exp run`)."""
+    return [DvcExperiment(name=result.name, rev="", baseline_rev=fanout.baseline, params=fanout.params[result.name],
+                          metrics={}, failed=True, error=result.error)
+            for result in results if result.error is not None]
+
+
+# --- On the worker -----------------------------------------------------------------------------------------------
+
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGKILL when the Ray worker that started it dies (its node died), so that no
+    orphaned `dvc exp run` goes on beside the task's retry."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def worker_clone() -> Path:
+    """The project clone this worker runs from (`make ray-worker`): its .dvc/config.local holds the DVC
+    remote's credentials (`make remote`), which no task receives over the network."""
+    return Path(yolo_mlops.__file__).resolve().parents[1]
+
+
+def run_point(git_url: str, baseline: str, name: str, set_args: list[str], tracking_uri: str) -> PointResult:
+    """The Ray task of one grid point: clone, pull, `dvc exp run`, `dvc exp push`, in a folder of its own."""
+    context = ray.get_runtime_context()
+    node = {"node_id": context.get_node_id(), "node_ip": ray.util.get_node_ip_address()}
+    workdir = Path(tempfile.mkdtemp(prefix=f"yolo-mlops-{name}-"))
+    project = workdir / "project"
+    try:
+        git(workdir, "clone", "--quiet", git_url, str(project))
+        git(project, "checkout", "--quiet", "--detach", baseline)
+        for key in ("user.name", "user.email"):  # DVC commits the experiment: as whoever runs the worker
+            if not git(project, "config", "--default", "", key).strip():
+                git(project, "config", key, git(worker_clone(), "config", key).strip())
+        if (worker_clone() / DVC_LOCAL_CONFIG).is_file():
+            shutil.copy2(worker_clone() / DVC_LOCAL_CONFIG, project / DVC_LOCAL_CONFIG)
+        if name in experiments.remote_experiments(project, GIT_REMOTE, baseline):
+            return PointResult(name, **node)  # an earlier attempt pushed it, then its node died
+        experiments.dvc(project, "pull", "--run-cache", "--allow-missing")
+        env = {key: value for key, value in os.environ.items() if not key.startswith("DVC_")}
+        done = subprocess.run(["dvc", "exp", "run", "--pull", "--name", name, *set_args], cwd=project,
+                              env=env | {"MLFLOW_TRACKING_URI": tracking_uri}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, preexec_fn=_die_with_parent)
+        if done.returncode != 0:
+            reason = experiments.error_line(done.stdout) or done.stdout.strip()[-500:]
+            return PointResult(name, **node, error=reason)
+        experiments.dvc(project, "exp", "push", "--run-cache", GIT_REMOTE, name)
+        return PointResult(name, **node)
+    except PipelineError as error:
+        return PointResult(name, **node, error=str(error)[-1000:])
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
