@@ -5,9 +5,7 @@ the grid runs; then the command is run again with one experiment missing here. T
 checked without a cluster."""
 
 import json
-import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from tests.stack import client_env, mlflow_server, ray_cluster, s3_server, team_
 from yolo_mlops.core import vocabulary as names
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.params import load_params
+from yolo_mlops.core.paths import SCRATCH_DIR
 from yolo_mlops.grid import cluster, commands
 from yolo_mlops.grid.experiments import parse_exp_show
 from yolo_mlops.grid.sync import sync
@@ -36,10 +35,12 @@ def grid_command(address: str) -> list[str]:
     return ["python", "-m", "yolo_mlops.grid", "run", "--ray", address]
 
 
-def run_killing_a_node(project: Path, env: dict[str, str], ray: Any, nodes: list) -> tuple[str, int, str]:
+def run_killing_a_node(project: Path, env: dict[str, str], ray: Any,
+                       nodes: list) -> tuple[str, int, str, list[str]]:
     """The grid on the cluster; once two points are done, the node that ran the second is killed (it is
-    then running another point). Returns the output, the exit status and the killed node's id."""
-    killed = ""
+    then running another point). Returns the output, the exit status, the killed node's id and the
+    tasks' scratch folders at that moment."""
+    killed, working = "", []
     with subprocess.Popen(grid_command(ray.address), cwd=project, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True) as driver:
         assert driver.stdout is not None
@@ -50,8 +51,9 @@ def run_killing_a_node(project: Path, env: dict[str, str], ray: Any, nodes: list
                 time.sleep(KILL_DELAY_S)
                 node = next(node for node in nodes if node.node_id.startswith(line.split(" on node ")[1][:8]))
                 killed = node.node_id
+                working = sorted(path.name for path in (project / SCRATCH_DIR).glob("ray-*"))
                 ray.remove_node(node, allow_graceful=False)
-    return "".join(lines), driver.returncode, killed
+    return "".join(lines), driver.returncode, killed, working
 
 
 def state(project: Path, server_uri: str) -> dict[str, Any]:
@@ -74,7 +76,7 @@ def ray_grid(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         # The driver's DVC reads the bucket's keys from .dvc/config.local, as after `make remote`.
         env = {key: value for key, value in client_env(server.uri).items()
                if key not in ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")}
-        output, status, killed = run_killing_a_node(project, env, ray, nodes)
+        output, status, killed, working = run_killing_a_node(project, env, ray, nodes)
         first = state(project, server.uri)
         # Run again with one experiment missing here (it is still on the git remote): only it is run.
         removed = first["experiments"][0].name
@@ -83,11 +85,12 @@ def ray_grid(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         after_again = state(project, server.uri)
         (project / "grid.yaml").write_text(FAILING_GRID)
         failing = run(grid_command(ray.address), project, env=env, check=False)
-        for experiment in first["experiments"]:  # the clone of the task killed with its node stays behind
-            for stale in Path(tempfile.gettempdir()).glob(f"yolo-mlops-{experiment.name}-*"):
-                shutil.rmtree(stale, ignore_errors=True)
-        return {"project": project, "output": output, "status": status, "killed": killed, "first": first,
-                "removed": removed, "again": again.stdout, "after_again": after_again, "failing": failing,
+        # The workers run the driver's clone's code (Ray passes them its sys.path), so their tasks' clones were
+        # under its .scratch/: every one is gone, the killed task's included (its retry emptied it first).
+        leftovers = [path.name for path in (project / SCRATCH_DIR).glob("*")]
+        return {"working": working, "leftovers": leftovers, "project": project, "output": output, "status": status,
+                "killed": killed, "first": first, "removed": removed, "again": again.stdout, "after_again": after_again,
+                "failing": failing,
                 "after_failing": state(project, server.uri), "workers": [node.node_id for node in nodes]}
 
 
@@ -114,6 +117,8 @@ def test_every_point_is_one_experiment_and_one_finished_run_despite_a_dead_node(
         for name, value in experiment.metrics.items():
             assert mlflow_run.data.metrics[names.eval_metric(name)] == value
         assert f"{experiment.name} on node {mlflow_run.data.tags[names.RAY_NODE_TAG][:8]}" in out
+    # The tasks cloned under the clone's .scratch/, not /tmp, and left nothing there.
+    assert ray_grid["working"] and ray_grid["leftovers"] == []
 
 
 @needs_coco128

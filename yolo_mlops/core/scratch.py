@@ -11,10 +11,10 @@ from yolo_mlops.core.paths import SCRATCH_DIR
 
 
 @contextmanager
-def scratch(name: str) -> Iterator[Path]:
-    """Yield the empty folder .scratch/<name>/ (absolute); removed on exit, and emptied first of what
-    an interrupted earlier run left there."""
-    folder = (SCRATCH_DIR / name).resolve()
+def scratch(name: str, root: Path = Path()) -> Iterator[Path]:
+    """Yield the empty folder <root>/.scratch/<name>/ (absolute; root: the project, the current folder by
+    default); removed on exit, and emptied first of what an interrupted earlier run left there."""
+    folder = (root / SCRATCH_DIR / name).resolve()
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     try:

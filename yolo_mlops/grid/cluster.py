@@ -32,6 +32,7 @@ from yolo_mlops.core import vocabulary as names
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.git import git
 from yolo_mlops.core.paths import DVC_LOCAL_CONFIG
+from yolo_mlops.core.scratch import scratch
 from yolo_mlops.data.source import is_url
 from yolo_mlops.grid import experiments, points
 from yolo_mlops.grid.commands import Plan, check_before_queueing
@@ -143,14 +144,12 @@ def connect(address: str) -> dict[str, float]:
         socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, OSError, ValueError) as error:
-        raise PipelineError(
-            f"no Ray cluster at {address} ({str(error).splitlines()[0]}): start one (ray start --head on one "
-            f"machine, ray start --address=<head>:6379 on each GPU machine; make ray-head, make ray-worker), or "
-            f"give its address (--ray, RAY_ADDRESS). {NOTHING_RAN}") from None
+        raise no_cluster(address, str(error).splitlines()[0]) from None
     return ray.cluster_resources()
 
 
 def no_cluster(address: str, reason: str) -> PipelineError:
+    """The refusal of an address where no Ray cluster answers, saying how to start one."""
     return PipelineError(
         f"no Ray cluster at {address} ({reason}): start one (ray start --head on one machine, ray start "
         f"--address=<head>:6379 on each GPU machine; make ray-head, make ray-worker), or give its address "
@@ -234,29 +233,30 @@ def run_point(git_url: str, baseline: str, name: str, set_args: list[str], track
     """The Ray task of one grid point: clone, pull, `dvc exp run`, `dvc exp push`, in a folder of its own."""
     context = ray.get_runtime_context()
     node = {"node_id": context.get_node_id(), "node_ip": ray.util.get_node_ip_address()}
-    workdir = Path(tempfile.mkdtemp(prefix=f"yolo-mlops-{name}-"))
-    project = workdir / "project"
-    try:
-        git(workdir, "clone", "--quiet", git_url, str(project))
-        git(project, "checkout", "--quiet", "--detach", baseline)
-        for key in ("user.name", "user.email"):  # DVC commits the experiment: as whoever runs the worker
-            if not git(project, "config", "--default", "", key).strip():
-                git(project, "config", key, git(worker_clone(), "config", key).strip())
-        if (worker_clone() / DVC_LOCAL_CONFIG).is_file():
-            shutil.copy2(worker_clone() / DVC_LOCAL_CONFIG, project / DVC_LOCAL_CONFIG)
-        if name in experiments.remote_experiments(project, GIT_REMOTE, baseline):
-            return PointResult(name, **node)  # an earlier attempt pushed it, then its node died
-        experiments.dvc(project, "pull", "--run-cache", "--allow-missing")
-        env = {key: value for key, value in os.environ.items() if not key.startswith("DVC_")}
-        done = subprocess.run(["dvc", "exp", "run", "--pull", "--name", name, *set_args], cwd=project,
-                              env=env | {"MLFLOW_TRACKING_URI": tracking_uri}, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, preexec_fn=_die_with_parent)
-        if done.returncode != 0:
-            reason = experiments.error_line(done.stdout) or done.stdout.strip()[-500:]
-            return PointResult(name, **node, error=reason)
-        experiments.dvc(project, "exp", "push", "--run-cache", GIT_REMOTE, name)
-        return PointResult(name, **node)
-    except PipelineError as error:
-        return PointResult(name, **node, error=str(error)[-1000:])
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    # In the worker's clone, not /tmp: a retry of this point on this machine (its node died) empties it first.
+    # Each attempt clones into a folder of its own: stage processes orphaned by a dead node's `dvc` never
+    # write into the retry's clone.
+    with scratch(f"ray-{name}", worker_clone()) as workdir:
+        project = Path(tempfile.mkdtemp(dir=workdir)) / "project"
+        try:
+            git(project.parent, "clone", "--quiet", git_url, str(project))
+            git(project, "checkout", "--quiet", "--detach", baseline)
+            for key in ("user.name", "user.email"):  # DVC commits the experiment: as whoever runs the worker
+                if not git(project, "config", "--default", "", key).strip():
+                    git(project, "config", key, git(worker_clone(), "config", key).strip())
+            if (worker_clone() / DVC_LOCAL_CONFIG).is_file():
+                shutil.copy2(worker_clone() / DVC_LOCAL_CONFIG, project / DVC_LOCAL_CONFIG)
+            if name in experiments.remote_experiments(project, GIT_REMOTE, baseline):
+                return PointResult(name, **node)  # an earlier attempt pushed it, then its node died
+            experiments.dvc(project, "pull", "--run-cache", "--allow-missing")
+            env = {key: value for key, value in os.environ.items() if not key.startswith("DVC_")}
+            done = subprocess.run(["dvc", "exp", "run", "--pull", "--name", name, *set_args], cwd=project,
+                                  env=env | {"MLFLOW_TRACKING_URI": tracking_uri}, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, preexec_fn=_die_with_parent)
+            if done.returncode != 0:
+                reason = experiments.error_line(done.stdout) or done.stdout.strip()[-500:]
+                return PointResult(name, **node, error=reason)
+            experiments.dvc(project, "exp", "push", "--run-cache", GIT_REMOTE, name)
+            return PointResult(name, **node)
+        except PipelineError as error:
+            return PointResult(name, **node, error=str(error)[-1000:])
