@@ -252,6 +252,8 @@ def ray_cluster(workers: int) -> Iterator[tuple[Any, list]]:
     environment."""
     from ray.cluster_utils import Cluster
 
+    path = os.environ.get("PATH", "")
+    os.environ["PATH"] = f"{BIN}{os.pathsep}{path}"  # the tasks run this virtualenv's dvc, as `make ray-worker`'s do
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "include_dashboard": False, "object_store_memory": RAY_OBJECT_STORE})
     try:
@@ -260,6 +262,7 @@ def ray_cluster(workers: int) -> Iterator[tuple[Any, list]]:
         yield cluster, nodes
     finally:
         cluster.shutdown()
+        os.environ["PATH"] = path
 
 
 def team_clone(project: Path, s3: S3Server, git_remote: Path) -> Path:

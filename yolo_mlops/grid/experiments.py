@@ -173,8 +173,5 @@ def remote_experiments(root: Path, git_remote: str, baseline: str) -> list[str]:
 
 def default_remote(root: Path) -> tuple[str, str] | None:
     """The default DVC remote (`.dvc/config` and `.dvc/config.local` merged): its name and URL, or None."""
-    try:
-        name = dvc(root, "config", "core.remote").strip()
-    except PipelineError:
-        return None
+    name = dvc(root, "config", "core.remote").strip()  # empty when none is set
     return (name, dvc(root, "config", f"remote.{name}.url").strip()) if name else None
