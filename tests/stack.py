@@ -252,8 +252,9 @@ def ray_cluster(workers: int) -> Iterator[tuple[Any, list]]:
     environment."""
     from ray.cluster_utils import Cluster
 
-    path = os.environ.get("PATH", "")
-    os.environ["PATH"] = f"{BIN}{os.pathsep}{path}"  # the tasks run this virtualenv's dvc, as `make ray-worker`'s do
+    saved = {name: os.environ.get(name) for name in ("PATH", "RAY_USAGE_STATS_ENABLED")}
+    os.environ["PATH"] = f"{BIN}{os.pathsep}{saved['PATH'] or ''}"  # the tasks run this virtualenv's dvc, as
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # `make ray-worker`'s do; and no usage statistics, as there
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "include_dashboard": False, "object_store_memory": RAY_OBJECT_STORE})
     try:
@@ -262,7 +263,11 @@ def ray_cluster(workers: int) -> Iterator[tuple[Any, list]]:
         yield cluster, nodes
     finally:
         cluster.shutdown()
-        os.environ["PATH"] = path
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def team_clone(project: Path, s3: S3Server, git_remote: Path) -> Path:

@@ -132,6 +132,8 @@ def test_both_worker_nodes_ran_points_and_the_best_is_promoted(ray_grid):
     assert "promote: run" in ray_grid["output"]
     report = (ray_grid["project"] / "reports" / "decision.md").read_text()
     assert f"MLflow run id `{ray_grid['first']['versions'][0].run_id}`" in report
+    # Where the runs trained: the cluster, not the driver (its last run had a point to run, so it joined it).
+    assert "- Hardware: Ray cluster at " in report and f"tag {names.RAY_NODE_IP_TAG} names" in report
 
 
 @needs_coco128

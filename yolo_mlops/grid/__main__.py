@@ -14,7 +14,7 @@ from yolo_mlops.core.entry import run_main
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.params import Params, load_params
 from yolo_mlops.core.paths import CONFIG_CHART, CURVES_CHART, DECISION_FILE, DVC_PLOTS_DIR, RUNS_CSV
-from yolo_mlops.core.vocabulary import CHALLENGER, CHAMPION, DECISION_ARTIFACTS
+from yolo_mlops.core.vocabulary import CHALLENGER, CHAMPION, DECISION_ARTIFACTS, RAY_NODE_IP_TAG
 from yolo_mlops.grid import commands
 from yolo_mlops.grid.registry import rollback
 from yolo_mlops.grid.report import table
@@ -61,9 +61,10 @@ def print_sync(result: SyncResult, retry: str) -> list[str]:
     return result.failed
 
 
-def on_ray(client: MlflowClient, root: Path, params: Params, overrides: list[str], address: str) -> list[str]:
+def on_ray(client: MlflowClient, root: Path, params: Params, overrides: list[str],
+           address: str) -> tuple[list[str], str]:
     """The missing grid points as Ray tasks, progress as they finish, then `dvc exp pull` and the sync;
-    returns the failed experiments."""
+    returns the failed experiments and the hardware they ran on, for the report."""
     from yolo_mlops.grid import cluster  # Ray is imported on this path only
 
     plan = commands.plan_grid(root, params, overrides)
@@ -79,7 +80,8 @@ def on_ray(client: MlflowClient, root: Path, params: Params, overrides: list[str
     if pulled:
         print(f"dvc exp pull {cluster.GIT_REMOTE}: {len(pulled)} experiment(s)", flush=True)
     failed = cluster.failed_points(fanout, results)
-    return print_sync(commands.sync_grid(client, root, params, failed, cluster.node_tags(results)), RAY_RETRY)
+    synced = print_sync(commands.sync_grid(client, root, params, failed, cluster.node_tags(results)), RAY_RETRY)
+    return synced, f"Ray cluster at {address}{size}; each run's tag {RAY_NODE_IP_TAG} names its machine"
 
 
 def compare(client: MlflowClient, root: Path, params: Params) -> commands.Compared:
@@ -97,8 +99,9 @@ def compare(client: MlflowClient, root: Path, params: Params) -> commands.Compar
     return compared
 
 
-def promote(client: MlflowClient, root: Path, params: Params, compared: commands.Compared) -> None:
-    promoted = commands.promote_best(client, root, params, compared)
+def promote(client: MlflowClient, root: Path, params: Params, compared: commands.Compared,
+            hardware: str | None = None) -> None:
+    promoted = commands.promote_best(client, root, params, compared, hardware)
     best, promotion = promoted.best, promoted.promotion
     print(f"\npromote: run {best.run_id} ({best.name}) is {promotion.name} version {promotion.version} "
           f"({'new' if promotion.created else 'registered before'}), alias {CHALLENGER}")
@@ -119,12 +122,13 @@ def refuse_failures(failed: list[str], retry: str) -> None:
 
 def cmd_run(root: Path, params: Params, args: argparse.Namespace) -> None:
     client, _ = connect()  # before any training: fail now if the tracking server is down
+    hardware = None  # this machine's
     if args.ray:
-        failed = on_ray(client, root, params, args.overrides, args.ray)
+        failed, hardware = on_ray(client, root, params, args.overrides, args.ray)
     else:
         queue(root, params, args.overrides)
         failed = start(client, root, params)
-    promote(client, root, params, compare(client, root, params))
+    promote(client, root, params, compare(client, root, params), hardware)
     refuse_failures(failed, RAY_RETRY if args.ray else LOCAL_RETRY)
 
 

@@ -154,16 +154,18 @@ def hardware() -> str:
     return f"CPU only, {os.cpu_count()} core(s)"
 
 
-def promote_best(client: MlflowClient, root: Path, params: Params, compared: Compared) -> Promoted:
-    """Select the best run on the server, promote it, write reports/decision.md and log it to MLflow."""
+def promote_best(client: MlflowClient, root: Path, params: Params, compared: Compared,
+                 hardware_line: str | None = None) -> Promoted:
+    """Select the best run on the server, promote it, write reports/decision.md and log it to MLflow.
+    `hardware_line`: where the runs trained, when not on this machine (a Ray cluster)."""
     exp_id = experiment_id(client, params.mlflow.experiment_name, create=False)
     baseline = head_rev(root)
     best = select_best(client, [exp_id], baseline, params.compare.rank_by)
     if best is None:
         raise PipelineError("no finished run with every ranking metric to promote")
     promotion = promote(client, best, params.promote)
-    data = ReportData(params, baseline, public_uri(client.tracking_uri), hardware(), compared.comparison,
-                      compared.insights, promotion, compared.curves, compared.curve_metric)
+    data = ReportData(params, baseline, public_uri(client.tracking_uri), hardware_line or hardware(),
+                      compared.comparison, compared.insights, promotion, compared.curves, compared.curve_metric)
     render(data, root / DECISION_TEMPLATE, root / DECISION_FILE)
     client.log_artifact(best.run_id, str(root / DECISION_FILE), names.DECISION_ARTIFACTS)
     version = client.get_model_version(promotion.name, promotion.version)
