@@ -94,34 +94,24 @@ def check_server(uri: str) -> None:
         ) from None
 
 
-def _tables(database: Path) -> dict[str, int | None]:
-    """The tables of a SQLite store and their row counts (None where a table cannot be counted)."""
-    counts: dict[str, int | None] = {}
-    try:
-        with closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)) as connection:
-            for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
-                try:
-                    counts[name] = connection.execute(f'SELECT COUNT(*) FROM "{name}"').fetchone()[0]
-                except sqlite3.Error:
-                    counts[name] = None
-    except sqlite3.Error:
-        pass
-    return counts
-
-
 def _half_migrated(uri: str, database: Path) -> str | None:
     """What to do with a SQLite store an interrupted schema upgrade left behind; None if it is not one."""
-    tables = _tables(database)
+    try:
+        with closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)) as connection:
+            tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            runs = connection.execute("SELECT COUNT(*) FROM runs").fetchone()[0] if "runs" in tables else 0
+    except sqlite3.Error:
+        return None
     leftovers = sorted(name for name in tables if name.startswith(LEFTOVER_TABLE_PREFIX))
     if not leftovers:
         return None
     state = f"its schema is half-migrated (table {leftovers[0]} is left from an interrupted upgrade)"
-    if not tables.get("runs"):
+    if not runs:
         return f"{state}, and it holds no runs: delete it (rm {database}) and run again"
     originals = [name.removeprefix(LEFTOVER_TABLE_PREFIX) for name in leftovers]
     if all(name in tables for name in originals):
         drops = "; ".join(f"DROP TABLE {name}" for name in leftovers)
-        return (f"{state}; its {tables['runs']} run(s) are intact. Keep a copy (cp {database} {database}.bak), "
+        return (f"{state}; its {runs} run(s) are intact. Keep a copy (cp {database} {database}.bak), "
                 f"then `sqlite3 {database} '{drops}'` and `mlflow db upgrade {public_uri(uri)}`")
     return (f"{state}, in the middle of moving table(s) {', '.join(originals)}. Keep a copy "
             f"(cp {database} {database}.bak) and restore the store from a backup")
