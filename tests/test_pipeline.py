@@ -208,8 +208,9 @@ def test_a_killed_training_leaves_its_scratch_space_to_the_next_run(project: Pat
         while stage is None and time.monotonic() < deadline and pipeline.poll() is None:
             time.sleep(0.1)
             if (scratch / "train" / "weights").is_dir():  # Ultralytics is training
+                # The Python process itself, not the shell DVC may start it from (`sh -c "python -m ..."`)
                 stage = next((child for child in psutil.Process(pipeline.pid).children(recursive=True)
-                              if "stages.train" in " ".join(child.cmdline())), None)
+                              if child.cmdline()[-2:] == ["-m", "stages.train"]), None)
         assert stage is not None, "the train stage did not start training"
         stage.kill()
         assert pipeline.wait(timeout=120) != 0
