@@ -1,10 +1,12 @@
-"""DVC stage `evaluate`: models/best.pt on each split → metrics/eval.json and plots/."""
+"""DVC stage `evaluate`: models/best.pt on each split → metrics/eval.json and plots/, also sent to the
+experiment's MLflow run."""
 
 from yolo_mlops.core.atomic import atomic_dir, write_json
 from yolo_mlops.core.entry import run_main
 from yolo_mlops.core.params import load_params
 from yolo_mlops.core.paths import BEST_WEIGHTS, DATASET_DIR, EVAL_METRICS_FILE, PLOTS_DIR, RESULTS_PLOT
 from yolo_mlops.core.scratch import scratch
+from yolo_mlops.tracking.live import send_evaluation
 from yolo_mlops.yolo.dataset import stage_dataset
 from yolo_mlops.yolo.evaluate import evaluate_splits
 
@@ -15,6 +17,7 @@ def main() -> None:
         data_yaml = stage_dataset(DATASET_DIR, folder)
         results = evaluate_splits(params, BEST_WEIGHTS, data_yaml, RESULTS_PLOT, plots, folder / "val")
     write_json(EVAL_METRICS_FILE, results)
+    send_evaluation(params)
     for split, metrics in results.items():
         print(f"evaluate: {split}: " + ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
 

@@ -19,7 +19,7 @@ def main() -> None:
         "experiment_id": logged.experiment_id,
         RUN_LINK_ID: logged.run_id,
         "run_name": logged.run_name,
-        "fingerprint": record.fingerprint,
+        "fingerprint": record.header.fingerprint,
     })
     print(f"log: {logged.action} MLflow run {logged.run_id} ({logged.run_name}) in experiment "
           f"{params.mlflow.experiment_name!r} at {public_uri(tracking_uri())}")

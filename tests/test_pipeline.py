@@ -21,7 +21,6 @@ from tests.conftest import (
     COCO128_ZIP,
     TINY_PARAMS,
     copy_project,
-    free_port,
     half_migrated_store,
     needs_coco128,
     project_env,
@@ -146,36 +145,6 @@ def test_logged_model_predicts_person_boxes(finished: Path) -> None:
     assert len(boxes) > 0 and set(boxes["class_name"]) == {"person"} and set(boxes["image"]) <= {0, 1}
 
 
-def test_exactly_once(project: Path) -> None:
-    unchanged = run(["dvc", "repro"], project)
-    assert "Running stage" not in unchanged.stdout and len(runs(project)) == 1
-    write_params(project, {"train.lr0": 0.005})
-    run(["dvc", "repro"], project)
-    assert sorted(r.data.params["train.lr0"] for r in runs(project)) == ["0.005", "0.01"]
-    relog = run(["dvc", "repro", "--force", "--single-item", "log"], project)
-    assert "unchanged MLflow run" in relog.stdout and len(runs(project)) == 2
-
-
-def test_tracking_outage_keeps_results_and_a_rerun_sends_them_once(project: Path) -> None:
-    run(["git", "add", "metrics/mlflow_run.json"], project)
-    link = (project / "metrics" / "mlflow_run.json").read_text()
-    write_params(project, {"evaluate.conf": 0.002})
-    down = run(["dvc", "repro"], project, env=project_env(MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}"),
-               check=False)
-    assert down.returncode != 0
-    assert "unreachable" in down.stderr and "Nothing is lost" in down.stderr and "Traceback" not in down.stderr
-    # The failed log stage leaves git's copy of the run link as it was: `git commit -a` deletes nothing.
-    assert (project / "metrics" / "mlflow_run.json").read_text() == link
-    assert run(["git", "diff", "--name-status", "--", "metrics/mlflow_run.json"], project).stdout == ""
-    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
-    assert lock["evaluate"]["params"]["params.yaml"]["evaluate"]["conf"] == 0.002  # evaluate finished and is kept
-    before = len(runs(project))
-    resent = run(["dvc", "repro"], project)
-    assert "Running stage 'evaluate'" not in resent.stdout and "created MLflow run" in resent.stdout
-    assert len(runs(project)) == before + 1
-    assert json.loads(run(["dvc", "status", "--json"], project).stdout) == {}
-
-
 @pytest.mark.parametrize("broken", ["scheme", "corrupt", "half-migrated"])
 def test_a_tracking_store_error_in_the_log_stage_is_one_line_saying_nothing_is_lost(
         finished: Path, tmp_path: Path, broken: str) -> None:
@@ -193,30 +162,48 @@ def test_a_tracking_store_error_in_the_log_stage_is_one_line_saying_nothing_is_l
     assert "Nothing is lost" in line and "run `dvc repro` again" in line
 
 
-def test_a_killed_training_leaves_its_scratch_space_to_the_next_run(project: Path, tmp_path: Path) -> None:
-    """kill -9 of the train stage: nothing is left in the system's temporary folder, and what is left in
-    the project's .scratch/train/ is removed by the next run of the stage."""
-    write_params(project, {"train.lr0": 0.02})
+def test_a_killed_training_leaves_its_epochs_in_a_previous_attempt_and_its_scratch_to_the_next_run(
+        project: Path, tmp_path: Path) -> None:
+    """kill -9 of the train stage after epoch 1: MLflow keeps the attempt with its epoch; the next `dvc repro`
+    gives one FINISHED run, the attempt marked FAILED and tagged as its previous attempt. Nothing is left in
+    the system's temporary folder, and the next run empties the project's .scratch/train/."""
+    write_params(project, {"train.lr0": 0.02, "train.epochs": 3})
     system_tmp = tmp_path / "tmp"
     system_tmp.mkdir()
     env = project_env(TMPDIR=str(system_tmp))
     scratch = project / ".scratch" / "train"
-    with subprocess.Popen(["dvc", "repro", "train"], cwd=project, env=env, stdout=subprocess.DEVNULL,
+    store = client(project)
+    before = {found.info.run_id for found in runs(project)}
+
+    def attempt() -> str | None:
+        """The new run, once it holds epoch 1."""
+        new = [found for found in runs(project) if found.info.run_id not in before]
+        epoch = names.history_metric("train/box_loss")
+        return new[0].info.run_id if new and store.get_metric_history(new[0].info.run_id, epoch) else None
+
+    with subprocess.Popen(["dvc", "repro"], cwd=project, env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL) as pipeline:
         deadline = time.monotonic() + 300
-        stage = None
-        while stage is None and time.monotonic() < deadline and pipeline.poll() is None:
-            time.sleep(0.1)
-            if (scratch / "train" / "weights").is_dir():  # Ultralytics is training
-                # The Python process itself, not the shell DVC may start it from (`sh -c "python -m ..."`)
-                stage = next((child for child in psutil.Process(pipeline.pid).children(recursive=True)
-                              if child.cmdline()[-2:] == ["-m", "stages.train"]), None)
-        assert stage is not None, "the train stage did not start training"
+        while (partial := attempt()) is None and time.monotonic() < deadline and pipeline.poll() is None:
+            time.sleep(0.2)
+        assert partial is not None, "epoch 1 did not reach MLflow while the train stage ran"
+        # The Python process itself, not the shell DVC may start it from (`sh -c "python -m ..."`)
+        [stage] = [child for child in psutil.Process(pipeline.pid).children(recursive=True)
+                   if child.cmdline()[-2:] == ["-m", "stages.train"]]
         stage.kill()
         assert pipeline.wait(timeout=120) != 0
     assert scratch.is_dir() and not list(system_tmp.glob("yolo-*"))
-    rerun = run(["dvc", "repro", "train"], project, env=env)
+    assert store.get_run(partial).info.status == "RUNNING"  # killed: nothing could end it
+
+    rerun = run(["dvc", "repro"], project, env=env)
     assert "Running stage 'train'" in rerun.stdout and not scratch.exists()
+    retried = store.get_run(partial)
+    [current] = [found for found in runs(project) if found.info.run_id not in before | {partial}]
+    assert retried.info.status == "FAILED" and retried.data.tags[names.PREVIOUS_ATTEMPT_TAG] == current.info.run_id
+    assert names.FINGERPRINT_TAG not in retried.data.tags
+    assert [point.step for point in store.get_metric_history(partial, names.history_metric("train/box_loss"))] == [1]
+    assert current.info.status == "FINISHED" and current.data.tags[names.LOG_STATUS_TAG] == names.COMPLETE
+    assert read_json(project / "metrics" / "mlflow_run.json")["run_id"] == current.info.run_id
 
 
 def test_same_seed_gives_identical_results(project: Path) -> None:

@@ -45,6 +45,9 @@ def test_server_ranks_by_primary_then_tie_breaks_and_excludes_unrankable(store):
     log_synthetic_run(client, exp, "failed-then-retried", {}, params={"train.imgsz": 64}, status="FAILED")
     log_synthetic_run(client, exp, "retried", metrics(0.05), params={"train.imgsz": 64, "train.lr0": 0.01})
     log_synthetic_run(client, exp, "other-commit", metrics(0.99), baseline="other")
+    # a training killed, then run again (the retry is "low"): history in MLflow, not in the comparison
+    killed = log_synthetic_run(client, exp, "killed-attempt", {}, params={"train.imgsz": 100}, status="FAILED")
+    client.set_tag(killed, names.PREVIOUS_ATTEMPT_TAG, "id-of-the-retry")
     client.set_tag(log_synthetic_run(client, exp, "workspace-run", metrics(0.98)), names.EXP_NAME_TAG, names.WORKSPACE)
 
     comparison = compare(client, [exp], "base", RANK_BY)
@@ -85,6 +88,8 @@ def test_csv_is_mlflows_export_in_rank_order(store, tmp_path: Path):
     client, exp = store
     log_synthetic_run(client, exp, "b", metrics(0.2), {"train.imgsz": 320})
     log_synthetic_run(client, exp, "a", metrics(0.4), {"train.imgsz": 416})
+    previous = log_synthetic_run(client, exp, "a-killed", {}, {"train.imgsz": 416}, status="FAILED")
+    client.set_tag(previous, names.PREVIOUS_ATTEMPT_TAG, "id-of-a")
     export_csv(client, [exp], "base", RANK_BY, tmp_path / "runs.csv")
     with open(tmp_path / "runs.csv", newline="") as stream:
         rows = list(csv.DictReader(stream))

@@ -3,24 +3,19 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
+from tests.conftest import PROJECT_ROOT
 from yolo_mlops.core.errors import PipelineError
+from yolo_mlops.core.params import load_params
 from yolo_mlops.core.vocabulary import flatten, history_metric, mlflow_metric, numbers
-from yolo_mlops.tracking.record import dataset_md5, fingerprint, read_lock
+from yolo_mlops.tracking.record import code_digest, dataset_md5, fingerprint
 from yolo_mlops.yolo.history import read_history, write_dvclive
 
 RESULTS_CSV = """epoch,time,train/box_loss,metrics/precision(B),metrics/mAP50-95(B),lr/pg0
 1,3.1,5.9,0.0,0.0,0.01
 2,6.3,5.1,0.2,0.05,0.009
 """
-LOCK = {
-    "prepare": {"cmd": "python -m stages.prepare", "deps": [{"path": "stages/prepare.py", "md5": "a"}],
-                "params": {"params.yaml": {"prepare": {"seed": 0}}},
-                "outs": [{"path": "data/tiny_coco", "md5": "d1.dir"}]},
-    "train": {"cmd": "python -m stages.train", "deps": [{"path": "data/tiny_coco", "md5": "d1.dir"}],
-              "params": {"params.yaml": {"train": {"lr0": 0.01}}}, "outs": [{"path": "models", "md5": "m1.dir"}]},
-    "evaluate": {"cmd": "python -m stages.evaluate", "deps": [], "params": {}, "outs": []},
-}
 
 
 def test_history_has_one_row_per_epoch_under_stable_names(tmp_path: Path) -> None:
@@ -52,36 +47,56 @@ def test_flatten_keeps_numbers_only() -> None:
         "evaluate/val_mAP50": 0.5, "evaluate/n": 3.0}
 
 
-def test_fingerprint_follows_inputs_not_outputs() -> None:
-    base = fingerprint(LOCK, "cv_yolo_tiny")
-    retrained = {**LOCK, "train": {**LOCK["train"], "outs": [{"path": "models", "md5": "m2.dir"}]},
-                 "evaluate": {**LOCK["evaluate"], "deps": [{"path": "models", "md5": "m2.dir"}]}}
-    assert fingerprint(retrained, "cv_yolo_tiny") == base
-    new_data = {**LOCK, "train": {**LOCK["train"], "deps": [{"path": "data/tiny_coco", "md5": "d2.dir"}]}}
-    assert fingerprint(new_data, "cv_yolo_tiny") != base
-    changed = {**LOCK, "train": {**LOCK["train"], "params": {"params.yaml": {"train": {"lr0": 0.005}}}}}
-    assert fingerprint(changed, "cv_yolo_tiny") != base
-    assert fingerprint(LOCK, "other_experiment") != base
-    assert dataset_md5(LOCK) == "d1.dir"
-
-
-def test_lock_must_hold_the_upstream_stages(tmp_path: Path) -> None:
-    with pytest.raises(PipelineError, match="dvc.lock: missing"):
-        read_lock(tmp_path / "dvc.lock")
-    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n  prepare: {cmd: x}\n")
-    with pytest.raises(PipelineError, match="no entry for stage.*train, evaluate"):
-        read_lock(tmp_path / "dvc.lock")
+def test_fingerprint_follows_what_the_stages_run_on() -> None:
+    """Known before training: params of train and evaluate, the dataset's hash, the code, the experiment."""
+    params = load_params(PROJECT_ROOT / "params.yaml")
+    base = fingerprint(params, "d1.dir", "code-1")
+    assert fingerprint(load_params(PROJECT_ROOT / "params.yaml"), "d1.dir", "code-1") == base
+    for overrides in ({"train.lr0": 0.005}, {"evaluate.conf": 0.01}, {"mlflow.experiment_name": "other"}):
+        assert fingerprint(load_params(PROJECT_ROOT / "params.yaml", overrides), "d1.dir", "code-1") != base
+    assert fingerprint(params, "d2.dir", "code-1") != base
+    assert fingerprint(params, "d1.dir", "code-2") != base
 
 
 def test_identity_is_the_dataset_content_not_the_source_text() -> None:
     """COCO128 from its URL and the same bytes from a local zip: the same dataset md5, the same experiment."""
-    from_url = {**LOCK, "prepare": {**LOCK["prepare"], "params": {"params.yaml": {"prepare": {
-        "seed": 0, "source": "https://github.com/ultralytics/assets/releases/download/v0.0.0/coco128.zip"}}}}}
-    from_zip = {**LOCK, "prepare": {**LOCK["prepare"], "params": {"params.yaml": {"prepare": {
-        "seed": 0, "source": "../shared/data/coco128.zip"}}}, "deps": [{"path": "stages/prepare.py", "md5": "b"}]}}
-    assert fingerprint(from_url, "cv_yolo_tiny") == fingerprint(from_zip, "cv_yolo_tiny") == fingerprint(
-        LOCK, "cv_yolo_tiny")
-    other_data = [{"path": "data/tiny_coco", "md5": "d2.dir"}]
-    other_split = {**from_zip, "prepare": {**from_zip["prepare"], "outs": other_data},
-                   "train": {**LOCK["train"], "deps": other_data}}
-    assert fingerprint(other_split, "cv_yolo_tiny") != fingerprint(from_zip, "cv_yolo_tiny")
+    from_url = load_params(PROJECT_ROOT / "params.yaml", {
+        "prepare.source": "https://github.com/ultralytics/assets/releases/download/v0.0.0/coco128.zip"})
+    from_zip = load_params(PROJECT_ROOT / "params.yaml", {"prepare.source": "../shared/data/coco128.zip"})
+    assert fingerprint(from_url, "d1.dir", "code") == fingerprint(from_zip, "d1.dir", "code")
+
+
+def test_code_digest_follows_the_code_dvc_yaml_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commands and code dependencies of train and evaluate; not other stages' outputs, not Python's caches."""
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "train": {"cmd": "python -m stages.train", "deps": ["stages/train.py", "lib", "data/tiny_coco"]},
+        "evaluate": {"cmd": "python -m stages.evaluate", "deps": ["lib", "models"]},
+    }}))
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "train.py").write_text("print('train')\n")
+    (tmp_path / "lib" / "__pycache__").mkdir(parents=True)
+    (tmp_path / "lib" / "a.py").write_text("A = 1\n")
+    monkeypatch.chdir(tmp_path)
+    base = code_digest()
+    (tmp_path / "lib" / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"cache")
+    assert code_digest() == base, "no data, no weights and no cache is code"
+    (tmp_path / "lib" / "a.py").write_text("A = 2\n")
+    assert code_digest() != base
+    (tmp_path / "lib" / "a.py").write_text("A = 1\n")
+    (tmp_path / "lib" / "b.py").write_text("")
+    assert code_digest() != base
+    (tmp_path / "stages" / "train.py").unlink()
+    with pytest.raises(PipelineError, match="dvc.yaml: dependency stages/train.py does not exist"):
+        code_digest()
+
+
+def test_the_dataset_hash_comes_from_dvc_lock(tmp_path: Path) -> None:
+    lock = tmp_path / "dvc.lock"
+    with pytest.raises(PipelineError, match="dvc.lock: missing; run the pipeline with `dvc repro`"):
+        dataset_md5(lock)
+    lock.write_text("schema: '2.0'\nstages:\n  train: {cmd: x}\n")
+    with pytest.raises(PipelineError, match="no entry for the prepare stage's output data/tiny_coco"):
+        dataset_md5(lock)
+    lock.write_text(yaml.safe_dump({"schema": "2.0", "stages": {"prepare": {
+        "cmd": "python -m stages.prepare", "outs": [{"path": "data/tiny_coco", "md5": "d1.dir"}]}}}))
+    assert dataset_md5(lock) == "d1.dir"

@@ -28,3 +28,23 @@ def test_a_run_missing_from_the_store_is_left_out_with_advice_and_the_others_are
     assert mlflow_store.get_run(present).data.tags[names.EXP_REV_TAG] == "rev-kept"
     advice = "\n".join(result.notes)
     assert "elsewhere" in advice and "does not hold" in advice and "dvc exp remove elsewhere" in advice
+
+
+def test_a_failed_experiment_is_recorded_in_the_run_its_training_opened(
+        mlflow_store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A training that raised left its run (FAILED, with its epochs): the failure is recorded there, once."""
+    experiment_id = mlflow_store.create_experiment("sync-failed-training")
+    opened = mlflow_store.create_run(experiment_id, run_name="frail-tick", tags={
+        names.EXP_NAME_TAG: "frail-tick", names.BASELINE_TAG: "base"}).info.run_id
+    mlflow_store.set_terminated(opened, "FAILED")
+    monkeypatch.setattr(sync, "failure_reason", lambda root, exp: "error: train: CUDA out of memory")
+    failed = DvcExperiment(name="frail-tick", rev="", baseline_rev="base", params={"train.imgsz": 640},
+                           metrics={}, failed=True)
+
+    for _ in range(2):
+        result = sync.sync(mlflow_store, experiment_id, Path("."), [failed])
+        assert result.failed == ["frail-tick"]
+    [run] = mlflow_store.search_runs([experiment_id])
+    assert run.info.run_id == opened and run.info.status == "FAILED"
+    assert run.data.tags[names.ERROR_TAG] == "error: train: CUDA out of memory"
+    assert run.data.tags[names.LOG_STATUS_TAG] == names.FAILED

@@ -20,6 +20,12 @@ MLFLOW_COMMIT_TAG = "mlflow.source.git.commit"  # MLflow's own, shown in the UI
 LOG_STATUS_TAG = "yolo_mlops.log_status"  # `complete` once the log stage sent everything; `failed`
 FAILURE_KEY_TAG = "yolo_mlops.failure_key"  # identity of a failed experiment's FAILED run
 ERROR_TAG = "yolo_mlops.error"  # the failed experiment's error line
+PREVIOUS_ATTEMPT_TAG = "yolo_mlops.previous_attempt_of"  # on an interrupted run: the id of the run that retried it
+# MLflow's own source tags: the runs table's "Source" column names the pipeline.
+SOURCE_TAGS = {"mlflow.source.type": "PROJECT", "mlflow.source.name": "dvc.yaml"}
+# The run's dataset input (the runs table's "Dataset" column): data/tiny_coco, DVC's md5 as its digest.
+DATASET_SOURCE_TYPE = "dvc"
+DATASET_CONTEXT_TAG, DATASET_CONTEXT = "mlflow.data.context", "training"
 RAY_NODE_TAG = "ray.node_id"  # the Ray node a grid point ran on (python -m yolo_mlops.grid run --ray)
 RAY_NODE_IP_TAG = "ray.node_ip"  # ... and that node's address
 WORKSPACE = "workspace"

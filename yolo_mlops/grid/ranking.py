@@ -11,6 +11,7 @@ from mlflow.entities import Run
 from yolo_mlops.core import vocabulary as names
 from yolo_mlops.core.atomic import atomic_file
 from yolo_mlops.core.errors import PipelineError
+from yolo_mlops.core.params import PIPELINE_SECTIONS
 
 # What tells configurations apart: the hyper-parameters but the seed (what varies within one
 # configuration), and the dataset by content (its DVC hash, not the text of prepare.source).
@@ -80,9 +81,11 @@ def select_best(client: MlflowClient, experiment_ids: list[str], baseline_rev: s
 
 
 def retried(failed: RunSummary, runs: list[RunSummary]) -> bool:
-    """True when a finished run has every param of this failed one: the point was run again and passed."""
-    return bool(failed.params) and any(
-        run.status == "FINISHED" and all(run.params.get(key) == value for key, value in failed.params.items())
+    """True when a finished run has every pipeline param of this failed one: the point was run again and
+    passed (under another DVC experiment name, possibly from another commit's code)."""
+    settings = {key: value for key, value in failed.params.items() if key.split(".")[0] in PIPELINE_SECTIONS}
+    return bool(settings) and any(
+        run.status == "FINISHED" and all(run.params.get(key) == value for key, value in settings.items())
         for run in runs
     )
 
@@ -109,10 +112,18 @@ def partition(runs: list[RunSummary], rank_by: tuple[str, ...]) -> Comparison:
     return Comparison(rank_by, ranked, excluded)
 
 
+def grid_runs(client: MlflowClient, experiment_ids: list[str], baseline_rev: str,
+              rank_by: tuple[str, ...]) -> list[Run]:
+    """The grid's runs, best first, without the previous attempts of a retried experiment (history, kept in
+    MLflow: a training that failed or was killed, then run again)."""
+    runs = client.search_runs(experiment_ids, filter_string=grid_filter(baseline_rev), order_by=order_by(rank_by),
+                              max_results=10_000)
+    return [run for run in runs if names.PREVIOUS_ATTEMPT_TAG not in run.data.tags]
+
+
 def compare(client: MlflowClient, experiment_ids: list[str], baseline_rev: str, rank_by: tuple[str, ...]) -> Comparison:
     """Every run of the grid, best first; fails when there is nothing to rank."""
-    runs = [RunSummary.from_run(run) for run in client.search_runs(
-        experiment_ids, filter_string=grid_filter(baseline_rev), order_by=order_by(rank_by), max_results=10_000)]
+    runs = [RunSummary.from_run(run) for run in grid_runs(client, experiment_ids, baseline_rev, rank_by)]
     if not runs:
         raise PipelineError(
             f"no MLflow run of a DVC experiment from commit {baseline_rev[:7]} in the experiment; run the grid "
@@ -143,7 +154,6 @@ def runs_frame(runs: list[Run]) -> pd.DataFrame:
 def export_csv(client: MlflowClient, experiment_ids: list[str], baseline_rev: str, rank_by: tuple[str, ...],
                target: Path) -> None:
     """The grid's runs in the columns of MLflow's own CSV export (`mlflow experiments csv`), best first."""
-    frame = runs_frame(client.search_runs(experiment_ids, filter_string=grid_filter(baseline_rev),
-                                          order_by=order_by(rank_by), max_results=10_000))
+    frame = runs_frame(grid_runs(client, experiment_ids, baseline_rev, rank_by))
     with atomic_file(target) as staging:
         frame.to_csv(staging, index=False)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlflow import MlflowClient
-from mlflow.entities import Param
+from mlflow.entities import Param, Run
 from mlflow.exceptions import MlflowException
 
 from yolo_mlops.core import vocabulary as names
@@ -43,9 +43,18 @@ def _set_tags(client: MlflowClient, run_id: str, tags: dict[str, str], current: 
             client.set_tag(run_id, name, value)
 
 
+def _opened_run(client: MlflowClient, experiment_id: str, experiment: DvcExperiment) -> Run | None:
+    """The run a stage of the failed experiment opened before it failed (a training that raised), if any."""
+    runs = client.search_runs([experiment_id], filter_string=(
+        f"tags.`{names.EXP_NAME_TAG}` = '{experiment.name}' and tags.`{names.BASELINE_TAG}` = "
+        f"'{experiment.baseline_rev}' and attributes.status != 'FINISHED'"), order_by=["attributes.start_time DESC"])
+    return next((run for run in runs if names.PREVIOUS_ATTEMPT_TAG not in run.data.tags), None)
+
+
 def _record_failure(client: MlflowClient, experiment_id: str, root: Path, experiment: DvcExperiment,
                     tags: dict[str, str]) -> str | None:
-    """The FAILED run of a failed experiment, created once; returns a note when it is new."""
+    """The FAILED run of a failed experiment, recorded once: the run its stages opened (with the epochs it
+    trained), or a new one; returns a note when it is recorded now."""
     key = failure_key(experiment)
     found = client.search_runs([experiment_id], filter_string=f"tags.`{names.FAILURE_KEY_TAG}` = '{key}'",
                                max_results=1)
@@ -53,8 +62,13 @@ def _record_failure(client: MlflowClient, experiment_id: str, root: Path, experi
         _set_tags(client, found[0].info.run_id, tags, found[0].data.tags)
         return None
     reason = failure_reason(root, experiment)
-    run_id = client.create_run(experiment_id, run_name=experiment.name, tags=tags | {
-        names.FAILURE_KEY_TAG: key, names.LOG_STATUS_TAG: names.FAILED, names.ERROR_TAG: reason[:5000],
+    failure = {names.FAILURE_KEY_TAG: key, names.LOG_STATUS_TAG: names.FAILED, names.ERROR_TAG: reason[:5000]}
+    opened = _opened_run(client, experiment_id, experiment)
+    if opened is not None:
+        _set_tags(client, opened.info.run_id, tags | failure, opened.data.tags)
+        client.set_terminated(opened.info.run_id, "FAILED")
+        return f"experiment {experiment.name} failed ({reason}); recorded in its FAILED run {opened.info.run_id}"
+    run_id = client.create_run(experiment_id, run_name=experiment.name, tags=tags | failure | {
         names.COMMIT_TAG: experiment.baseline_rev,
     }).info.run_id
     params = [Param(name, str(value)) for name, value in experiment.params.items()

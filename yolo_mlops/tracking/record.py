@@ -19,30 +19,45 @@ from yolo_mlops.core.paths import (
     DATA_YAML,
     DATASET_DIR,
     DVC_LOCK_FILE,
+    DVC_YAML,
     EVAL_METRICS_FILE,
     LAST_WEIGHTS,
     PARAMS_FILE,
     PLOTS_DIR,
     RESULTS_CSV,
     RESULTS_PLOT,
+    STAGE_OUTPUTS,
     TRAIN_ARGS,
     TRAIN_LIVE_METRICS,
 )
 from yolo_mlops.yolo.history import read_history
 
-UPSTREAM_STAGES = ("prepare", "train", "evaluate")
-RESULT_STAGES = ("train", "evaluate")  # stages whose outputs are results, not inputs
+# What the evaluate stage sends when it finishes, and the log stage again if it could not.
+EVALUATE_ARTIFACTS = ((EVAL_METRICS_FILE, names.EVALUATE_ARTIFACTS), (PLOTS_DIR, names.PLOTS_ARTIFACTS))
+
+RESULT_STAGES = ("train", "evaluate")  # the stages that make the results, after prepare
+RESULT_SECTIONS = ("train", "evaluate", "mlflow")  # the params they run with (prepare's: see the dataset)
+SKIPPED_PARTS = ("__pycache__", ".pyc")
 TRACKED_PACKAGES = ("ultralytics", "torch", "torchvision", "mlflow", "dvc", "dvclive")
+
+
+@dataclass(frozen=True)
+class RunHeader:
+    """What the experiment's run is opened with, all known before training starts."""
+
+    run_name: str
+    fingerprint: str
+    params: dict[str, str]
+    tags: dict[str, str]
+    dataset_md5: str  # the digest of the run's dataset input
+    dataset_profile: dict[str, float]  # metrics/data.json: also the prepare stage's MLflow metrics
 
 
 @dataclass(frozen=True)
 class ExperimentRecord:
     """What the log stage sends: names follow MLflow's params / metrics / artifacts."""
 
-    run_name: str
-    fingerprint: str
-    params: dict[str, str]
-    tags: dict[str, str]
+    header: RunHeader
     metrics: dict[str, float]
     history: list[dict[str, float]]  # index 0 = epoch 1 (MLflow step 1)
     artifacts: list[tuple[Path, str]]  # (local file or folder, artifact folder)
@@ -50,44 +65,51 @@ class ExperimentRecord:
     imgsz: int
 
 
-def read_lock(path: Path = DVC_LOCK_FILE) -> dict[str, Any]:
-    """The upstream stages' entries of dvc.lock, as DVC wrote them after running them."""
+def dataset_md5(path: Path = DVC_LOCK_FILE) -> str:
+    """DVC's hash of data/tiny_coco, from the prepare stage's entry in dvc.lock (DVC writes it after each
+    stage, so every stage after prepare finds it)."""
     if not path.is_file():
         raise PipelineError(f"{path}: missing; run the pipeline with `dvc repro` (not the stage by hand)")
-    stages = (read_yaml(path) or {}).get("stages", {})
-    missing = [stage for stage in UPSTREAM_STAGES if stage not in stages]
-    if missing:
-        raise PipelineError(f"{path}: no entry for stage(s) {', '.join(missing)}; run `dvc repro` first")
-    return {stage: stages[stage] for stage in UPSTREAM_STAGES}
-
-
-def fingerprint(lock: dict[str, Any], experiment_name: str) -> str:
-    """Identity of an experiment, by content: the dataset (DVC's md5 of data/tiny_coco, not the
-    text of `prepare.source`: COCO128 from its URL and the same bytes from a local zip are the same
-    experiment) and the command, code and params of the stages that consume it, as hashed by DVC in
-    dvc.lock. Results are left out (the weights' bytes differ from one training to the next even
-    when every metric is the same), so logging the same experiment again, even after retraining
-    it, finds its MLflow run instead of adding one."""
-    results = {out["path"] for stage in RESULT_STAGES for out in lock[stage].get("outs", [])}
-    inputs = {
-        stage: {
-            "cmd": lock[stage].get("cmd"),
-            "params": lock[stage].get("params"),
-            "deps": [dep for dep in lock[stage].get("deps", []) if dep["path"] not in results],
-        }
-        for stage in RESULT_STAGES
-    }
-    payload = json.dumps({"dataset": dataset_md5(lock), "inputs": inputs, "experiment": experiment_name},
-                         sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()
-
-
-def dataset_md5(lock: dict[str, Any]) -> str:
-    """DVC's hash of data/tiny_coco, from the prepare stage's outputs in dvc.lock."""
-    for out in lock["prepare"].get("outs", []):
+    prepare = ((read_yaml(path) or {}).get("stages") or {}).get("prepare") or {}
+    for out in prepare.get("outs", []):
         if Path(out["path"]) == DATASET_DIR:
             return str(out["md5"])
-    raise PipelineError(f"{DVC_LOCK_FILE}: prepare stage has no output {DATASET_DIR}")
+    raise PipelineError(f"{path}: no entry for the prepare stage's output {DATASET_DIR}; run `dvc repro` first")
+
+
+def _files(path: Path) -> list[Path]:
+    """The files of one dependency in dvc.yaml, in a stable order, without Python's caches."""
+    if not path.exists():
+        raise PipelineError(f"{DVC_YAML}: dependency {path} does not exist")
+    files = sorted(path.rglob("*")) if path.is_dir() else [path]
+    return [file for file in files if file.is_file() and not any(part.endswith(SKIPPED_PARTS) for part in file.parts)]
+
+
+def code_digest() -> str:
+    """Hash of what the train and evaluate stages run: their commands and the code dvc.yaml says they
+    depend on (other stages' outputs, the data and the weights, are left out)."""
+    stages = (read_yaml(DVC_YAML) or {}).get("stages") or {}
+    produced = {str(path) for outputs in STAGE_OUTPUTS.values() for path in outputs["outs"]}
+    digest = hashlib.sha256()
+    for stage in RESULT_STAGES:
+        if stage not in stages:
+            raise PipelineError(f"{DVC_YAML}: no stage {stage!r}")
+        digest.update(str(stages[stage].get("cmd")).encode())
+        for dep in sorted(stages[stage].get("deps", [])):
+            for file in [] if dep in produced else _files(Path(dep)):
+                digest.update(f"\0{file.as_posix()}\0".encode() + file.read_bytes())
+    return digest.hexdigest()
+
+
+def fingerprint(params: Params, dataset: str, code: str) -> str:
+    """Identity of an experiment, by content, known before training starts, so that every stage finds
+    the same run: the dataset (DVC's md5 of data/tiny_coco, not the text of `prepare.source`: COCO128
+    from its URL and the same bytes from a local zip are the same experiment), the params the train and
+    evaluate stages run with, their code, and the MLflow experiment. Results are left out (the weights'
+    bytes differ from one training to the next), so logging the same experiment again finds its run."""
+    settings = {key: value for key, value in params.flat().items() if key.split(".")[0] in RESULT_SECTIONS}
+    payload = json.dumps({"dataset": dataset, "params": settings, "code": code}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def git_commit() -> str:
@@ -115,14 +137,21 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise PipelineError(f"{path}: missing; run the upstream stages with `dvc repro`") from None
 
 
-def collect_record(params: Params) -> ExperimentRecord:
-    """Gather the record from the files the upstream stages wrote (run from the project root)."""
-    lock = read_lock()
-    key = fingerprint(lock, params.mlflow.experiment_name)
+def stage_metrics(stage: str, path: Path) -> dict[str, float]:
+    """A stage's metrics file (metrics/data.json, metrics/eval.json) under the MLflow names of its numbers."""
+    return {names.mlflow_metric(stage, name): value
+            for name, value in names.numbers(names.flatten(_read_json(path))).items()}
+
+
+def run_header(params: Params) -> RunHeader:
+    """The run's name, identity, params and tags, from params.yaml, dvc.lock's dataset hash and the code (run
+    from the project root, after the prepare stage)."""
+    dataset = dataset_md5()
+    key = fingerprint(params, dataset, code_digest())
     exp_name = os.environ.get("DVC_EXP_NAME", "")
     commit = git_commit()
     provenance = {
-        names.DATASET_TAG: dataset_md5(lock),
+        names.DATASET_TAG: dataset,
         names.COMMIT_TAG: commit,
         names.EXP_NAME_TAG: exp_name or names.WORKSPACE,
         names.BASELINE_TAG: os.environ.get("DVC_EXP_BASELINE_REV", commit),
@@ -130,11 +159,20 @@ def collect_record(params: Params) -> ExperimentRecord:
     run_params = {name: str(value) for name, value in params.flat().items()} | provenance | {
         f"{names.VERSION_PARAM_PREFIX}{package}": value for package, value in library_versions().items()
     }
-    tags = provenance | {names.FINGERPRINT_TAG: key, names.MLFLOW_COMMIT_TAG: commit}
-    metrics = {}
-    for stage, path in ((names.PREPARE, DATA_METRICS_FILE), (names.EVALUATE, EVAL_METRICS_FILE)):
-        metrics |= {names.mlflow_metric(stage, name): value
-                    for name, value in names.numbers(names.flatten(_read_json(path))).items()}
+    tags = provenance | {names.FINGERPRINT_TAG: key, names.MLFLOW_COMMIT_TAG: commit} | names.SOURCE_TAGS
+    return RunHeader(
+        run_name=exp_name or f"{names.WORKSPACE}-{key[:8]}",
+        fingerprint=key,
+        params=run_params,
+        tags=tags,
+        dataset_md5=dataset,
+        dataset_profile=stage_metrics(names.PREPARE, DATA_METRICS_FILE),
+    )
+
+
+def collect_record(params: Params) -> ExperimentRecord:
+    """Gather the record from the files the upstream stages wrote (run from the project root)."""
+    header = run_header(params)
     history = [
         {names.history_metric(name): value for name, value in epoch.items()}
         for epoch in read_history(RESULTS_CSV)
@@ -144,18 +182,15 @@ def collect_record(params: Params) -> ExperimentRecord:
         (RESULTS_CSV, names.TRAIN_ARTIFACTS), (RESULTS_PLOT, names.TRAIN_ARTIFACTS),
         (TRAIN_ARGS, names.TRAIN_ARTIFACTS), (TRAIN_LIVE_METRICS, names.DVCLIVE_ARTIFACTS),
         (BEST_WEIGHTS, names.WEIGHTS_ARTIFACTS), (LAST_WEIGHTS, names.WEIGHTS_ARTIFACTS),
-        (EVAL_METRICS_FILE, names.EVALUATE_ARTIFACTS), (PLOTS_DIR, names.PLOTS_ARTIFACTS),
+        *EVALUATE_ARTIFACTS,
         (PARAMS_FILE, names.DVC_ARTIFACTS), (DVC_LOCK_FILE, names.DVC_ARTIFACTS),
     ]
     absent = [str(path) for path, _ in artifacts if not path.exists()]
     if absent:
         raise PipelineError(f"log: missing output(s) {', '.join(absent)}; run the upstream stages with `dvc repro`")
     return ExperimentRecord(
-        run_name=exp_name or f"{names.WORKSPACE}-{key[:8]}",
-        fingerprint=key,
-        params=run_params,
-        tags=tags,
-        metrics=metrics,
+        header=header,
+        metrics=header.dataset_profile | stage_metrics(names.EVALUATE, EVAL_METRICS_FILE),
         history=history,
         artifacts=artifacts,
         weights=BEST_WEIGHTS,

@@ -1,22 +1,29 @@
-"""Send an ExperimentRecord to MLflow exactly once: one run per experiment, found again by
-its fingerprint, so a re-run after an outage completes the same run instead of adding one."""
+"""The experiment's one MLflow run: opened once (by the first stage that tracks it), found again by its
+fingerprint, and completed exactly once by the log stage, which sends whatever the stages before it
+could not (restored from DVC's run-cache, skipped as unchanged, a tracking store that was down)."""
 
 import contextlib
+import json
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, Run
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run
 
 from yolo_mlops.core import vocabulary as names
 from yolo_mlops.core.errors import PipelineError
+from yolo_mlops.core.paths import DATASET_DIR
 from yolo_mlops.tracking.hints import SAFE_RESULTS, artifact_store_hint
 from yolo_mlops.tracking.model import log_model
-from yolo_mlops.tracking.record import ExperimentRecord
+from yolo_mlops.tracking.record import ExperimentRecord, RunHeader
 from yolo_mlops.tracking.store import connect, experiment_id, public_uri, store_error, tracking_uri
 
 log = logging.getLogger(__name__)
+PARAMS_PER_BATCH, METRICS_PER_BATCH = 100, 1000  # MLflow's log_batch limits
+PROFILE_COUNTS = ("_images", "_boxes")  # the dataset statistics shown as the dataset input's profile
 
 
 @dataclass(frozen=True)
@@ -24,73 +31,129 @@ class LoggedRun:
     run_id: str
     experiment_id: str
     run_name: str
-    action: str  # created, completed (an earlier attempt had failed) or unchanged
+    action: str  # created, completed (opened by a stage before) or unchanged (complete already)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def find_run(client: MlflowClient, experiment_id: str, key: str) -> Run | None:
-    """The run that already holds these results, searched on the tracking server by tag."""
+    """The experiment's current run, searched on the tracking server by its fingerprint (the latest
+    attempt: an interrupted attempt loses the tag when it is retried)."""
     runs = client.search_runs(
         [experiment_id], filter_string=f"tags.`{names.FINGERPRINT_TAG}` = '{key}'",
-        order_by=["attributes.start_time ASC"], max_results=1,
+        order_by=["attributes.start_time DESC"], max_results=1,
     )
     return runs[0] if runs else None
 
 
-def _missing_metrics(client: MlflowClient, run_id: str, record: ExperimentRecord,
-                     existed: bool) -> list[Metric]:
-    now = int(time.time() * 1000)
-    wanted = [(name, value, 0) for name, value in record.metrics.items()]
-    for step, epoch in enumerate(record.history, start=1):
-        wanted += [(name, value, step) for name, value in epoch.items()]
-    logged: dict[str, set[int]] = {}
-    if existed:
-        for name in {name for name, _, _ in wanted}:
-            logged[name] = {metric.step for metric in client.get_metric_history(run_id, name)}
-    return [Metric(name, value, now, step) for name, value, step in wanted if step not in logged.get(name, set())]
+def is_complete(run: Run) -> bool:
+    return run.data.tags.get(names.LOG_STATUS_TAG) == names.COMPLETE
 
 
-def _send(client: MlflowClient, run_id: str, run: Run | None, record: ExperimentRecord) -> None:
-    existing_params = run.data.params if run else {}
-    params = [Param(name, value) for name, value in record.params.items() if name not in existing_params]
-    for start in range(0, len(params), 100):
-        client.log_batch(run_id, params=params[start:start + 100])
-    metrics = _missing_metrics(client, run_id, record, existed=run is not None)
-    for start in range(0, len(metrics), 1000):
-        client.log_batch(run_id, metrics=metrics[start:start + 1000])
-    for name, value in record.tags.items():
-        client.set_tag(run_id, name, value)
-    for path, folder in record.artifacts:
-        log.info("log: uploading %s → %s/", path, folder)
+def dataset_input(header: RunHeader) -> DatasetInput:
+    """data/tiny_coco as the run's dataset input, DVC's md5 as its digest (the runs table's Dataset column)."""
+    dataset = Dataset(
+        name=DATASET_DIR.name, digest=header.dataset_md5, source_type=names.DATASET_SOURCE_TYPE,
+        source=json.dumps({"path": DATASET_DIR.as_posix(), "md5": header.dataset_md5}),
+        profile=json.dumps({name.removeprefix(f"{names.PREPARE}/"): value
+                            for name, value in header.dataset_profile.items() if name.endswith(PROFILE_COUNTS)}),
+    )
+    return DatasetInput(dataset, tags=[InputTag(names.DATASET_CONTEXT_TAG, names.DATASET_CONTEXT)])
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, str], logged: dict[str, str]) -> None:
+    """The params the run does not hold yet (MLflow refuses to change a logged param)."""
+    missing = [Param(name, value) for name, value in params.items() if name not in logged]
+    for start in range(0, len(missing), PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=missing[start:start + PARAMS_PER_BATCH])
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: list[Metric]) -> None:
+    for start in range(0, len(metrics), METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=metrics[start:start + METRICS_PER_BATCH])
+
+
+def open_run(client: MlflowClient, experiment_id: str, header: RunHeader) -> str:
+    """Create the experiment's run, RUNNING from now on, with its params, its dataset input and the dataset's
+    statistics; earlier attempts of the experiment are marked as such (see `retire_attempts`)."""
+    run_id = client.create_run(experiment_id, run_name=header.run_name, tags=header.tags).info.run_id
+    log_params(client, run_id, header.params, {})
+    client.log_inputs(run_id, datasets=[dataset_input(header)])
+    log_metrics(client, run_id, [Metric(name, value, now_ms(), 0) for name, value in header.dataset_profile.items()])
+    retire_attempts(client, experiment_id, header.fingerprint, run_id)
+    return run_id
+
+
+def retire_attempts(client: MlflowClient, experiment_id: str, key: str, current: str) -> list[str]:
+    """Earlier, unfinished runs of the experiment (a training that failed or was killed) become its previous
+    attempts: FAILED if still RUNNING, tagged with the run that retried them, and no longer found by the
+    fingerprint, so that they leave the comparison. Their epochs stay in MLflow."""
+    retired = []
+    for run in client.search_runs([experiment_id], filter_string=f"tags.`{names.FINGERPRINT_TAG}` = '{key}'"):
+        if run.info.run_id == current or is_complete(run):
+            continue
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, "FAILED")
+        client.set_tag(run.info.run_id, names.PREVIOUS_ATTEMPT_TAG, current)
+        client.delete_tag(run.info.run_id, names.FINGERPRINT_TAG)
+        retired.append(run.info.run_id)
+    return retired
+
+
+def upload(client: MlflowClient, run_id: str, artifacts: Iterable[tuple[Path, str]]) -> None:
+    """Files and folders into the run's artifact folders (a second upload replaces the same files)."""
+    for path, folder in artifacts:
+        log.info("uploading %s → %s/", path, folder)
         if path.is_dir():
             client.log_artifacts(run_id, str(path), folder)
         else:
             client.log_artifact(run_id, str(path), folder)
-    has_model = run is not None and any(output.model_id for output in (run.outputs.model_outputs or []))
-    if not has_model:
+
+
+def missing_metrics(client: MlflowClient, run: Run, wanted: list[tuple[str, float, int]]) -> list[Metric]:
+    """The (name, value, step) the run does not hold yet: one value per metric and step, whoever sent it."""
+    logged = {name: {metric.step for metric in client.get_metric_history(run.info.run_id, name)}
+              for name in {name for name, _, _ in wanted} & set(run.data.metrics)}
+    stamp = now_ms()
+    return [Metric(name, value, stamp, step) for name, value, step in wanted if step not in logged.get(name, set())]
+
+
+def _send(client: MlflowClient, run: Run, record: ExperimentRecord) -> None:
+    """Whatever the run lacks of the record; what it holds is not sent again."""
+    run_id = run.info.run_id
+    log_params(client, run_id, record.header.params, run.data.params)
+    client.log_inputs(run_id, datasets=[dataset_input(record.header)])  # MLflow keeps one input per dataset
+    wanted = [(name, value, 0) for name, value in record.metrics.items()]
+    for step, epoch in enumerate(record.history, start=1):
+        wanted += [(name, value, step) for name, value in epoch.items()]
+    log_metrics(client, run_id, missing_metrics(client, run, wanted))
+    for name, value in record.header.tags.items():
+        client.set_tag(run_id, name, value)
+    upload(client, run_id, record.artifacts)
+    if not any(output.model_id for output in (run.outputs.model_outputs if run.outputs else [])):
         log.info("log: logging the MLflow model")
         log_model(run_id, record.weights, record.imgsz)
 
 
 def log_record(record: ExperimentRecord, experiment_name: str) -> LoggedRun:
-    """Create or complete the experiment's single MLflow run."""
+    """Complete the experiment's single MLflow run (opened by the train stage, or created here)."""
+    header = record.header
     try:
         client, uri = connect()
         exp_id = experiment_id(client, experiment_name)
-        run = find_run(client, exp_id, record.fingerprint)
-        if run is None:
-            run_id = client.create_run(exp_id, run_name=record.run_name, tags=record.tags).info.run_id
-        else:
-            run_id = run.info.run_id
+        found = find_run(client, exp_id, header.fingerprint)
+        run = found or client.get_run(open_run(client, exp_id, header))
+        run_id = run.info.run_id
     except PipelineError as error:  # the store named, what is wrong and what to do
         raise PipelineError(f"{error}. {SAFE_RESULTS}") from None
     except Exception as error:  # the server, the database or the network: report, don't trace
         raise PipelineError(f"{store_error(tracking_uri(), error, 'failed')}. {SAFE_RESULTS}") from None
-    if run is not None and run.data.tags.get(names.LOG_STATUS_TAG) == names.COMPLETE:
+    if is_complete(run):
         return LoggedRun(run_id, exp_id, run.info.run_name, "unchanged")
-    if run is not None:
-        log.info("log: completing run %s left unfinished by an earlier attempt", run_id)
     try:
-        _send(client, run_id, run, record)
+        _send(client, run, record)
         client.set_tag(run_id, names.LOG_STATUS_TAG, names.COMPLETE)
         client.set_terminated(run_id, "FINISHED")
     except Exception as error:
@@ -100,6 +163,4 @@ def log_record(record: ExperimentRecord, experiment_name: str) -> LoggedRun:
             f"MLflow at {public_uri(uri)}: sending run {run_id} failed ({type(error).__name__}: {error}). "
             + artifact_store_hint(error) + SAFE_RESULTS
         ) from None
-    if run is None:
-        return LoggedRun(run_id, exp_id, record.run_name, "created")
-    return LoggedRun(run_id, exp_id, run.info.run_name, "completed")
+    return LoggedRun(run_id, exp_id, run.info.run_name, "completed" if found else "created")

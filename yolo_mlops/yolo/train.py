@@ -1,7 +1,9 @@
 """Training with Ultralytics, and the train stage's output folder."""
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from yolo_mlops.core.atomic import atomic_dir
 from yolo_mlops.core.errors import PipelineError
@@ -15,8 +17,10 @@ RUN_FILES = {"weights/best.pt": BEST_WEIGHTS, "weights/last.pt": LAST_WEIGHTS, R
              "results.png": RESULTS_PLOT, "args.yaml": TRAIN_ARGS}
 
 
-def train(data_yaml: Path, params: TrainParams, model: str, device: str, run_dir: Path) -> Path:
-    """Train with Ultralytics into `run_dir`; return the folder holding weights/, results.csv and results.png.
+def train(data_yaml: Path, params: TrainParams, model: str, device: str, run_dir: Path,
+          callbacks: dict[str, Callable[[Any], None]]) -> Path:
+    """Train with Ultralytics into `run_dir`, `callbacks` added to its events (`on_fit_epoch_end`: ...);
+    return the folder holding weights/, results.csv and results.png.
 
     Ultralytics' own training plots are off: the label statistics, batch mosaics and the
     final validation's curves would be drawn into a scratch folder and thrown away (the
@@ -24,6 +28,8 @@ def train(data_yaml: Path, params: TrainParams, model: str, device: str, run_dir
     results.png, are kept, drawn from results.csv as Ultralytics draws them."""
     package = ultralytics()
     trainer_model = package.YOLO(model)
+    for event, callback in callbacks.items():
+        trainer_model.add_callback(event, callback)
     trainer_model.train(
         data=str(data_yaml), epochs=params.epochs, imgsz=params.imgsz, lr0=params.lr0, seed=params.seed,
         batch=params.batch, optimizer=params.optimizer, device=device, workers=params.workers,
