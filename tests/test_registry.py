@@ -1,5 +1,6 @@
 """Promotion in a real (embedded) MLflow Model Registry, on synthetic runs with a trivial pyfunc
-model: gates, aliases, provenance tags, rollback, idempotence and all-or-nothing."""
+model: gates, aliases, provenance tags, the version's description, rollback, idempotence and
+all-or-nothing."""
 
 import math
 
@@ -48,7 +49,12 @@ def candidate(client: MlflowClient, exp: str, name: str, map50_95: float, recall
 
 def snapshot(client: MlflowClient, name: str) -> list[tuple]:
     versions = client.search_model_versions(f"name = '{name}'")
-    return sorted((v.version, v.run_id, v.last_updated_timestamp, tuple(sorted(v.tags.items()))) for v in versions)
+    return sorted((v.version, v.run_id, v.last_updated_timestamp, v.description, tuple(sorted(v.tags.items())))
+                  for v in versions)
+
+
+def description(client: MlflowClient, name: str, version: str) -> str:
+    return client.get_model_version(name, version).description
 
 
 def test_gates_without_and_against_a_champion():
@@ -69,6 +75,14 @@ def test_first_promotion_registers_with_provenance_and_becomes_champion(registry
     assert version.tags[names.DATASET_TAG] == "abc.dir" and version.tags[names.COMMIT_TAG] == "c0ffee"
     assert version.tags["train.lr0"] == "0.01" and float(version.tags["test.mAP50-95"]) == 0.30
     assert version.tags[STAGE_TAG] == "Production"
+    report = f"decision/decision.md](#/experiments/{exp}/runs/{run.run_id}/artifacts/decision/decision.md)"
+    assert version.description == (
+        "**Approve**: promoted to `champion`.\n\n| gate | outcome | detail |\n|---|---|---|\n"
+        "| min test mAP50-95 | pass | test mAP50-95 0.3000 vs minimum 0.2000 |\n"
+        "| min test recall | pass | test recall 0.5000 vs minimum 0.3000 |\n"
+        "| beats champion | pass | no champion yet |\n\n"
+        f"Decision report: [{report} of the run (`runs:/{run.run_id}/decision/decision.md`), written to "
+        "`reports/decision.md` in the project.")
     import mlflow.pyfunc
 
     frame = pd.DataFrame({"image": ["x.jpg"]})
@@ -82,9 +96,16 @@ def test_challenger_only_when_gates_fail_then_champion_moves_and_rolls_back(regi
     assert not weak.approved and weak.champion == first.version
     assert aliases(client, name) == {CHALLENGER: weak.version, CHAMPION: first.version}
     assert [gate.passed for gate in weak.gates] == [True, True, False]
+    assert description(client, name, weak.version).startswith("**Reject**: `challenger` only; `champion` stayed "
+                                                               "version 1.\n")
+    assert ("| beats champion | FAIL | test mAP50-95 0.3050 vs champion version 1 0.3000 + margin 0.0100 |"
+            in description(client, name, weak.version))
+    assert description(client, name, first.version).startswith("**Approve**: promoted to `champion`.\n")
     strong = promote(client, candidate(client, exp, "exp-c", 0.40), gate_params(name))
     assert strong.approved and aliases(client, name) == {CHALLENGER: strong.version, CHAMPION: strong.version}
     assert client.get_model_version(name, strong.version).tags[PREVIOUS_TAG] == first.version
+    assert description(client, name, strong.version).startswith(
+        "**Approve**: promoted to `champion`, replacing version 1.\n")
     stages = {str(v.version): v.tags[STAGE_TAG] for v in client.search_model_versions(f"name = '{name}'")}
     assert stages == {first.version: "Archived", weak.version: "Archived", strong.version: "Production"}
 
@@ -114,6 +135,17 @@ def test_promoting_the_same_run_again_changes_nothing(registry):
     assert not again.created and again.approved and again.version == "2"
     assert again.gates == first.gates  # judged against the champion it replaced, as the first time
     assert snapshot(client, name) == before and aliases(client, name) == {CHALLENGER: "2", CHAMPION: "2"}
+
+
+def test_a_version_registered_without_a_description_gets_one(registry):
+    client, exp, name = registry
+    run = candidate(client, exp, "exp-a", 0.10)  # fails the gates: no champion
+    first = promote(client, run, gate_params(name))
+    expected = description(client, name, first.version)
+    assert expected.startswith("**Reject**: `challenger` only; `champion` stayed unset.\n")
+    client.update_model_version(name, first.version, description="")  # as a version promoted before descriptions
+    again = promote(client, run, gate_params(name))
+    assert not again.created and description(client, name, again.version) == expected
 
 
 def test_failure_half_way_restores_the_aliases(registry, monkeypatch: pytest.MonkeyPatch):

@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import PROJECT_ROOT, free_port, half_migrated_store, project_env
 from yolo_mlops.core.errors import PipelineError
+from yolo_mlops.core.vocabulary import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 from yolo_mlops.tracking import store
 from yolo_mlops.tracking.model import model_requirements
 
@@ -144,3 +145,21 @@ def test_a_corrupt_store_is_named_with_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match=rf"MLflow store sqlite:///{database} cannot be opened \(.*not a "
                                             rf"database\): {database} is corrupt; keep a copy"):
         store.open_client(f"sqlite:///{database}")
+
+
+def test_the_experiment_is_created_as_model_training(mlflow_store) -> None:
+    """MLflow's name for a model-training experiment (its UI's ExperimentKind), as the tag's value."""
+    exp_id = store.experiment_id(mlflow_store, "kind-new")
+    tags = mlflow_store.get_experiment(exp_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    assert store.experiment_id(mlflow_store, "kind-new", create=False) == exp_id
+
+
+@pytest.mark.parametrize("create", [True, False])
+def test_an_existing_experiment_gets_the_kind_tag_once_and_keeps_a_kind_of_its_own(mlflow_store, create: bool) -> None:
+    untagged = mlflow_store.create_experiment(f"kind-untagged-{create}")  # made before the tag, or by hand
+    assert store.experiment_id(mlflow_store, f"kind-untagged-{create}", create=create) == untagged
+    assert mlflow_store.get_experiment(untagged).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    own = mlflow_store.create_experiment(f"kind-own-{create}", tags={EXPERIMENT_KIND_TAG: "finetuning"})
+    store.experiment_id(mlflow_store, f"kind-own-{create}", create=create)
+    assert mlflow_store.get_experiment(own).tags[EXPERIMENT_KIND_TAG] == "finetuning"

@@ -32,6 +32,9 @@ WORKSPACE = "workspace"
 COMPLETE, FAILED = "complete", "failed"
 VERSION_PARAM_PREFIX = "version."  # run params `version.<package>`
 
+# MLflow experiment tag: the kind of experiment, in MLflow's own words (model training, not a GenAI app).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
 # Model Registry: aliases, and tags of a registered version.
 CHAMPION, CHALLENGER = "champion", "challenger"
 RUN_ID_TAG = "run_id"

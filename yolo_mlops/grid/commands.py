@@ -29,7 +29,7 @@ from yolo_mlops.grid import charts, experiments, points
 from yolo_mlops.grid.experiments import DvcExperiment
 from yolo_mlops.grid.insights import Insights, insights
 from yolo_mlops.grid.ranking import Comparison, RunSummary, compare, export_csv, select_best
-from yolo_mlops.grid.registry import Promotion, promote
+from yolo_mlops.grid.registry import Promotion, promote, report_uri
 from yolo_mlops.grid.report import ReportData, render
 from yolo_mlops.grid.sync import SyncResult, sync
 from yolo_mlops.tracking.store import experiment_id, public_uri
@@ -170,7 +170,7 @@ def promote_best(client: MlflowClient, root: Path, params: Params, compared: Com
     client.log_artifact(best.run_id, str(root / DECISION_FILE), names.DECISION_ARTIFACTS)
     version = client.get_model_version(promotion.name, promotion.version)
     tags = {names.DECISION_TAG: promotion.decision,
-            names.REPORT_TAG: f"runs:/{best.run_id}/{names.DECISION_ARTIFACTS}/{DECISION_FILE.name}"}
+            names.REPORT_TAG: report_uri(best.run_id)}
     for key, value in tags.items():
         if version.tags.get(key) != value:
             client.set_model_version_tag(promotion.name, promotion.version, key, value)

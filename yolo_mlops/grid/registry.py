@@ -1,6 +1,7 @@
 """Promotion in the MLflow Model Registry with aliases: the selected run's model becomes a version
-with alias `challenger`, and `champion` only when it passes the gates. All or nothing: when the
-registry fails half-way, the aliases are put back as they were."""
+with alias `challenger`, and `champion` only when it passes the gates; the version's description
+says which, with the gates and the decision report. All or nothing: when the registry fails
+half-way, the aliases are put back as they were."""
 
 from dataclasses import dataclass
 
@@ -11,6 +12,7 @@ from mlflow.exceptions import MlflowException
 from yolo_mlops.core import vocabulary as names
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.params import PromoteParams
+from yolo_mlops.core.paths import DECISION_FILE
 from yolo_mlops.core.vocabulary import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION_TAG, STAGE_TAG
 from yolo_mlops.grid.ranking import RunSummary
 
@@ -46,6 +48,27 @@ def version_tags(run: RunSummary) -> dict[str, str]:
     tags |= {key: run.params[key] for key in names.HYPERPARAMETERS if key in run.params}
     tags |= {key: repr(run.metrics[key]) for key in METRIC_TAGS if key in run.metrics}
     return tags
+
+
+def report_uri(run_id: str) -> str:
+    """Where the decision report of a promotion is logged: under `decision/` of the promoted run."""
+    return f"runs:/{run_id}/{names.DECISION_ARTIFACTS}/{DECISION_FILE.name}"
+
+
+def description(promotion: Promotion, replaced: str | None, experiment_id: str, run_id: str) -> str:
+    """The version's description in the MLflow UI (Markdown): the decision (`replaced`: the champion it
+    replaced, if any), the gates, where the decision report is."""
+    if promotion.approved:
+        outcome = f"promoted to `{CHAMPION}`" + (f", replacing version {replaced}" if replaced else "")
+    else:
+        outcome = (f"`{CHALLENGER}` only; `{CHAMPION}` stayed "
+                   + (f"version {promotion.champion}" if promotion.champion else "unset"))
+    rows = "\n".join(f"| {gate.name} | {'pass' if gate.passed else 'FAIL'} | {gate.detail} |"
+                     for gate in promotion.gates)
+    path = f"{names.DECISION_ARTIFACTS}/{DECISION_FILE.name}"
+    return (f"**{promotion.decision}**: {outcome}.\n\n| gate | outcome | detail |\n|---|---|---|\n{rows}\n\n"
+            f"Decision report: [{path}](#/experiments/{experiment_id}/runs/{run_id}/artifacts/{path}) of the run "
+            f"(`{report_uri(run_id)}`), written to `{DECISION_FILE.as_posix()}` in the project.")
 
 
 def gates(candidate: RunSummary, champion: ModelVersion | None, params: PromoteParams) -> list[Gate]:
@@ -158,6 +181,13 @@ def promote(client: MlflowClient, run: RunSummary, params: PromoteParams) -> Pro
             _set_alias(client, name, CHAMPION, version, before)
         step = f"mirroring the aliases as {STAGE_TAG} tags"
         mirror_stages(client, name)
+        step = "describing the version"
+        promotion = Promotion(name, version, created is not None, approved, results, before.get(CHAMPION),
+                              version if approved else before.get(CHAMPION))
+        replaced = str(champion.version) if approved and champion is not None else None
+        text = description(promotion, replaced, client.get_run(run.run_id).info.experiment_id, run.run_id)
+        if client.get_model_version(name, version).description != text:
+            client.update_model_version(name, version, description=text)
     except PipelineError:
         raise
     except Exception as error:
@@ -173,8 +203,7 @@ def promote(client: MlflowClient, run: RunSummary, params: PromoteParams) -> Pro
             f"promotion of run {run.run_id} to {name!r} failed while {step} ({type(error).__name__}: {error}). "
             f"Nothing changed: the registry is as before ({restored})."
         ) from None
-    champion_now = version if approved else before.get(CHAMPION)
-    return Promotion(name, version, created is not None, approved, results, before.get(CHAMPION), champion_now)
+    return promotion
 
 
 def rollback(client: MlflowClient, name: str, to_version: str | None = None) -> tuple[str, str]:

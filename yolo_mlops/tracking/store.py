@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.paths import EMBEDDED_ARTIFACTS, EMBEDDED_DB, project_root, shared
+from yolo_mlops.core.vocabulary import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 
 SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql")  # no file: MLflow 3 deprecates its file store
 # Bounded waiting on a tracking server: MLflow's own defaults retry for minutes.
@@ -178,7 +179,8 @@ def connect() -> tuple[MlflowClient, str]:
 
 def experiment_id(client: MlflowClient, name: str, create: bool = True) -> str:
     """The id of experiment `name` on the client's store; a missing one is created (artifacts beside a
-    SQLite store), or refused when `create` is False (comparing needs runs that already exist)."""
+    SQLite store), or refused when `create` is False (comparing needs runs that already exist). The
+    experiment carries MLflow's kind tag (model training); one that lacks it gets it, one that has it keeps it."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None and not create:
         raise PipelineError(
@@ -186,10 +188,13 @@ def experiment_id(client: MlflowClient, name: str, create: bool = True) -> str:
             "run the grid first (make run)"
         )
     if experiment is None:
-        return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri, name))
+        return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri, name),
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     if experiment.lifecycle_stage == "deleted":
         raise PipelineError(
             f"mlflow.experiment_name: experiment {name!r} is deleted; restore it "
             f"(`mlflow experiments restore --experiment-id {experiment.experiment_id}`) or choose another name"
         )
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return experiment.experiment_id

@@ -1,0 +1,109 @@
+"""The MLflow UI in a real browser (Debian's headless chromium) on a real `mlflow server`, on a store
+filled by the project's own code: the experiment's training runs, named after their DVC experiments,
+and a promoted version's description, whose link opens the decision report.
+
+MLflow 3.17's UI chooses an experiment's view from its own GenAI / Model training switch (remembered
+by the browser, or `?workflowType=` in the address), not from the experiment's kind tag: the plain
+address opens the GenAI overview, the Model training one the runs table (README, "What reaches MLflow")."""
+
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import free_port, log_synthetic_run, project_env, tracking_uri
+from tests.stack import BIN, HOST, Service, answers, wait_for
+from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core.params import PromoteParams
+from yolo_mlops.core.paths import DECISION_FILE
+from yolo_mlops.grid.ranking import RunSummary
+from yolo_mlops.grid.registry import promote
+from yolo_mlops.tracking.store import experiment_id, open_client
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs a chromium browser on PATH: apt-get install -y "
+                                                          "chromium (Debian; .ci/run installs it when run as root)")
+
+EXPERIMENT, MODEL = "cv_yolo_tiny", "yolo_tiny_person"
+RUNS = {"frail-tick": 0.31, "lusty-bard": 0.27, "pious-yawn": 0.22}  # DVC experiment name → test mAP50-95
+MODEL_TRAINING = "workflowType=machine_learning"  # the UI's Model training switch, in the address
+REPORT_TITLE = f"Decision report: {MODEL}"
+BROWSER_TIMEOUT_S = 60
+
+
+@dataclass(frozen=True)
+class Ui:
+    url: str
+    experiment_id: str
+    run_ids: dict[str, str]  # run name → run id
+
+
+def dom(url: str, profile: Path) -> str:
+    """The page's DOM once its scripts are done, as a fresh browser profile (nothing remembered) renders it;
+    the white space between tags left out."""
+    result = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
+                             "--virtual-time-budget=20000", "--dump-dom", url],
+                            capture_output=True, text=True, timeout=BROWSER_TIMEOUT_S)
+    assert result.returncode == 0 and "</html>" in result.stdout, result.stderr[-2000:]
+    return re.sub(r">\s+<", "><", result.stdout)
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ui]:
+    """`mlflow server` on 127.0.0.1 and a SQLite store holding the grid's runs, the best one promoted."""
+    folder = tmp_path_factory.mktemp("ui")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    with tracking_uri(uri):  # the model of a synthetic run is logged through MLflow's global tracking URI
+        client = open_client(uri)
+        exp = experiment_id(client, EXPERIMENT)
+        run_ids = {name: log_synthetic_run(client, exp, name, {"val.mAP50-95": value, "test.mAP50-95": value,
+                                                               "test.recall": 0.5}, model=name == "frail-tick")
+                   for name, value in RUNS.items()}
+        best = RunSummary.from_run(client.get_run(run_ids["frail-tick"]))
+        promote(client, best, PromoteParams(registered_model=MODEL, min_test_map50_95=0.2, min_test_recall=0.3,
+                                            min_margin=0.01))
+        report = folder / DECISION_FILE.name
+        report.write_text(f"# {REPORT_TITLE}\n", encoding="utf-8")
+        client.log_artifact(best.run_id, str(report), names.DECISION_ARTIFACTS)  # as `grid promote` logs it
+    port = free_port(HOST)
+    server = Service.start([str(BIN / "mlflow"), "server", "--backend-store-uri", uri, "--host", HOST,
+                            "--port", str(port), "--workers", "1"], project_env(), folder / "mlflow.log")
+    try:
+        wait_for(lambda: answers(f"http://{HOST}:{port}/health"), "mlflow server", server)
+        yield Ui(f"http://{HOST}:{port}/", exp, run_ids)
+    finally:
+        server.stop()
+
+
+def test_the_experiment_opens_on_its_training_runs_with_the_model_training_switch(ui: Ui, tmp_path: Path):
+    page = dom(f"{ui.url}#/experiments/{ui.experiment_id}?{MODEL_TRAINING}", tmp_path / "profile")
+    assert f"<title>Runs - Experiment {ui.experiment_id} - MLflow</title>" in page
+    assert 'data-testid="sort-header-Run Name"' in page and f"<strong>{len(RUNS)}</strong> matching runs" in page
+    assert all(f">{name}<" in page for name in RUNS)
+    assert 'data-testid="time-range-select-dropdown"' not in page  # the GenAI overview's
+
+
+def test_without_the_switch_the_experiment_opens_on_the_genai_overview(ui: Ui, tmp_path: Path):
+    """What the README says to switch away from: the UI leaves the experiment's kind tag, which the server
+    does hand it, aside."""
+    served = MlflowClient(ui.url.rstrip("/")).get_experiment(ui.experiment_id)
+    assert served.tags[names.EXPERIMENT_KIND_TAG] == names.EXPERIMENT_KIND
+    page = dom(f"{ui.url}#/experiments/{ui.experiment_id}", tmp_path / "profile")
+    assert f"<title>Overview - Experiment {ui.experiment_id} - MLflow</title>" in page
+    assert 'data-testid="time-range-select-dropdown"' in page
+    assert not any(name in page for name in RUNS)
+
+
+def test_the_promoted_version_shows_its_decision_and_gates_and_links_to_the_report(ui: Ui, tmp_path: Path):
+    page = dom(f"{ui.url}#/models/{MODEL}/versions/1", tmp_path / "version")
+    assert "<p><strong>Approve</strong>: promoted to <code>champion</code>.</p>" in page
+    assert "<tr><td>min test mAP50-95</td><td>pass</td><td>test mAP50-95 0.3100 vs minimum 0.2000</td></tr>" in page
+    link = f"#/experiments/{ui.experiment_id}/runs/{ui.run_ids['frail-tick']}/artifacts/decision/decision.md"
+    assert f'href="{link}">decision/decision.md</a>' in page
+    report = dom(f"{ui.url}{link}", tmp_path / "report")
+    assert re.search(f"<h1[^>]*>{REPORT_TITLE}</h1>", report)  # the report, rendered from its Markdown
