@@ -90,7 +90,8 @@ def test_the_train_stage_sends_each_epoch_while_it_trains(s3: S3Server, tmp_path
         assert steps(client, live.info.run_id, SYSTEM_METRIC), "no system metrics"
         [dataset] = live.inputs.dataset_inputs
         assert (dataset.dataset.name, dataset.dataset.digest) == ("tiny_coco", dataset_md5(project))
-        assert live.data.tags["mlflow.source.name"] == "dvc.yaml"
+        assert live.data.tags[names.SOURCE_NAME_TAG] == str(project)
+        assert live.data.tags[names.ENTRY_POINT_TAG] == "dvc.yaml"
         trained_s = float((project / "models" / "results.csv").read_text().splitlines()[-1].split(",")[1])
         assert (live.info.end_time - live.info.start_time) / 1000 > trained_s, "the Duration misses the training"
 

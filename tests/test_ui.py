@@ -23,7 +23,9 @@ from yolo_mlops.core.params import PromoteParams
 from yolo_mlops.core.paths import DECISION_FILE
 from yolo_mlops.grid.ranking import RunSummary
 from yolo_mlops.grid.registry import promote
-from yolo_mlops.tracking.store import experiment_id, open_client
+from yolo_mlops.tracking.record import RunHeader
+from yolo_mlops.tracking.run import open_run
+from yolo_mlops.tracking.store import experiment_id, experiment_page, open_client
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs a chromium browser on PATH: apt-get install -y "
@@ -31,7 +33,8 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs a chromium brows
 
 EXPERIMENT, MODEL = "cv_yolo_tiny", "yolo_tiny_person"
 RUNS = {"frail-tick": 0.31, "lusty-bard": 0.27, "pious-yawn": 0.22}  # DVC experiment name → test mAP50-95
-MODEL_TRAINING = "workflowType=machine_learning"  # the UI's Model training switch, in the address
+TRAINING = "hoary-vole"  # a run the train stage opened: its dataset input and source
+DATASET_MD5 = "8157775d643ff8905893be1545635804.dir"
 REPORT_TITLE = f"Decision report: {MODEL}"
 BROWSER_TIMEOUT_S = 60
 
@@ -44,9 +47,10 @@ class Ui:
 
 
 def dom(url: str, profile: Path) -> str:
-    """The page's DOM once its scripts are done, as a fresh browser profile (nothing remembered) renders it;
-    the white space between tags left out."""
+    """The page's DOM once its scripts are done, as a fresh browser profile (nothing remembered) renders it
+    on a full HD screen; the white space between tags left out."""
     result = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
+                             "--window-size=1920,1080",  # the runs table renders the columns in view only
                              "--virtual-time-budget=20000", "--dump-dom", url],
                             capture_output=True, text=True, timeout=BROWSER_TIMEOUT_S)
     assert result.returncode == 0 and "</html>" in result.stdout, result.stderr[-2000:]
@@ -67,6 +71,11 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ui]:
         best = RunSummary.from_run(client.get_run(run_ids["frail-tick"]))
         promote(client, best, PromoteParams(registered_model=MODEL, min_test_map50_95=0.2, min_test_recall=0.3,
                                             min_margin=0.01))
+        open_run(client, exp, RunHeader(
+            run_name=TRAINING, fingerprint="f" * 64, params={"train.imgsz": "64"},
+            tags={names.EXP_NAME_TAG: TRAINING, names.SOURCE_TYPE_TAG: names.SOURCE_TYPE,
+                  names.SOURCE_NAME_TAG: "/home/user/yolo-mlops", names.ENTRY_POINT_TAG: names.ENTRY_POINT},
+            dataset_md5=DATASET_MD5, dataset_profile={"prepare/train_images": 40.0}))
         report = folder / DECISION_FILE.name
         report.write_text(f"# {REPORT_TITLE}\n", encoding="utf-8")
         client.log_artifact(best.run_id, str(report), names.DECISION_ARTIFACTS)  # as `grid promote` logs it
@@ -80,11 +89,14 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ui]:
         server.stop()
 
 
-def test_the_experiment_opens_on_its_training_runs_with_the_model_training_switch(ui: Ui, tmp_path: Path):
-    page = dom(f"{ui.url}#/experiments/{ui.experiment_id}?{MODEL_TRAINING}", tmp_path / "profile")
+def test_the_address_the_grid_prints_opens_the_training_runs(ui: Ui, tmp_path: Path):
+    """`python -m yolo_mlops.grid compare` prints `experiment_page`: the runs table, each run by its DVC experiment
+    name, the run a stage opened with its dataset (DVC's md5 as digest) and source (project:dvc.yaml)."""
+    page = dom(experiment_page(ui.url, ui.experiment_id), tmp_path / "profile")
     assert f"<title>Runs - Experiment {ui.experiment_id} - MLflow</title>" in page
-    assert 'data-testid="sort-header-Run Name"' in page and f"<strong>{len(RUNS)}</strong> matching runs" in page
-    assert all(f">{name}<" in page for name in RUNS)
+    assert 'data-testid="sort-header-Run Name"' in page and f"<strong>{len(RUNS) + 1}</strong> matching runs" in page
+    assert all(f">{name}<" in page for name in [*RUNS, TRAINING])
+    assert f"tiny_coco ({DATASET_MD5})" in page and ">yolo-mlops:dvc.yaml<" in page
     assert 'data-testid="time-range-select-dropdown"' not in page  # the GenAI overview's
 
 
@@ -96,7 +108,7 @@ def test_without_the_switch_the_experiment_opens_on_the_genai_overview(ui: Ui, t
     page = dom(f"{ui.url}#/experiments/{ui.experiment_id}", tmp_path / "profile")
     assert f"<title>Overview - Experiment {ui.experiment_id} - MLflow</title>" in page
     assert 'data-testid="time-range-select-dropdown"' in page
-    assert not any(name in page for name in RUNS)
+    assert not any(name in page for name in [*RUNS, TRAINING])
 
 
 def test_the_promoted_version_shows_its_decision_and_gates_and_links_to_the_report(ui: Ui, tmp_path: Path):

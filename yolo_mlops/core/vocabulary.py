@@ -21,8 +21,10 @@ LOG_STATUS_TAG = "yolo_mlops.log_status"  # `complete` once the log stage sent e
 FAILURE_KEY_TAG = "yolo_mlops.failure_key"  # identity of a failed experiment's FAILED run
 ERROR_TAG = "yolo_mlops.error"  # the failed experiment's error line
 PREVIOUS_ATTEMPT_TAG = "yolo_mlops.previous_attempt_of"  # on an interrupted run: the id of the run that retried it
-# MLflow's own source tags: the runs table's "Source" column names the pipeline.
-SOURCE_TAGS = {"mlflow.source.type": "PROJECT", "mlflow.source.name": "dvc.yaml"}
+# MLflow's own source tags: the runs table's "Source" column shows `<project folder>:dvc.yaml`.
+SOURCE_TYPE_TAG, SOURCE_TYPE = "mlflow.source.type", "PROJECT"
+SOURCE_NAME_TAG = "mlflow.source.name"  # the project folder (DVC_ROOT, not the queue's temporary copy)
+ENTRY_POINT_TAG, ENTRY_POINT = "mlflow.project.entryPoint", "dvc.yaml"
 # The run's dataset input (the runs table's "Dataset" column): data/tiny_coco, DVC's md5 as its digest.
 DATASET_SOURCE_TYPE = "dvc"
 DATASET_CONTEXT_TAG, DATASET_CONTEXT = "mlflow.data.context", "training"

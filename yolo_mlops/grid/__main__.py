@@ -94,6 +94,7 @@ def compare(client: MlflowClient, root: Path, params: Params) -> commands.Compar
     written += [f"{CURVES_CHART} ({compared.curve_metric} per epoch)"] if compared.curve_metric else []
     written += [] if compared.plots_error else [f"{DVC_PLOTS_DIR}/index.html (dvc plots diff of the experiments)"]
     print(f"\nWritten: {', '.join(written)}")
+    print(f"MLflow UI: {compared.page}")
     if compared.plots_error:
         print(f"warning: dvc plots diff failed, {DVC_PLOTS_DIR}/ not updated: {compared.plots_error}", file=sys.stderr)
     return compared

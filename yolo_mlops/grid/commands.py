@@ -32,7 +32,7 @@ from yolo_mlops.grid.ranking import Comparison, RunSummary, compare, export_csv,
 from yolo_mlops.grid.registry import Promotion, promote, report_uri
 from yolo_mlops.grid.report import ReportData, render
 from yolo_mlops.grid.sync import SyncResult, sync
-from yolo_mlops.tracking.store import experiment_id, public_uri
+from yolo_mlops.tracking.store import experiment_id, experiment_page, public_uri
 from yolo_mlops.yolo.model import resolve_device, resolve_model
 
 
@@ -54,6 +54,7 @@ class Compared:
     curves: dict[str, list[tuple[int, float]]]  # run name → (epoch, value) of `curve_metric`
     curve_metric: str | None  # the per-epoch metric charted (val), None when training records none
     plots_error: str | None  # why `dvc plots diff` did not update reports/dvc_plots/, if it did not
+    page: str  # the experiment's runs in the MLflow UI
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,7 @@ def compare_grid(client: MlflowClient, root: Path, params: Params) -> Compared:
                   for run in comparison.ranked}
         charts.curves_chart(curves, curve_metric, root / CURVES_CHART)
     error = experiments.plots_diff(root, [run.name for run in comparison.ranked], DVC_PLOTS_DIR)
-    return Compared(comparison, found, curves, curve_metric, error)
+    return Compared(comparison, found, curves, curve_metric, error, experiment_page(client.tracking_uri, exp_id))
 
 
 def hardware() -> str:

@@ -29,6 +29,7 @@ from yolo_mlops.core.paths import (
     STAGE_OUTPUTS,
     TRAIN_ARGS,
     TRAIN_LIVE_METRICS,
+    project_root,
 )
 from yolo_mlops.yolo.history import read_history
 
@@ -159,7 +160,10 @@ def run_header(params: Params) -> RunHeader:
     run_params = {name: str(value) for name, value in params.flat().items()} | provenance | {
         f"{names.VERSION_PARAM_PREFIX}{package}": value for package, value in library_versions().items()
     }
-    tags = provenance | {names.FINGERPRINT_TAG: key, names.MLFLOW_COMMIT_TAG: commit} | names.SOURCE_TAGS
+    tags = provenance | {
+        names.FINGERPRINT_TAG: key, names.MLFLOW_COMMIT_TAG: commit, names.SOURCE_TYPE_TAG: names.SOURCE_TYPE,
+        names.SOURCE_NAME_TAG: str(project_root()), names.ENTRY_POINT_TAG: names.ENTRY_POINT,
+    }
     return RunHeader(
         run_name=exp_name or f"{names.WORKSPACE}-{key[:8]}",
         fingerprint=key,

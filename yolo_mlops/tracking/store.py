@@ -31,6 +31,8 @@ HEALTH_TIMEOUT_S = 5
 # so at once leave it half-migrated. One process at a time, under a lock file beside the database.
 STORE_LOCK_SUFFIX = ".lock"
 STORE_LOCK_TIMEOUT_S = 300
+LOCAL_UI = "http://127.0.0.1:5000"  # `make ui` on the embedded store
+UI_WORKFLOW = "machine_learning"  # the UI's "Model training" view (`?workflowType=`)
 LEFTOVER_TABLE_PREFIX = "_alembic_tmp_"  # what an interrupted SQLite schema migration leaves behind
 
 
@@ -175,6 +177,13 @@ def connect() -> tuple[MlflowClient, str]:
         # experiments) must put their artifacts at DVC_ROOT, not in their temporary copy.
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     return client, uri
+
+
+def experiment_page(uri: str, experiment_id: str) -> str:
+    """The experiment's runs table in the MLflow UI: on the tracking server, or `make ui` for a SQLite store.
+    MLflow 3.17's UI opens an experiment on its GenAI overview unless the address asks for model training."""
+    base = public_uri(uri).rstrip("/") if urlparse(uri).scheme in ("http", "https") else LOCAL_UI
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType={UI_WORKFLOW}"
 
 
 def experiment_id(client: MlflowClient, name: str, create: bool = True) -> str:
