@@ -6,18 +6,18 @@ from yolo_mlops.core.entry import run_main
 from yolo_mlops.core.params import load_params
 from yolo_mlops.core.paths import BEST_WEIGHTS, DATASET_DIR, EVAL_METRICS_FILE, PLOTS_DIR, RESULTS_PLOT
 from yolo_mlops.core.scratch import scratch
-from yolo_mlops.tracking.live import send_evaluation
+from yolo_mlops.tracking.live import tracked_evaluation
 from yolo_mlops.yolo.dataset import stage_dataset
 from yolo_mlops.yolo.evaluate import evaluate_splits
 
 
 def main() -> None:
     params = load_params()
-    with scratch("evaluate") as folder, atomic_dir(PLOTS_DIR) as plots:
-        data_yaml = stage_dataset(DATASET_DIR, folder)
-        results = evaluate_splits(params, BEST_WEIGHTS, data_yaml, RESULTS_PLOT, plots, folder / "val")
-    write_json(EVAL_METRICS_FILE, results)
-    send_evaluation(params)
+    with tracked_evaluation(params):
+        with scratch("evaluate") as folder, atomic_dir(PLOTS_DIR) as plots:
+            data_yaml = stage_dataset(DATASET_DIR, folder)
+            results = evaluate_splits(params, BEST_WEIGHTS, data_yaml, RESULTS_PLOT, plots, folder / "val")
+        write_json(EVAL_METRICS_FILE, results)
     for split, metrics in results.items():
         print(f"evaluate: {split}: " + ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
 

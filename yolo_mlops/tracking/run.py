@@ -34,8 +34,10 @@ class LoggedRun:
     action: str  # created, completed (opened by a stage before) or unchanged (complete already)
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
+def metric_points(values: Iterable[tuple[str, float, int]]) -> list[Metric]:
+    """(name, value, step) → MLflow metrics, stamped now."""
+    stamp = int(time.time() * 1000)
+    return [Metric(name, value, stamp, step) for name, value, step in values]
 
 
 def find_run(client: MlflowClient, experiment_id: str, key: str) -> Run | None:
@@ -81,7 +83,7 @@ def open_run(client: MlflowClient, experiment_id: str, header: RunHeader) -> str
     run_id = client.create_run(experiment_id, run_name=header.run_name, tags=header.tags).info.run_id
     log_params(client, run_id, header.params, {})
     client.log_inputs(run_id, datasets=[dataset_input(header)])
-    log_metrics(client, run_id, [Metric(name, value, now_ms(), 0) for name, value in header.dataset_profile.items()])
+    log_metrics(client, run_id, metric_points((name, value, 0) for name, value in header.dataset_profile.items()))
     retire_attempts(client, experiment_id, header.fingerprint, run_id)
     return run_id
 
@@ -116,8 +118,7 @@ def missing_metrics(client: MlflowClient, run: Run, wanted: list[tuple[str, floa
     """The (name, value, step) the run does not hold yet: one value per metric and step, whoever sent it."""
     logged = {name: {metric.step for metric in client.get_metric_history(run.info.run_id, name)}
               for name in {name for name, _, _ in wanted} & set(run.data.metrics)}
-    stamp = now_ms()
-    return [Metric(name, value, stamp, step) for name, value, step in wanted if step not in logged.get(name, set())]
+    return metric_points((name, value, step) for name, value, step in wanted if step not in logged.get(name, set()))
 
 
 def _send(client: MlflowClient, run: Run, record: ExperimentRecord) -> None:
