@@ -120,7 +120,7 @@ def test_exactly_once_on_every_path(store: str, s3: S3Server, tmp_path: Path) ->
         down = run(["dvc", "repro"], project, env=env | {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"},
                    check=False)
         assert down.returncode != 0 and "Nothing is lost" in down.stderr and "Traceback" not in down.stderr
-        assert "train: MLflow cannot be reached" in down.stderr and "evaluate: MLflow cannot be reached" in down.stderr
+        assert "train: MLflow: cannot be reached" in down.stderr and "evaluate: MLflow: cannot be reached" in down.stderr
         # The failed log stage leaves git's copy of the run link as it was: `git commit -a` deletes nothing.
         assert (project / "metrics" / "mlflow_run.json").read_text() == link
         assert run(["git", "diff", "--name-status", "--", "metrics/mlflow_run.json"], project).stdout == ""

@@ -1,10 +1,11 @@
 """Tracking while the stages run: the train stage opens the experiment's MLflow run and sends each
 epoch as Ultralytics finishes it, beside MLflow's system metrics; the evaluate stage adds its results.
 
-Best effort by design, like Ultralytics' own callbacks: tracking never stops a stage and never makes
-it wait. A background thread imports MLflow, opens the store and the run while the stage works, then
-sends what the stage hands it, through a bounded queue. A store that fails or falls behind gets one
-warning, and from then on the log stage sends what did not arrive (nothing is lost)."""
+Best effort by design, like Ultralytics' own callbacks: tracking never stops a stage. The run is opened
+before the stage works (a tracking server that does not answer is given up within seconds); then a
+background thread sends what the stage hands it, through a bounded queue, so the stage never waits
+for the store. A store that fails or falls behind gets one warning, and from then on the log stage
+sends what did not arrive (nothing is lost). benchmarks/live_tracking.py measures what this costs."""
 
 import logging
 import queue
@@ -22,7 +23,7 @@ from yolo_mlops.yolo.history import read_history
 
 log = logging.getLogger(__name__)
 PENDING_JOBS = 100  # epochs waiting for the store; more than that and the log stage sends the rest
-CLOSE_TIMEOUT_S = 30.0  # the longest the end of a stage waits for the run to be opened and its jobs sent
+CLOSE_TIMEOUT_S = 30.0  # the longest the end of a stage waits for the jobs still on their way
 SYSTEM_METRICS_INTERVAL_S = 5.0  # MLflow's default is 10 s; MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides
 LATER = "the stage goes on, and the log stage sends what is missing"
 Job = Callable[[Any, str], None]  # (MlflowClient, run id) → None, run on the background thread
@@ -38,6 +39,11 @@ class LiveRun:
         self.status: str | None = None
         self.failed = threading.Event()
         self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=PENDING_JOBS)
+        try:
+            self.opened = self._open()
+        except Exception as error:  # the store, the server or the network: the stage does not depend on them
+            self.warn(f"cannot be reached ({error})")
+            self.opened = None
         self.thread = threading.Thread(target=self._work, name=f"mlflow-{stage}", daemon=True)
         self.thread.start()
 
@@ -49,8 +55,8 @@ class LiveRun:
             log.warning("warning: %s: MLflow: %s; %s", self.stage, reason, LATER)
 
     def submit(self, job: Job) -> None:
-        """Run `job` on the background thread once the run is open (never blocks the stage)."""
-        if self.failed.is_set():
+        """Run `job` on the background thread (never blocks the stage)."""
+        if self.opened is None or self.failed.is_set():
             return
         try:
             self.jobs.put_nowait(job)
@@ -70,8 +76,8 @@ class LiveRun:
             self.warn(f"still busy after {CLOSE_TIMEOUT_S:.0f} s")
 
     def _open(self) -> tuple[Any, str, str] | None:
-        """(client, run id, store URI), or None when there is nothing to send. MLflow is imported here, on
-        this thread, so that its import and the store's opening (about 2 s) do not delay the stage."""
+        """(client, run id, store URI), or None when there is nothing to send. MLflow is imported here: a stage
+        that tracks nothing does not pay for it."""
         from yolo_mlops.tracking.run import find_run, is_complete, open_run
         from yolo_mlops.tracking.store import connect, experiment_id, public_uri
 
@@ -88,12 +94,7 @@ class LiveRun:
         return client, run_id, uri
 
     def _work(self) -> None:
-        try:
-            opened = self._open()
-        except Exception as error:  # the store, the server or the network: the stage does not depend on them
-            self.warn(f"cannot be reached ({error})")
-            opened = None
-        monitor = None
+        opened, monitor = self.opened, None
         if opened is not None and self.system_metrics:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
