@@ -1,11 +1,12 @@
-"""Benchmark: what live tracking adds to the train stage.
+"""Benchmark: what live tracking adds to the train and evaluate stages.
 
-Alternates, in one script and on one machine, the train stage's process (`python -m stages.train`) with
-its live tracking, which opens the MLflow run, sends each epoch from a background thread and samples the
-system, and the same stage with live tracking replaced by nothing (baseline). Every round logs to a new
-MLflow experiment, so each tracked round really opens a run. The embedded store is used unless
-MLFLOW_TRACKING_URI is set. Prints the machine, each timing, the medians, their difference (target:
-at most 1 s per experiment) and their ratio.
+Alternates, in one script and on one machine, each stage's process (`python -m stages.train`, then
+`python -m stages.evaluate`) with its live tracking (train: opens the MLflow run, sends each epoch from a
+background thread, samples the system; evaluate: sends its metrics and plots) and the same stage with
+live tracking replaced by nothing (baseline). Every round logs to a new MLflow experiment, so each
+tracked round really opens a run. The embedded store is used unless MLFLOW_TRACKING_URI is set. Prints
+the machine, each timing, the medians, their differences and their sum per experiment (target: at
+most 1 s), and the train stage's ratio.
 
     .venv/bin/python benchmarks/live_tracking.py [--rounds 3] [--coco128 PATH]
 """
@@ -24,13 +25,14 @@ sys.path.insert(0, str(PROJECT))
 from benchmarks.pipeline_overhead import machine, set_params, timed  # noqa: E402
 
 CONFIG = {"model": "yolov8n.yaml", "epochs": 3, "imgsz": 320, "device": "cpu"}
-UNTRACKED_TRAINING = """
-import contextlib
-import stages.train
-from yolo_mlops.core.entry import run_main
-stages.train.tracked_training = lambda params: contextlib.nullcontext({})  # the stage, without live tracking
-run_main(stages.train.main)
-"""
+# The stage itself, its live tracking replaced by nothing.
+UNTRACKED = {
+    "train": "import contextlib, stages.train\nfrom yolo_mlops.core.entry import run_main\n"
+             "stages.train.tracked_training = lambda params: contextlib.nullcontext({})\nrun_main(stages.train.main)",
+    "evaluate": "import contextlib, stages.evaluate\nfrom yolo_mlops.core.entry import run_main\n"
+                "stages.evaluate.tracked_evaluation = lambda params: contextlib.nullcontext()\n"
+                "run_main(stages.evaluate.main)",
+}
 TARGET_S = 1.0
 
 
@@ -47,19 +49,24 @@ def main() -> None:
         set_params(project, prepare__source=str(Path(args.coco128).resolve()),
                    **{f"train__{key}": value for key, value in CONFIG.items()})
         subprocess.run(["dvc", "repro", "prepare"], cwd=project, env=env, check=True, stdout=subprocess.DEVNULL)
-        untracked, tracked = [], []
+        untracked: dict[str, list[float]] = {stage: [] for stage in UNTRACKED}
+        tracked: dict[str, list[float]] = {stage: [] for stage in UNTRACKED}
         print(f"machine: {machine()}")
         print(f"config: {CONFIG}, 40/10/10 images; store: {env.get('MLFLOW_TRACKING_URI', 'embedded (SQLite)')}; "
               f"{args.rounds} alternating rounds")
         for round_number in range(1, args.rounds + 1):
             set_params(project, mlflow__experiment_name=f"benchmark_live_{round_number}")
-            untracked.append(timed([sys.executable, "-c", UNTRACKED_TRAINING], project, env))
-            tracked.append(timed([sys.executable, "-m", "stages.train"], project, env))
-            print(f"round {round_number}: train stage without live tracking {untracked[-1]:.2f} s, "
-                  f"with it {tracked[-1]:.2f} s")
-    base, live = statistics.median(untracked), statistics.median(tracked)
-    print(f"median: without {base:.2f} s, with {live:.2f} s: live tracking adds {live - base:+.2f} s per experiment "
-          f"(target <= {TARGET_S:.0f} s), ratio {live / base:.3f}")
+            for stage, code in UNTRACKED.items():
+                untracked[stage].append(timed([sys.executable, "-c", code], project, env))
+                tracked[stage].append(timed([sys.executable, "-m", f"stages.{stage}"], project, env))
+                print(f"round {round_number}: {stage} without live tracking {untracked[stage][-1]:.2f} s, "
+                      f"with it {tracked[stage][-1]:.2f} s", flush=True)
+    added = {stage: statistics.median(tracked[stage]) - statistics.median(untracked[stage]) for stage in UNTRACKED}
+    for stage in UNTRACKED:
+        print(f"{stage}: median without {statistics.median(untracked[stage]):.2f} s, with "
+              f"{statistics.median(tracked[stage]):.2f} s: {added[stage]:+.2f} s")
+    print(f"live tracking adds {sum(added.values()):+.2f} s per experiment (target <= {TARGET_S:.0f} s); train stage "
+          f"ratio {statistics.median(tracked['train']) / statistics.median(untracked['train']):.3f}")
 
 
 if __name__ == "__main__":
