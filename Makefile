@@ -66,7 +66,9 @@ test: lint
 
 ui: setup
 	@if [ -n "$$MLFLOW_TRACKING_URI" ]; then echo "MLFLOW_TRACKING_URI is set: open $$MLFLOW_TRACKING_URI"; \
-	else mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000; fi
+	else echo "MLflow UI: http://127.0.0.1:5000; an experiment opens on its GenAI overview until the switch at the top"; \
+	echo "left is set to Model training (the browser remembers it), or open the address \`make run\` printed."; \
+	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000; fi
 
 # The team stack (docker-compose.yml); `down` keeps the named volumes, so every run survives.
 up:

@@ -59,9 +59,12 @@ def run_killing_a_node(project: Path, env: dict[str, str], ray: Any,
 def state(project: Path, server_uri: str) -> dict[str, Any]:
     client = MlflowClient(server_uri)
     experiment = client.get_experiment_by_name(load_params(project / "params.yaml").mlflow.experiment_name)
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
     return {
         "experiments": parse_exp_show(json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)),
-        "runs": client.search_runs([experiment.experiment_id], max_results=100),
+        "runs": [found for found in runs if names.PREVIOUS_ATTEMPT_TAG not in found.data.tags],
+        # A point whose node died while it trained: the run its training opened there, marked by the retry.
+        "previous_attempts": [found for found in runs if names.PREVIOUS_ATTEMPT_TAG in found.data.tags],
         "versions": client.search_model_versions(f"name = '{MODEL}'"),
     }
 
@@ -107,6 +110,9 @@ def test_every_point_is_one_experiment_and_one_finished_run_despite_a_dead_node(
     assert {(e.params["train.lr0"], e.params["train.seed"]) for e in experiments} == {
         (lr, seed) for lr in (0.005, 0.01) for seed in (1, 42)}
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)  # none doubled by the retry
+    previous = ray_grid["first"]["previous_attempts"]  # none if the node died before or after a training
+    assert len(previous) <= 1 and all(found.info.status == "FAILED" for found in previous)
+    assert {found.data.tags[names.PREVIOUS_ATTEMPT_TAG] for found in previous} <= {r.info.run_id for r in runs}
     by_name = {r.data.tags[names.EXP_NAME_TAG]: r for r in runs}
     assert set(by_name) == {e.name for e in experiments}
     for experiment in experiments:

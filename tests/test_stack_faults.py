@@ -121,7 +121,7 @@ def test_server_killed_during_training_ends_with_the_same_run_complete(s3: S3Ser
         text = log.read_text()
         assert pipeline.returncode != 0, text[-3000:]
         assert f"train: {epochs} epoch(s)" in text and "is unreachable" in text and "Nothing is lost" in text
-        assert text.count("live tracking stopped") <= 1 and "Traceback" not in text
+        assert text.count("warning: train: MLflow:") == 1 and "Traceback" not in text  # one warning, training goes on
 
         server.start()  # same port, same database
         resent = run(["dvc", "repro"], project, env=env, timeout=LOG_STAGE_TIMEOUT_S)

@@ -153,6 +153,8 @@ def log_record(record: ExperimentRecord, experiment_name: str) -> LoggedRun:
         raise PipelineError(f"{store_error(tracking_uri(), error, 'failed')}. {SAFE_RESULTS}") from None
     if is_complete(run):
         return LoggedRun(run_id, exp_id, run.info.run_name, "unchanged")
+    if found:
+        log.info("log: completing run %s, opened by an earlier stage or attempt", run_id)
     try:
         _send(client, run, record)
         client.set_tag(run_id, names.LOG_STATUS_TAG, names.COMPLETE)
