@@ -14,7 +14,6 @@ most 1 s), and the train stage's ratio.
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -22,9 +21,8 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from benchmarks.pipeline_overhead import machine, set_params, timed  # noqa: E402
+from benchmarks.pipeline_overhead import CONFIG, machine, prepared_clone, set_params, timed  # noqa: E402
 
-CONFIG = {"model": "yolov8n.yaml", "epochs": 3, "imgsz": 320, "device": "cpu"}
 # The stage itself, its live tracking replaced by nothing.
 UNTRACKED = {
     "train": "import contextlib, stages.train\nfrom yolo_mlops.core.entry import run_main\n"
@@ -44,11 +42,7 @@ def main() -> None:
     env = {key: value for key, value in os.environ.items() if not key.startswith("DVC_")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
-        project = Path(scratch) / "project"
-        subprocess.run(["git", "clone", "-q", str(PROJECT), str(project)], check=True)
-        set_params(project, prepare__source=str(Path(args.coco128).resolve()),
-                   **{f"train__{key}": value for key, value in CONFIG.items()})
-        subprocess.run(["dvc", "repro", "prepare"], cwd=project, env=env, check=True, stdout=subprocess.DEVNULL)
+        project = prepared_clone(Path(scratch), args.coco128, env)
         untracked: dict[str, list[float]] = {stage: [] for stage in UNTRACKED}
         tracked: dict[str, list[float]] = {stage: [] for stage in UNTRACKED}
         print(f"machine: {machine()}")

@@ -65,6 +65,16 @@ def set_params(project: Path, **values: object) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def prepared_clone(folder: Path, coco128: str, env: dict[str, str]) -> Path:
+    """A clone of this project's last commit in `folder`, set to CONFIG, with its prepare stage run."""
+    project = folder / "project"
+    subprocess.run(["git", "clone", "-q", str(PROJECT), str(project)], check=True)
+    set_params(project, prepare__source=str(Path(coco128).resolve()),
+               **{f"train__{key}": value for key, value in CONFIG.items()})
+    subprocess.run(["dvc", "repro", "prepare"], cwd=project, env=env, check=True, stdout=subprocess.DEVNULL)
+    return project
+
+
 def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
@@ -80,11 +90,7 @@ def main() -> None:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "DVC_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
-        project = Path(scratch) / "project"
-        subprocess.run(["git", "clone", "-q", str(PROJECT), str(project)], check=True)
-        set_params(project, prepare__source=str(Path(args.coco128).resolve()),
-                   **{f"train__{key}": value for key, value in CONFIG.items()})
-        subprocess.run(["dvc", "repro", "prepare"], cwd=project, env=env, check=True, stdout=subprocess.DEVNULL)
+        project = prepared_clone(Path(scratch), args.coco128, env)
         bare_env = env | {"PYTHONPATH": str(project)}
         bare, pipeline = [], []
         print(f"machine: {machine()}")
