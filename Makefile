@@ -10,6 +10,8 @@ MODEL ?=
 OVERRIDES := $(if $(COCO128),-S prepare.source=$(COCO128)) $(if $(MODEL),-S train.model=$(MODEL))
 # Many machines: make run RAY=auto (or RAY=<head>:6379); make ray-worker RAY=<head>:6379 on each GPU machine
 RAY ?=
+# Experiments at once in DVC's queue: make run JOBS=1 (default: python -m yolo_mlops.grid run --help)
+JOBS ?=
 
 .PHONY: help setup run rollback test lint ui up down remote ray-head ray-worker clean-venv
 
@@ -50,7 +52,7 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 setup: $(VENV)/.installed
 
 run: setup
-	python -m yolo_mlops.grid run $(OVERRIDES) $(if $(RAY),--ray $(RAY))
+	python -m yolo_mlops.grid run $(OVERRIDES) $(if $(RAY),--ray $(RAY)) $(if $(JOBS),--jobs $(JOBS))
 	@echo
 	@echo "Results: reports/decision.md, reports/runs.csv, reports/*.png, reports/dvc_plots/index.html"
 	@echo "MLflow:  run 'make ui' and open http://127.0.0.1:5000 (experiment cv_yolo_tiny, model yolo_tiny_person)"

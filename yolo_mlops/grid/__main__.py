@@ -31,6 +31,10 @@ def plan_line(plan: commands.Plan, where: str) -> str:
 # its point as run until removed; a point that failed on a Ray worker left no experiment, so it runs again.
 LOCAL_RETRY = "`dvc exp remove {}`, then run again"
 RAY_RETRY = "fix the cause, then run again (a point that failed on the Ray cluster is run again)"
+# Two queue workers: Ultralytics trains on one core fewer than the machine has (at most 8), and each
+# experiment also spends seconds on one core only (imports, DVC, MLflow), so a second experiment fills
+# what the first leaves idle. benchmarks/grid_cost.py measures it against one worker.
+QUEUE_JOBS = 2
 
 
 def queue(root: Path, params: Params, overrides: list[str]) -> None:
@@ -42,9 +46,9 @@ def queue(root: Path, params: Params, overrides: list[str]) -> None:
             print(output, end="", flush=True)
 
 
-def start(client: MlflowClient, root: Path, params: Params) -> list[str]:
-    """Run the queue and link the runs; returns the failed experiments."""
-    for line in commands.run_queued(root):
+def start(client: MlflowClient, root: Path, params: Params, jobs: int) -> list[str]:
+    """Run the queue, `jobs` experiments at once, and link the runs; returns the failed experiments."""
+    for line in commands.run_queued(root, jobs):
         sys.stdout.write(line)
         sys.stdout.flush()
     return print_sync(commands.sync_grid(client, root, params), LOCAL_RETRY)
@@ -128,7 +132,7 @@ def cmd_run(root: Path, params: Params, args: argparse.Namespace) -> None:
         failed, hardware = on_ray(client, root, params, args.overrides, args.ray)
     else:
         queue(root, params, args.overrides)
-        failed = start(client, root, params)
+        failed = start(client, root, params, args.jobs)
     promote(client, root, params, compare(client, root, params), hardware)
     refuse_failures(failed, RAY_RETRY if args.ray else LOCAL_RETRY)
 
@@ -140,7 +144,7 @@ def cmd_queue(root: Path, params: Params, args: argparse.Namespace) -> None:
 
 def cmd_start(root: Path, params: Params, args: argparse.Namespace) -> None:
     client, _ = connect()
-    refuse_failures(start(client, root, params), LOCAL_RETRY)
+    refuse_failures(start(client, root, params, args.jobs), LOCAL_RETRY)
 
 
 def cmd_compare(root: Path, params: Params, args: argparse.Namespace) -> None:
@@ -164,8 +168,21 @@ def overrides(parser: argparse.ArgumentParser) -> None:
                         help="a params.yaml value for every experiment of the grid (as dvc exp run -S)")
 
 
+def queue_workers(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-j", "--jobs", type=positive, default=QUEUE_JOBS, metavar="N",
+                        help=f"DVC queue workers, experiments run at once (dvc exp run --run-all --jobs; "
+                             f"default {QUEUE_JOBS})")
+
+
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
 def run_options(parser: argparse.ArgumentParser) -> None:
     overrides(parser)
+    queue_workers(parser)
     parser.add_argument("--ray", metavar="ADDRESS", default=os.environ.get("RAY_ADDRESS") or None,
                         help="run the missing grid points as tasks on the Ray cluster at ADDRESS (auto, host:6379) "
                              "instead of DVC's local queue (default: $RAY_ADDRESS, Ray's own variable)")
@@ -184,7 +201,7 @@ Command = Callable[[Path, Params, argparse.Namespace], None]
 COMMANDS: dict[str, tuple[Command, str, Callable[[argparse.ArgumentParser], None]]] = {
     "run": (cmd_run, "all of it: queue, run, sync, compare, promote (what `make run` does)", run_options),
     "queue": (cmd_queue, "queue the grid points this commit has not run yet", overrides),
-    "start": (cmd_start, "run DVC's queue, then link the experiments to their MLflow runs", no_options),
+    "start": (cmd_start, "run DVC's queue, then link the experiments to their MLflow runs", queue_workers),
     "compare": (cmd_compare, "ranked table, reports/runs.csv, insights, charts", no_options),
     "promote": (cmd_promote, "compare, register the best run, gates, reports/decision.md", no_options),
     "rollback": (cmd_rollback, f"move the {CHAMPION} alias back", target_version),

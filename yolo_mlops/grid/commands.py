@@ -107,11 +107,12 @@ def check_before_queueing(grid_points: list[dict[str, Any]], overrides: dict[str
     return checked
 
 
-def run_queued(root: Path) -> Iterator[str]:
-    """Run every experiment waiting in DVC's queue (those queued earlier too), yielding DVC's output."""
+def run_queued(root: Path, jobs: int) -> Iterator[str]:
+    """Run every experiment waiting in DVC's queue (those queued earlier too), `jobs` at once, yielding
+    DVC's output."""
     waiting = sum(experiment.queued for experiment in experiments.list_experiments(root))
     if waiting:
-        yield from experiments.run_queue(root, waiting)
+        yield from experiments.run_queue(root, waiting, min(jobs, waiting))
 
 
 def sync_grid(client: MlflowClient, root: Path, params: Params, failed_elsewhere: list[DvcExperiment] | None = None,

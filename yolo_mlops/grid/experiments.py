@@ -112,11 +112,12 @@ def queue(root: Path, set_args: list[str]) -> tuple[list[str], str]:
     return command, dvc(root, *command[1:])
 
 
-def run_queue(root: Path, total: int) -> Iterator[str]:
-    """Run the queued experiments with DVC's queue (`dvc exp run --run-all`), yielding its output line by
-    line, each experiment's start marked [k/total]. A failed experiment does not stop the others."""
+def run_queue(root: Path, total: int, jobs: int) -> Iterator[str]:
+    """Run the queued experiments with DVC's queue (`dvc exp run --run-all --jobs <jobs>`: that many queue
+    workers at once), yielding its output line by line, each experiment's start marked [k/total]. DVC
+    replays each experiment's log in queue order. A failed experiment does not stop the others."""
     started = 0
-    with subprocess.Popen(["dvc", "exp", "run", "--run-all", "--jobs", "1"], cwd=root, stdout=subprocess.PIPE,
+    with subprocess.Popen(["dvc", "exp", "run", "--run-all", "--jobs", str(jobs)], cwd=root, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, bufsize=1) as process:
         assert process.stdout is not None
         for line in process.stdout:
