@@ -26,9 +26,9 @@ from benchmarks.pipeline_overhead import CONFIG, machine, prepared_clone, set_pa
 # The stage itself, its live tracking replaced by nothing.
 UNTRACKED = {
     "train": "import contextlib, stages.train\nfrom yolo_mlops.core.entry import run_main\n"
-             "stages.train.tracked_training = lambda params: contextlib.nullcontext({})\nrun_main(stages.train.main)",
+             "stages.train.tracked_training = lambda: contextlib.nullcontext({})\nrun_main(stages.train.main)",
     "evaluate": "import contextlib, stages.evaluate\nfrom yolo_mlops.core.entry import run_main\n"
-                "stages.evaluate.tracked_evaluation = lambda params: contextlib.nullcontext()\n"
+                "stages.evaluate.tracked_evaluation = lambda: contextlib.nullcontext()\n"
                 "run_main(stages.evaluate.main)",
 }
 TARGET_S = 1.0

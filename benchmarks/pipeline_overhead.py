@@ -5,7 +5,8 @@ what a user without this project runs to get the same numbers and plots: `train`
 validation of best.pt gives the val metrics and plots) then `val` on the test split; and (b) the
 same config through `dvc repro --force`: every stage and a new MLflow run. Then times each
 stage's process alone (the rest of (b) is DVC itself) and a no-op `dvc repro`. Prints the
-machine, each timing, the medians, the ratio (target <= 1.10) and the no-op time (target <= 3 s).
+machine, each timing, the medians, the ratio (target <= 1.25, stretch <= 1.10) and the no-op time
+(target <= 2 s).
 
     .venv/bin/python benchmarks/pipeline_overhead.py [--rounds 2] [--coco128 PATH]
 """
@@ -106,10 +107,10 @@ def main() -> None:
         stages = {name: timed([sys.executable, "-m", f"stages.{name}"], project, env) for name in STAGES}
     ratio = statistics.median(pipeline) / statistics.median(bare)
     print(f"median: bare {statistics.median(bare):.1f} s, pipeline {statistics.median(pipeline):.1f} s, "
-          f"ratio {ratio:.3f} (target <= 1.10)")
+          f"ratio {ratio:.3f} (target <= 1.25, stretch <= 1.10)")
     print("each stage's process alone: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in stages.items())
           + f"; DVC itself: {statistics.median(pipeline) - sum(stages.values()):.1f} s (the rest of the median)")
-    print(f"no-op dvc repro: median {statistics.median(no_op):.2f} s of {[round(t, 2) for t in no_op]} (target <= 3 s)")
+    print(f"no-op dvc repro: median {statistics.median(no_op):.2f} s of {[round(t, 2) for t in no_op]} (target <= 2 s)")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from yolo_mlops.yolo.evaluate import evaluate_splits
 
 def main() -> None:
     params = load_params()
-    with tracked_evaluation(params):
+    with tracked_evaluation():
         with scratch("evaluate") as folder, atomic_dir(PLOTS_DIR) as plots:
             data_yaml = stage_dataset(DATASET_DIR, folder)
             results = evaluate_splits(params, BEST_WEIGHTS, data_yaml, RESULTS_PLOT, plots, folder / "val")

@@ -15,7 +15,7 @@ from yolo_mlops.yolo.train import RUN_RESULTS, export_run, train
 def main() -> None:
     params = load_params()
     model, device = resolve_model(params.train.model), resolve_device(params.train.device)
-    with scratch("train") as folder, tracked_training(params) as callbacks:
+    with scratch("train") as folder, tracked_training() as callbacks:
         run_dir = train(stage_dataset(DATASET_DIR, folder), params.train, model, device, folder / "train", callbacks)
         history = read_history(run_dir / RUN_RESULTS)
         export_run(run_dir, MODELS_DIR)

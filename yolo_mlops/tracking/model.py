@@ -6,6 +6,8 @@ from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import LoggedModelOutput, Run
 
 from yolo_mlops.core.vocabulary import MODEL_NAME
 from yolo_mlops.tracking.pyfunc_model import SIGNATURE
@@ -19,9 +21,20 @@ def model_requirements() -> list[str]:
     return [f"{package}=={version(package).split('+')[0]}" for package in MODEL_PACKAGES]
 
 
-def log_model(run_id: str, weights: Path, imgsz: int) -> None:
-    """Log `weights` as the run's pyfunc model (images in, person boxes out)."""
-    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+def has_model(run: Run) -> bool:
+    """Whether the run holds its model (linked once completely logged, see `log_model`)."""
+    return any(output.model_id for output in (run.outputs.model_outputs if run.outputs else []))
+
+
+def log_model(client: MlflowClient, run: Run, weights: Path, imgsz: int) -> str:
+    """Log `weights` as the run's pyfunc model (images in, person boxes out); returns its model id.
+
+    The model is created with the run as its source, filled, and linked to the run last, so a linked
+    model is complete: a logging cut short leaves an unlinked model, and the next stage logs it again.
+    The run itself is not touched (no active run is started, so none is ended)."""
+    model = client.create_logged_model(run.info.experiment_id, name=MODEL_NAME, source_run_id=run.info.run_id,
+                                       params=run.data.params)
+    with warnings.catch_warnings():
         # Deliberate (see the README, "model"): the signature describes the input, and no example
         # is replayed through the model at every log.
         warnings.filterwarnings("ignore", message=".*input example was not provided", category=UserWarning)
@@ -32,4 +45,7 @@ def log_model(run_id: str, weights: Path, imgsz: int) -> None:
             artifacts={"weights": str(weights)},
             signature=SIGNATURE,
             pip_requirements=model_requirements(),
+            model_id=model.model_id,
         )
+    client.log_outputs(run.info.run_id, models=[LoggedModelOutput(model.model_id, step=0)])
+    return model.model_id

@@ -17,7 +17,7 @@ from yolo_mlops.core import vocabulary as names
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.paths import DATASET_DIR
 from yolo_mlops.tracking.hints import SAFE_RESULTS, artifact_store_hint
-from yolo_mlops.tracking.model import log_model
+from yolo_mlops.tracking.model import has_model, log_model
 from yolo_mlops.tracking.record import ExperimentRecord, RunHeader
 from yolo_mlops.tracking.store import connect, experiment_id, public_uri, store_error, tracking_uri
 
@@ -133,9 +133,9 @@ def _send(client: MlflowClient, run: Run, record: ExperimentRecord) -> None:
     for name, value in record.header.tags.items():
         client.set_tag(run_id, name, value)
     upload(client, run_id, record.artifacts)
-    if not any(output.model_id for output in (run.outputs.model_outputs if run.outputs else [])):
+    if not has_model(run):
         log.info("log: logging the MLflow model")
-        log_model(run_id, record.weights, record.imgsz)
+        log_model(client, run, record.weights, record.imgsz)
 
 
 def log_record(record: ExperimentRecord, experiment_name: str) -> LoggedRun:

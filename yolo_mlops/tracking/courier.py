@@ -1,0 +1,102 @@
+"""A stage's courier to MLflow: `python -m yolo_mlops.tracking.courier <stage> [--new-attempt]
+[--system-metrics]`, started by tracking/live.py, which describes the protocol. It opens (or finds) the
+experiment's run, samples MLflow's system metrics while the stage runs, and does the jobs the stage
+writes to its stdin until the stage closes it, or dies."""
+
+import json
+import signal
+import sys
+from typing import Any
+
+from mlflow import MlflowClient
+
+from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core.entry import show_progress
+from yolo_mlops.core.params import Params, load_params
+from yolo_mlops.core.paths import BEST_WEIGHTS, EVAL_METRICS_FILE
+from yolo_mlops.tracking.live import EPOCHS, EVALUATION, MODEL, NEW_ATTEMPT, STATUS, SYSTEM_METRICS, log, warn
+from yolo_mlops.tracking.model import has_model, log_model
+from yolo_mlops.tracking.record import EVALUATE_ARTIFACTS, run_header, stage_metrics
+from yolo_mlops.tracking.run import find_run, is_complete, log_metrics, metric_points, missing_metrics, open_run, upload
+from yolo_mlops.tracking.store import connect, experiment_id, public_uri
+
+SYSTEM_METRICS_INTERVAL_S = 5.0  # MLflow's default is 10 s; MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides
+
+
+def open_stage_run(params: Params, stage: str, new_attempt: bool) -> tuple[MlflowClient, str, str] | None:
+    """(client, run id, store URI) of the run the stage sends to, or None when there is nothing to send
+    (`dvc repro --force` of an experiment its run holds completely already)."""
+    header = run_header(params)
+    client, uri = connect()
+    exp_id = experiment_id(client, params.mlflow.experiment_name)
+    run = find_run(client, exp_id, header.fingerprint)
+    if run is not None and is_complete(run):
+        log.info("%s: MLflow run %s holds this experiment already; nothing to send", stage, run.info.run_id)
+        return None
+    run_id = open_run(client, exp_id, header) if run is None or new_attempt else run.info.run_id
+    log.info("%s: tracking in MLflow run %s (%s) at %s", stage, run_id, header.run_name, public_uri(uri))
+    return client, run_id, uri
+
+
+def send_epochs(client: MlflowClient, run_id: str, params: Params, rows: list[list[Any]]) -> None:
+    log_metrics(client, run_id, metric_points((name, value, step) for name, value, step in rows))
+
+
+def send_model(client: MlflowClient, run_id: str, params: Params) -> None:
+    run = client.get_run(run_id)
+    if not has_model(run):
+        log.info("evaluate: logging the MLflow model (models/best.pt) while the stage evaluates")
+        log_model(client, run, BEST_WEIGHTS, params.train.imgsz)
+
+
+def send_evaluation(client: MlflowClient, run_id: str, params: Params) -> None:
+    metrics = stage_metrics(names.EVALUATE, EVAL_METRICS_FILE)
+    wanted = [(name, value, 0) for name, value in metrics.items()]
+    log_metrics(client, run_id, missing_metrics(client, client.get_run(run_id), wanted))
+    upload(client, run_id, EVALUATE_ARTIFACTS)
+
+
+JOBS = {EPOCHS: send_epochs, MODEL: send_model, EVALUATION: send_evaluation}
+
+
+def main(argv: list[str]) -> None:
+    stage, options = argv[0], set(argv[1:])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C stops the stage, which then says how the run ends
+    show_progress()
+    params = load_params()
+    try:
+        opened = open_stage_run(params, stage, NEW_ATTEMPT in options)
+    except Exception as error:  # the store, the server or the network: the stage does not depend on them
+        warn(stage, f"cannot be reached ({error})")
+        opened = None
+    monitor = None
+    if opened is not None and SYSTEM_METRICS in options:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(opened[1], sampling_interval=SYSTEM_METRICS_INTERVAL_S,
+                                       tracking_uri=opened[2])
+        monitor.start()
+    status, failed = None, opened is None
+    for line in sys.stdin:  # until the stage closes the pipe, or dies
+        try:
+            job, *values = json.loads(line)
+            if job == STATUS:
+                status = values[0]
+            elif opened is not None and not failed:
+                JOBS[job](opened[0], opened[1], params, *values)
+        except Exception as error:
+            if not failed:
+                failed = True
+                warn(stage, f"{type(error).__name__}: {error}")
+    if monitor is not None:
+        monitor.finish()
+    if opened is not None and status is not None:
+        try:
+            opened[0].set_terminated(opened[1], status)
+        except Exception as error:
+            if not failed:
+                warn(stage, f"{type(error).__name__}: {error}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
