@@ -11,7 +11,7 @@ from typing import Any
 from mlflow import MlflowClient
 
 from yolo_mlops.core import vocabulary as names
-from yolo_mlops.core.entry import show_progress
+from yolo_mlops.core.entry import quick_exit, show_progress
 from yolo_mlops.core.params import Params, load_params
 from yolo_mlops.core.paths import BEST_WEIGHTS, EVAL_METRICS_FILE
 from yolo_mlops.tracking.live import EPOCHS, EVALUATION, MODEL, NEW_ATTEMPT, STATUS, SYSTEM_METRICS, log, warn
@@ -99,4 +99,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    finally:
+        quick_exit()
