@@ -1,0 +1,193 @@
+"""Benchmark: the experiment grid through the project's `run` command against the plain way.
+
+Alternates, in one script and on one machine, round after round: (a) the plain way: one fresh
+`python` process per point of grid.yaml, one after the other, training `YOLO("yolov8n.yaml")` with
+Ultralytics' defaults (plots on) and the other train params of params.yaml on the prepared 40/10/10
+data, Ultralytics' integrations off except its own MLflow logging (params, metrics, the run folder)
+to a SQLite store of its own; (b) `python -m yolo_mlops.grid run` in a fresh clone of the last
+commit (setup, the virtualenv, excluded; the embedded store), with DVC's default queue workers;
+(c) the same with `--jobs 1` (informational: the sequential cost). Then times `run` again with nothing
+changed, and breaks one experiment's overhead down in another fresh clone: DVC's queue (one queued
+experiment against `dvc repro --force`), DVC's bookkeeping (`dvc repro --force` against each stage's
+process alone), each stage's process start (a fresh `python` importing what the stage imports before
+it works), MLflow (train and evaluate against themselves with live tracking replaced by nothing, and
+the log stage less its process start). Prints the machine, each timing, the ratios against the
+targets (grid / plain <= 1.25, stretch 1.10; the no-op run <= 10 s) and the breakdown.
+
+    .venv/bin/python benchmarks/grid_cost.py [--rounds 1] [--coco128 PATH]
+
+About 20 minutes for one round on a 2-CPU machine, each further round about 15.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+
+from mlflow import MlflowClient  # noqa: E402
+
+from benchmarks.live_tracking import UNTRACKED  # noqa: E402
+from benchmarks.pipeline_overhead import CONFIG, STAGES, machine, prepared_clone, set_params, timed  # noqa: E402
+from yolo_mlops.core.params import load_params  # noqa: E402
+from yolo_mlops.core.paths import DATA_YAML, DATASET_DIR, GRID_FILE, PARAMS_FILE  # noqa: E402
+from yolo_mlops.grid.experiments import list_experiments  # noqa: E402
+from yolo_mlops.grid.points import combinations, load_grid  # noqa: E402
+from yolo_mlops.yolo.model import ULTRALYTICS_SETTINGS  # noqa: E402
+
+MODEL = "yolov8n.yaml"
+PLAIN_EXPERIMENT = "plain"
+PLAIN_TRAINING = "import json, sys\nfrom ultralytics import YOLO\nYOLO(sys.argv[1]).train(**json.loads(sys.argv[2]))"
+# The embedded store created before the breakdown, so that its first timing does not pay for the schema.
+STORE_SETUP = "from yolo_mlops.tracking.store import connect\nconnect()"
+PLAIN_SETTINGS = "import json, sys\nfrom ultralytics import settings\nsettings.update(json.loads(sys.argv[1]))"
+# What each stage imports before it works, in a fresh process: its process start.
+ULTRALYTICS_START = ("import stages.{}, torch, torchvision\nfrom yolo_mlops.yolo.model import ultralytics\n"
+                     "ultralytics().YOLO")
+STARTS = {"prepare": "import stages.prepare", "train": ULTRALYTICS_START.format("train"),
+          "evaluate": ULTRALYTICS_START.format("evaluate"), "log": "import stages.log, mlflow"}
+TARGET, STRETCH, NO_OP_TARGET_S = 1.25, 1.10, 10.0
+
+
+def plain_runs(project: Path) -> list[dict[str, object]]:
+    """Ultralytics' train() arguments for each grid point: params.yaml's train section, the point's values."""
+    params = load_params(project / PARAMS_FILE)
+    train = asdict(params.train) | {"device": "cpu"}
+    del train["model"]
+    grid = load_grid(project / GRID_FILE, params)
+    if any(not key.startswith("train.") for key in grid):
+        raise SystemExit(f"{GRID_FILE}: the plain way trains only, so every axis must be a train.* key")
+    return [train | {key.removeprefix("train."): value for key, value in point.items()}
+            for point in combinations(grid)]
+
+
+def plain_way(folder: Path, data_yaml: Path, runs: list[dict[str, object]], env: dict[str, str]) -> float:
+    """One fresh process per point, one after the other, logging to `folder`/plain.db; the total seconds."""
+    folder.mkdir()
+    env = env | {"MLFLOW_TRACKING_URI": f"sqlite:///{folder}/plain.db", "MLFLOW_EXPERIMENT_NAME": PLAIN_EXPERIMENT}
+    return sum(timed([sys.executable, "-c", PLAIN_TRAINING, MODEL,
+                      json.dumps(run | {"data": str(data_yaml), "project": str(folder / "runs"), "name": f"p{i}"})],
+                     folder, env) for i, run in enumerate(runs))
+
+
+def check_plain_store(folder: Path, expected: int) -> str:
+    """What Ultralytics' MLflow callback left in the plain store; exits when a run lacks anything."""
+    client = MlflowClient(f"sqlite:///{folder}/plain.db")
+    runs = client.search_runs([client.get_experiment_by_name(PLAIN_EXPERIMENT).experiment_id])
+    artifacts = [len(client.list_artifacts(run.info.run_id)) for run in runs]
+    summary = (f"{len(runs)} run(s), {[run.info.status for run in runs].count('FINISHED')} FINISHED, params "
+               f"{min(len(run.data.params) for run in runs)}+, metrics {min(len(run.data.metrics) for run in runs)}+, "
+               f"artifacts {min(artifacts)}+ each")
+    if len(runs) != expected or not all(run.data.params and run.data.metrics for run in runs) or not all(artifacts):
+        raise SystemExit(f"the plain way's MLflow store is incomplete: {summary}")
+    return summary
+
+
+def grid_command(coco128: str, *options: str) -> list[str]:
+    return [sys.executable, "-m", "yolo_mlops.grid", "run", "-S", f"prepare.source={coco128}",
+            "-S", f"train.model={MODEL}", *options]
+
+
+def grid_way(clone: Path, coco128: str, env: dict[str, str], *options: str) -> float:
+    """`run` in a fresh clone of the last commit, nothing cached from another side."""
+    subprocess.run(["git", "clone", "-q", str(PROJECT), str(clone)], check=True)
+    return timed(grid_command(coco128, *options), clone, env)
+
+
+def breakdown(project: Path, env: dict[str, str]) -> dict[str, float]:
+    """One experiment's seconds, piece by piece, in a prepared clone (CONFIG, the embedded store)."""
+    def step(name: str, seconds: float) -> float:
+        print(f"  breakdown: {name} {seconds:.2f} s", flush=True)
+        return seconds
+
+    set_params(project, mlflow__experiment_name="breakdown_repro")
+    repro = step("dvc repro --force", timed(["dvc", "repro", "--force"], project, env))
+    queued = step("dvc exp run --queue --force + --run-all --jobs 1", sum(
+        timed(command, project, env) for command in (
+            ["dvc", "exp", "run", "--queue", "--force", "-S", "mlflow.experiment_name=breakdown_queue"],
+            ["dvc", "exp", "run", "--run-all", "--jobs", "1"])))
+    failed = [experiment.name for experiment in list_experiments(project) if experiment.failed or experiment.queued]
+    if failed:
+        raise SystemExit(f"the queued experiment did not succeed: {failed} (dvc queue logs {failed[0]})")
+    set_params(project, mlflow__experiment_name="breakdown_stages")  # so that log creates a run again
+    stages, untracked = {}, {}
+    for name in STAGES:
+        if name in UNTRACKED:
+            untracked[name] = step(f"{name} without live tracking",
+                                   timed([sys.executable, "-c", UNTRACKED[name]], project, env))
+        stages[name] = step(f"python -m stages.{name}", timed([sys.executable, "-m", f"stages.{name}"], project, env))
+    starts = {name: step(f"{name}'s process start", timed([sys.executable, "-c", code], project, env))
+              for name, code in STARTS.items()}
+    mlflow = sum(stages[name] - untracked[name] for name in UNTRACKED) + stages["log"] - starts["log"]
+    return {"DVC's queue": queued - repro, "DVC's bookkeeping": repro - sum(stages.values()),
+            "process starts (" + ", ".join(f"{name} {seconds:.2f}" for name, seconds in starts.items()) + ")":
+                sum(starts.values()),
+            f"MLflow (train {stages['train'] - untracked['train']:+.2f}, evaluate "
+            f"{stages['evaluate'] - untracked['evaluate']:+.2f}, log {stages['log'] - starts['log']:.2f})": mlflow,
+            "the work itself (the stages less their process starts and MLflow)":
+                sum(stages.values()) - sum(starts.values()) - mlflow,
+            "= one experiment through DVC's queue": queued}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--coco128", default=str(PROJECT.parent / "shared" / "data" / "coco128.zip"))
+    args = parser.parse_args()
+    coco128 = str(Path(args.coco128).resolve())
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    os.environ["PATH"] = env["PATH"]  # list_experiments runs `dvc` from this process
+    with tempfile.TemporaryDirectory(prefix="bench-grid-") as scratch:
+        root = Path(scratch)
+        print(f"machine: {machine()}", flush=True)
+        # Setup, not timed: the prepared data (a copy, for Ultralytics' label caches), the breakdown's store, the plain
+        # way's Ultralytics settings.
+        project = prepared_clone(root / "breakdown", coco128, env)
+        data_yaml = root / "plain-data" / DATA_YAML.relative_to(DATASET_DIR.parent)
+        shutil.copytree(project / DATASET_DIR, data_yaml.parent)
+        subprocess.run([sys.executable, "-c", STORE_SETUP], cwd=project, env=env, check=True, capture_output=True)
+        plain_env = env | {"YOLO_CONFIG_DIR": str(root / "ultralytics")}
+        subprocess.run([sys.executable, "-c", PLAIN_SETTINGS, json.dumps(ULTRALYTICS_SETTINGS | {"mlflow": True})],
+                       env=plain_env, check=True, stdout=subprocess.DEVNULL)
+        runs = plain_runs(PROJECT)
+        print(f"grid: {len(runs)} points of {GRID_FILE}, {MODEL}, 40/10/10 images, e.g. {runs[0]}; "
+              f"{args.rounds} alternating round(s)", flush=True)
+        plain: list[float] = []
+        grid: dict[str, list[float]] = {"default": [], "--jobs 1": []}
+        for k in range(1, args.rounds + 1):
+            plain.append(plain_way(root / f"plain-{k}", data_yaml, runs, plain_env))
+            print(f"round {k}: plain way {plain[-1]:.1f} s; its MLflow store: "
+                  f"{check_plain_store(root / f'plain-{k}', len(runs))}", flush=True)
+            for side, options in (("default", ()), ("--jobs 1", ("--jobs", "1"))):
+                clone = root / f"grid-{k}{options[-1] if options else ''}"
+                grid[side].append(grid_way(clone, coco128, env, *options))
+                print(f"round {k}: grid run ({side}) {grid[side][-1]:.1f} s", flush=True)
+        no_op = timed(grid_command(coco128), root / f"grid-{args.rounds}", env)
+        print(f"grid run again, nothing changed: {no_op:.1f} s", flush=True)
+        print(f"breakdown of one experiment (config {CONFIG}, the embedded store):", flush=True)
+        pieces = breakdown(project, env)
+    base = statistics.median(plain)
+    print(f"\nmachine: {machine()}")
+    print(f"plain way: median {base:.1f} s of {[round(t, 1) for t in plain]} ({base / len(runs):.1f} s a point)")
+    for side, times in grid.items():
+        median = statistics.median(times)
+        goal = f"target <= {TARGET}, stretch <= {STRETCH}" if side == "default" else "informational"
+        print(f"grid run ({side}): median {median:.1f} s of {[round(t, 1) for t in times]} "
+              f"({median / len(runs):.1f} s a point); grid / plain {median / base:.3f} ({goal})")
+    print(f"grid run again, nothing changed: {no_op:.1f} s (target <= {NO_OP_TARGET_S:.0f} s)")
+    print(f"one experiment's overhead, seconds per experiment (config {CONFIG}):")
+    for name, seconds in pieces.items():
+        print(f"  {name}: {seconds:.2f} s")
+
+
+if __name__ == "__main__":
+    main()
