@@ -3,6 +3,8 @@ the experiments back from `dvc exp show --json`, and what a failed one logged.""
 
 import json
 import subprocess
+import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from yolo_mlops.core.vocabulary import RUN_LINK_ID, flatten, numbers
 # the start of each experiment in the queue's output (this line, `run_queue`), and a failed
 # experiment's log (`dvc queue logs`, `failure_reason`). Everything else comes from `--json`.
 PROGRESS_MARK = "Reproducing experiment '"
+OUTPUT_POLL_S = 0.2  # how often the output of DVC's queue is read
 
 
 @dataclass(frozen=True)
@@ -115,16 +118,28 @@ def queue(root: Path, set_args: list[str]) -> tuple[list[str], str]:
 def run_queue(root: Path, total: int, jobs: int) -> Iterator[str]:
     """Run the queued experiments with DVC's queue (`dvc exp run --run-all --jobs <jobs>`: that many queue
     workers at once), yielding its output line by line, each experiment's start marked [k/total]. DVC
-    replays each experiment's log in queue order. A failed experiment does not stop the others."""
-    started = 0
-    with subprocess.Popen(["dvc", "exp", "run", "--run-all", "--jobs", str(jobs)], cwd=root, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, bufsize=1) as process:
-        assert process.stdout is not None
-        for line in process.stdout:
-            if line.startswith(PROGRESS_MARK):
-                started += 1
-                line = f"[{started}/{total}] {line}"
-            yield line
+    replays each experiment's log in queue order. A failed experiment does not stop the others.
+
+    DVC's output goes through a file, read until DVC's command ends: a queue worker that outlives it
+    (with several workers, dvc-task's worker can miss its shutdown) keeps the file open, not the grid."""
+    started, pending = 0, ""
+    with tempfile.NamedTemporaryFile("wb", prefix="dvc-queue-", suffix=".log") as output, \
+            open(output.name, encoding="utf-8", errors="replace") as reader, \
+            subprocess.Popen(["dvc", "exp", "run", "--run-all", "--jobs", str(jobs)], cwd=root, stdout=output,
+                             stderr=subprocess.STDOUT) as process:
+        while True:
+            ended = process.poll() is not None  # before reading: all DVC wrote is in the file then
+            *lines, pending = (pending + reader.read()).split("\n")
+            for line in lines:
+                if line.startswith(PROGRESS_MARK):
+                    started += 1
+                    line = f"[{started}/{total}] {line}"
+                yield line + "\n"
+            if ended:
+                break
+            time.sleep(OUTPUT_POLL_S)
+    if pending:
+        yield pending + "\n"
     if process.returncode != 0:
         raise PipelineError(f"dvc exp run --run-all exited with {process.returncode}; see its output above")
 
