@@ -5,14 +5,15 @@ Alternates, in one script and on one machine, round after round: (a) the plain w
 Ultralytics' defaults (plots on) and the other train params of params.yaml on the prepared 40/10/10
 data, Ultralytics' integrations off except its own MLflow logging (params, metrics, the run folder)
 to a SQLite store of its own; (b) `python -m yolo_mlops.grid run` in a fresh clone of the last
-commit (setup, the virtualenv, excluded; the embedded store), with DVC's default queue workers;
-(c) the same with `--jobs 1` (informational: the sequential cost). Then times `run` again with nothing
-changed, and breaks one experiment's overhead down in another fresh clone: DVC's queue (one queued
-experiment against `dvc repro --force`), DVC's bookkeeping (`dvc repro --force` against each stage's
-process alone), each stage's process start (a fresh `python` importing what the stage imports before
-it works), MLflow (train and evaluate against themselves with live tracking replaced by nothing, and
-the log stage less its process start). Prints the machine, each timing, the ratios against the
-targets (grid / plain <= 1.25, stretch 1.10; the no-op run <= 10 s) and the breakdown.
+commit (setup, the virtualenv, excluded; the embedded store), with its default of one DVC queue
+worker; (c) the same with `--jobs 2` (informational: two experiments at once; the queue worker DVC
+leaves behind is stopped). Then times `run` again with nothing changed, and breaks one experiment's
+overhead down in another fresh clone: DVC's queue (one queued experiment against `dvc repro
+--force`), DVC's bookkeeping (`dvc repro --force` against each stage's process alone), each stage's
+process start (a fresh `python` importing what the stage imports before it works), MLflow (train and
+evaluate against themselves with live tracking replaced by nothing, and the log stage less its
+process start). Prints the machine, each timing, the ratios against the targets (grid / plain <=
+1.25, stretch 1.10; the no-op run <= 10 s) and the breakdown.
 
     .venv/bin/python benchmarks/grid_cost.py [--rounds 1] [--coco128 PATH]
 
@@ -33,6 +34,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
+import psutil  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
 from benchmarks.live_tracking import UNTRACKED  # noqa: E402
@@ -97,9 +99,14 @@ def grid_command(coco128: str, *options: str) -> list[str]:
 
 
 def grid_way(clone: Path, coco128: str, env: dict[str, str], *options: str) -> float:
-    """`run` in a fresh clone of the last commit, nothing cached from another side."""
+    """`run` in a fresh clone of the last commit, nothing cached from another side; then stops the queue
+    workers DVC left running there (several workers: see QUEUE_JOBS in yolo_mlops/grid/__main__.py)."""
     subprocess.run(["git", "clone", "-q", str(PROJECT), str(clone)], check=True)
-    return timed(grid_command(coco128, *options), clone, env)
+    seconds = timed(grid_command(coco128, *options), clone, env)
+    for process in psutil.process_iter(["cmdline", "cwd"]):
+        if "queue-worker" in (process.info["cmdline"] or []) and (process.info["cwd"] or "").startswith(str(clone)):
+            process.kill()
+    return seconds
 
 
 def breakdown(project: Path, env: dict[str, str]) -> dict[str, float]:
@@ -162,12 +169,12 @@ def main() -> None:
         print(f"grid: {len(runs)} points of {GRID_FILE}, {MODEL}, 40/10/10 images, e.g. {runs[0]}; "
               f"{args.rounds} alternating round(s)", flush=True)
         plain: list[float] = []
-        grid: dict[str, list[float]] = {"default": [], "--jobs 1": []}
+        grid: dict[str, list[float]] = {"default": [], "--jobs 2": []}
         for k in range(1, args.rounds + 1):
             plain.append(plain_way(root / f"plain-{k}", data_yaml, runs, plain_env))
             print(f"round {k}: plain way {plain[-1]:.1f} s; its MLflow store: "
                   f"{check_plain_store(root / f'plain-{k}', len(runs))}", flush=True)
-            for side, options in (("default", ()), ("--jobs 1", ("--jobs", "1"))):
+            for side, options in (("default", ()), ("--jobs 2", ("--jobs", "2"))):
                 clone = root / f"grid-{k}{options[-1] if options else ''}"
                 grid[side].append(grid_way(clone, coco128, env, *options))
                 print(f"round {k}: grid run ({side}) {grid[side][-1]:.1f} s", flush=True)

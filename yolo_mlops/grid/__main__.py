@@ -31,27 +31,33 @@ def plan_line(plan: commands.Plan, where: str) -> str:
 # its point as run until removed; a point that failed on a Ray worker left no experiment, so it runs again.
 LOCAL_RETRY = "`dvc exp remove {}`, then run again"
 RAY_RETRY = "fix the cause, then run again (a point that failed on the Ray cluster is run again)"
-# Two queue workers: Ultralytics trains on one core fewer than the machine has (at most 8), and each
-# experiment also spends seconds on one core only (imports, DVC, MLflow), so a second experiment fills
-# what the first leaves idle. benchmarks/grid_cost.py measures it against one worker.
-QUEUE_JOBS = 2
+# One queue worker, DVC's default. More fill the cores one experiment leaves idle (Ultralytics trains on
+# one core fewer than the machine has, and imports, DVC and MLflow use one core): on 2 cores, `--jobs 2`
+# runs the grid in about half the time (benchmarks/grid_cost.py). But with several workers, DVC 3.67's
+# queue (dvc-task) can leave a worker running after the last experiment: the grid does not wait for it
+# (`run_queue`), and `dvc queue stop` does not stop it. So more workers are asked for, not the default.
+QUEUE_JOBS = 1
 
 
-def queue(root: Path, params: Params, overrides: list[str]) -> None:
+def queue(root: Path, params: Params, overrides: list[str]) -> commands.Plan:
     plan = commands.plan_grid(root, params, overrides)
     print(plan_line(plan, "queue"), flush=True)
     if plan.missing:
         for command, output in commands.queue_plan(root, plan):
             print("$ " + " ".join(command))
             print(output, end="", flush=True)
+    return plan
 
 
-def start(client: MlflowClient, root: Path, params: Params, jobs: int) -> list[str]:
-    """Run the queue, `jobs` experiments at once, and link the runs; returns the failed experiments."""
-    for line in commands.run_queued(root, jobs):
-        sys.stdout.write(line)
-        sys.stdout.flush()
-    return print_sync(commands.sync_grid(client, root, params), LOCAL_RETRY)
+def start(client: MlflowClient, root: Path, params: Params, jobs: int, plan: commands.Plan | None = None) -> list[str]:
+    """Run the queue, `jobs` experiments at once, and link the runs; returns the failed experiments. `plan`:
+    the grid just planned; when it left nothing to run, its experiments are linked as they were listed."""
+    if plan is None or not plan.settled:
+        for line in commands.run_queued(root, jobs):
+            sys.stdout.write(line)
+            sys.stdout.flush()
+    known = plan.experiments if plan is not None and plan.settled else None
+    return print_sync(commands.sync_grid(client, root, params, known=known), LOCAL_RETRY)
 
 
 def print_sync(result: SyncResult, retry: str) -> list[str]:
@@ -131,8 +137,7 @@ def cmd_run(root: Path, params: Params, args: argparse.Namespace) -> None:
     if args.ray:
         failed, hardware = on_ray(client, root, params, args.overrides, args.ray)
     else:
-        queue(root, params, args.overrides)
-        failed = start(client, root, params, args.jobs)
+        failed = start(client, root, params, args.jobs, queue(root, params, args.overrides))
     promote(client, root, params, compare(client, root, params), hardware)
     refuse_failures(failed, RAY_RETRY if args.ray else LOCAL_RETRY)
 

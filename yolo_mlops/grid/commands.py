@@ -45,6 +45,12 @@ class Plan:
     overrides: dict[str, Any]  # -S values for every point
     points: list[dict[str, Any]]
     missing: list[dict[str, Any]]
+    experiments: list[DvcExperiment]  # those of this commit when planned, queued ones included
+
+    @property
+    def settled(self) -> bool:
+        """Nothing to queue, and nothing waiting in DVC's queue."""
+        return not self.missing and not any(experiment.queued for experiment in self.experiments)
 
 
 @dataclass(frozen=True)
@@ -69,8 +75,8 @@ def plan_grid(root: Path, params: Params, overrides: list[str]) -> Plan:
     extra = points.parse_overrides(overrides, grid, params.flat())
     experiments.refuse_uncommitted(root)
     every = points.combinations(grid)
-    missing = points.missing_combinations(every, extra, experiments.list_experiments(root))
-    return Plan(head_rev(root), grid, extra, every, missing)
+    known = experiments.list_experiments(root)
+    return Plan(head_rev(root), grid, extra, every, points.missing_combinations(every, extra, known), known)
 
 
 def queue_plan(root: Path, plan: Plan) -> list[tuple[list[str], str]]:
@@ -116,12 +122,14 @@ def run_queued(root: Path, jobs: int) -> Iterator[str]:
 
 
 def sync_grid(client: MlflowClient, root: Path, params: Params, failed_elsewhere: list[DvcExperiment] | None = None,
-              extra_tags: dict[str, dict[str, str]] | None = None) -> SyncResult:
-    """Link every experiment of this commit to its MLflow run; record the failed ones as FAILED runs,
-    with `failed_elsewhere` (points that failed on a Ray worker: DVC keeps no experiment of them).
-    `extra_tags`: more run tags by experiment name."""
+              extra_tags: dict[str, dict[str, str]] | None = None,
+              known: list[DvcExperiment] | None = None) -> SyncResult:
+    """Link every experiment of this commit (`known`, else listed now) to its MLflow run; record the failed
+    ones as FAILED runs, with `failed_elsewhere` (points that failed on a Ray worker: DVC keeps no experiment
+    of them). `extra_tags`: more run tags by experiment name."""
     exp_id = experiment_id(client, params.mlflow.experiment_name)
-    return sync(client, exp_id, root, experiments.list_experiments(root) + (failed_elsewhere or []), extra_tags)
+    listed = experiments.list_experiments(root) if known is None else known
+    return sync(client, exp_id, root, listed + (failed_elsewhere or []), extra_tags)
 
 
 def compare_grid(client: MlflowClient, root: Path, params: Params) -> Compared:
@@ -149,10 +157,19 @@ def compare_grid(client: MlflowClient, root: Path, params: Params) -> Compared:
 
 
 def hardware() -> str:
-    import torch
+    """This machine's first NVIDIA GPU, from NVIDIA's management library (what MLflow's GPU metrics read;
+    importing torch to ask would take seconds), else its CPU cores."""
+    import pynvml
 
-    if torch.cuda.is_available():
-        return f"CUDA GPU {torch.cuda.get_device_name(0)}"
+    try:
+        pynvml.nvmlInit()
+        try:
+            if pynvml.nvmlDeviceGetCount():
+                return f"CUDA GPU {pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))}"
+        finally:
+            pynvml.nvmlShutdown()
+    except pynvml.NVMLError:  # no NVIDIA driver on this machine
+        pass
     return f"CPU only, {os.cpu_count()} core(s)"
 
 
