@@ -1,19 +1,20 @@
 """Benchmark: the experiment grid through the project's `run` command against the plain way.
 
-Alternates, in one script and on one machine, round after round: (a) the plain way: one fresh
-`python` process per point of grid.yaml, one after the other, training `YOLO("yolov8n.yaml")` with
-Ultralytics' defaults (plots on) and the other train params of params.yaml on the prepared 40/10/10
-data, Ultralytics' integrations off except its own MLflow logging (params, metrics, the run folder)
-to a SQLite store of its own; (b) `python -m yolo_mlops.grid run` in a fresh clone of the last
-commit (setup, the virtualenv, excluded; the embedded store), with its default of one DVC queue
-worker; (c) the same with `--jobs 2` (informational: two experiments at once; the queue worker DVC
-leaves behind is stopped). Then times `run` again with nothing changed, and breaks one experiment's
-overhead down in another fresh clone: DVC's queue (one queued experiment against `dvc repro
---force`), DVC's bookkeeping (`dvc repro --force` against each stage's process alone), each stage's
-process start (a fresh `python` importing what the stage imports before it works), MLflow (train and
-evaluate against themselves with live tracking replaced by nothing, and the log stage less its
-process start). Prints the machine, each timing, the ratios against the targets (grid / plain <=
-1.25, stretch 1.10; the no-op run <= 10 s) and the breakdown.
+Alternates, in one script and on one machine, round after round:
+(a) the plain way: one fresh `python` process per point of grid.yaml, one after the other, training
+    `YOLO("yolov8n.yaml")` with Ultralytics' defaults (plots on) and the other train params of
+    params.yaml on the prepared 40/10/10 data, Ultralytics' integrations off except its own MLflow
+    logging (params, metrics, the run folder) to a SQLite store of its own;
+(b) `python -m yolo_mlops.grid run` in a fresh clone of the last commit (setup, the virtualenv,
+    excluded; the embedded store), with its default of one DVC queue worker;
+(c) the same with `--jobs 2` (informational: two experiments at once).
+Then times `run` again with nothing changed, and breaks one experiment's overhead down in another
+fresh clone: DVC's queue (one queued experiment against `dvc repro --force`), DVC's bookkeeping
+(`dvc repro --force` against each stage's process alone), each stage's process start (a fresh
+`python` importing what the stage imports before it works), MLflow (train and evaluate against
+themselves with live tracking replaced by nothing, and the log stage less its process start).
+Prints the machine, each timing, the ratios against the targets (grid / plain <= 1.25, stretch
+1.10; the no-op run <= 10 s) and the breakdown.
 
     .venv/bin/python benchmarks/grid_cost.py [--rounds 1] [--coco128 PATH]
 
@@ -28,13 +29,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-import psutil  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
 from benchmarks.live_tracking import UNTRACKED  # noqa: E402
@@ -57,6 +58,8 @@ ULTRALYTICS_START = ("import stages.{}, torch, torchvision\nfrom yolo_mlops.yolo
 STARTS = {"prepare": "import stages.prepare", "train": ULTRALYTICS_START.format("train"),
           "evaluate": ULTRALYTICS_START.format("evaluate"), "log": "import stages.log, mlflow"}
 TARGET, STRETCH, NO_OP_TARGET_S = 1.25, 1.10, 10.0
+# The breakdown's pieces are constants per experiment: a short training keeps their noise small.
+BREAKDOWN_CONFIG, BREAKDOWN_ROUNDS = {"epochs": 1, "imgsz": 64}, 3
 
 
 def plain_runs(project: Path) -> list[dict[str, object]]:
@@ -99,49 +102,54 @@ def grid_command(coco128: str, *options: str) -> list[str]:
 
 
 def grid_way(clone: Path, coco128: str, env: dict[str, str], *options: str) -> float:
-    """`run` in a fresh clone of the last commit, nothing cached from another side; then stops the queue
-    workers DVC left running there (several workers: see QUEUE_JOBS in yolo_mlops/grid/__main__.py)."""
+    """`run` in a fresh clone of the last commit, nothing cached from another side."""
     subprocess.run(["git", "clone", "-q", str(PROJECT), str(clone)], check=True)
-    seconds = timed(grid_command(coco128, *options), clone, env)
-    for process in psutil.process_iter(["cmdline", "cwd"]):
-        if "queue-worker" in (process.info["cmdline"] or []) and (process.info["cwd"] or "").startswith(str(clone)):
-            process.kill()
-    return seconds
+    return timed(grid_command(coco128, *options), clone, env)
 
 
-def breakdown(project: Path, env: dict[str, str]) -> dict[str, float]:
-    """One experiment's seconds, piece by piece, in a prepared clone (CONFIG, the embedded store)."""
-    def step(name: str, seconds: float) -> float:
-        print(f"  breakdown: {name} {seconds:.2f} s", flush=True)
-        return seconds
+def breakdown_round(project: Path, env: dict[str, str], k: int, samples: dict[str, list[float]]) -> None:
+    """One round of the breakdown's timings, each appended to `samples` under its name."""
+    def step(name: str, command: list[str]) -> None:
+        samples[name].append(timed(command, project, env))
+        print(f"  breakdown round {k}: {name} {samples[name][-1]:.2f} s", flush=True)
 
-    set_params(project, mlflow__experiment_name="breakdown_repro")
-    repro = step("dvc repro --force", timed(["dvc", "repro", "--force"], project, env))
-    queued = step("dvc exp run --queue --force + --run-all --jobs 1", sum(
-        timed(command, project, env) for command in (
-            ["dvc", "exp", "run", "--queue", "--force", "-S", "mlflow.experiment_name=breakdown_queue"],
-            ["dvc", "exp", "run", "--run-all", "--jobs", "1"])))
+    set_params(project, mlflow__experiment_name=f"breakdown_repro_{k}")  # a new run each time
+    step("repro", ["dvc", "repro", "--force"])
+    samples["queued"].append(sum(timed(command, project, env) for command in (
+        ["dvc", "exp", "run", "--queue", "--force", "-S", f"mlflow.experiment_name=breakdown_queue_{k}"],
+        ["dvc", "exp", "run", "--run-all", "--jobs", "1"])))
+    print(f"  breakdown round {k}: one queued experiment {samples['queued'][-1]:.2f} s", flush=True)
     failed = [experiment.name for experiment in list_experiments(project) if experiment.failed or experiment.queued]
     if failed:
         raise SystemExit(f"the queued experiment did not succeed: {failed} (dvc queue logs {failed[0]})")
-    set_params(project, mlflow__experiment_name="breakdown_stages")  # so that log creates a run again
-    stages, untracked = {}, {}
+    set_params(project, mlflow__experiment_name=f"breakdown_stages_{k}")
     for name in STAGES:
         if name in UNTRACKED:
-            untracked[name] = step(f"{name} without live tracking",
-                                   timed([sys.executable, "-c", UNTRACKED[name]], project, env))
-        stages[name] = step(f"python -m stages.{name}", timed([sys.executable, "-m", f"stages.{name}"], project, env))
-    starts = {name: step(f"{name}'s process start", timed([sys.executable, "-c", code], project, env))
-              for name, code in STARTS.items()}
-    mlflow = sum(stages[name] - untracked[name] for name in UNTRACKED) + stages["log"] - starts["log"]
-    return {"DVC's queue": queued - repro, "DVC's bookkeeping": repro - sum(stages.values()),
+            step(f"{name} untracked", [sys.executable, "-c", UNTRACKED[name]])
+        step(name, [sys.executable, "-m", f"stages.{name}"])
+    for name, code in STARTS.items():
+        step(f"{name} start", [sys.executable, "-c", code])
+
+
+def breakdown(project: Path, env: dict[str, str]) -> dict[str, float]:
+    """One experiment's seconds, piece by piece (medians of BREAKDOWN_ROUNDS), in a prepared clone set to
+    BREAKDOWN_CONFIG, on the embedded store."""
+    set_params(project, **{f"train__{key}": value for key, value in BREAKDOWN_CONFIG.items()})
+    samples: dict[str, list[float]] = defaultdict(list)
+    for k in range(1, BREAKDOWN_ROUNDS + 1):
+        breakdown_round(project, env, k, samples)
+    t = {name: statistics.median(values) for name, values in samples.items()}
+    stages = sum(t[name] for name in STAGES)
+    starts = {name: t[f"{name} start"] for name in STARTS}
+    tracking = {name: t[name] - t[f"{name} untracked"] for name in UNTRACKED} | {"log": t["log"] - starts["log"]}
+    return {"DVC's queue": t["queued"] - t["repro"], "DVC's bookkeeping": t["repro"] - stages,
             "process starts (" + ", ".join(f"{name} {seconds:.2f}" for name, seconds in starts.items()) + ")":
                 sum(starts.values()),
-            f"MLflow (train {stages['train'] - untracked['train']:+.2f}, evaluate "
-            f"{stages['evaluate'] - untracked['evaluate']:+.2f}, log {stages['log'] - starts['log']:.2f})": mlflow,
+            "MLflow (" + ", ".join(f"{name} {seconds:+.2f}" for name, seconds in tracking.items()) + ")":
+                sum(tracking.values()),
             "the work itself (the stages less their process starts and MLflow)":
-                sum(stages.values()) - sum(starts.values()) - mlflow,
-            "= one experiment through DVC's queue": queued}
+                stages - sum(starts.values()) - sum(tracking.values()),
+            "= one experiment through DVC's queue": t["queued"]}
 
 
 def main() -> None:
@@ -180,7 +188,8 @@ def main() -> None:
                 print(f"round {k}: grid run ({side}) {grid[side][-1]:.1f} s", flush=True)
         no_op = timed(grid_command(coco128), root / f"grid-{args.rounds}", env)
         print(f"grid run again, nothing changed: {no_op:.1f} s", flush=True)
-        print(f"breakdown of one experiment (config {CONFIG}, the embedded store):", flush=True)
+        print(f"breakdown of one experiment (config {CONFIG | BREAKDOWN_CONFIG}, the embedded store, medians of "
+              f"{BREAKDOWN_ROUNDS} rounds):", flush=True)
         pieces = breakdown(project, env)
     base = statistics.median(plain)
     print(f"\nmachine: {machine()}")
@@ -191,7 +200,8 @@ def main() -> None:
         print(f"grid run ({side}): median {median:.1f} s of {[round(t, 1) for t in times]} "
               f"({median / len(runs):.1f} s a point); grid / plain {median / base:.3f} ({goal})")
     print(f"grid run again, nothing changed: {no_op:.1f} s (target <= {NO_OP_TARGET_S:.0f} s)")
-    print(f"one experiment's overhead, seconds per experiment (config {CONFIG}):")
+    print(f"one experiment's overhead, seconds per experiment (config {CONFIG | BREAKDOWN_CONFIG}, medians of "
+          f"{BREAKDOWN_ROUNDS} rounds):")
     for name, seconds in pieces.items():
         print(f"  {name}: {seconds:.2f} s")
 

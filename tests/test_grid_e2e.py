@@ -1,7 +1,8 @@
 """End to end through the real DVC queue: a 2 × 2 × 2 grid at tiny settings (yolov8n.yaml, imgsz
 64 / 96, 1 epoch, real COCO128), queued, run by two queue workers at once on a new embedded MLflow
-store (`dvc exp run --run-all --jobs 2`), compared and promoted in MLflow, then run again unchanged,
-then with two failing grid points. One grid run is shared by every assertion (module-scoped)."""
+store (`python -m yolo_mlops.grid start --jobs 2`: `dvc exp run --run-all --jobs 2`), compared and
+promoted in MLflow, then run again unchanged, then with two failing grid points. One grid run is
+shared by every assertion (module-scoped)."""
 
 import csv
 import json
@@ -17,7 +18,7 @@ from mlflow import MlflowClient
 
 from tests.conftest import COCO128_ZIP, TINY_PARAMS, copy_project, needs_coco128, run, tracking_uri
 from yolo_mlops.core import vocabulary as names
-from yolo_mlops.grid.experiments import parse_exp_show
+from yolo_mlops.grid.experiments import parse_exp_show, stop_leftover_workers
 from yolo_mlops.tracking.pyfunc_model import BOX_COLUMNS
 
 pytestmark = [pytest.mark.e2e, needs_coco128]
@@ -55,7 +56,8 @@ def grid_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     queued = run(["python", "-m", "yolo_mlops.grid", "queue"], project)
     new_store = not (project / "mlflow.db").exists()
     # Two workers on a new store: the first log stages open (and so create) the store at the same time.
-    parallel = run(["dvc", "exp", "run", "--run-all", "--jobs", "2"], project, timeout=1500)
+    parallel = run(["python", "-m", "yolo_mlops.grid", "start", "--jobs", "2"], project, timeout=1500)
+    workers_left = stop_leftover_workers(project, since=0)  # DVC may leave one: the grid stops it itself
     first = grid_run(project)
     after_first = state(project)
     again = grid_run(project)
@@ -68,6 +70,7 @@ def grid_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     run(["dvc", "exp", "remove", *failed_names], project)
     requeued = run(["python", "-m", "yolo_mlops.grid", "queue"], project)
     return {"project": project, "queued": queued, "new_store": new_store, "parallel": parallel,
+            "workers_left": workers_left,
             "first": first, "after_first": after_first, "again": again,
             "after_again": after_again, "failing": failing, "after_failing": after_failing, "requeued": requeued}
 
@@ -77,6 +80,9 @@ def test_two_queue_workers_on_a_new_store_run_the_whole_grid(grid_runs):
     assert "grid: 8 experiment(s), 0 already run" in out and "8 to queue" in out
     assert "dvc exp run --queue -S train.imgsz=64,96 -S train.lr0=0.005,0.01 -S train.seed=1,42" in out
     assert grid_runs["new_store"] and "Traceback" not in grid_runs["parallel"].stdout + grid_runs["parallel"].stderr
+    assert "[8/8] Reproducing experiment" in grid_runs["parallel"].stdout
+    assert "sync: 8 experiment(s) linked to their MLflow run" in grid_runs["parallel"].stdout
+    assert grid_runs["workers_left"] == []  # no DVC queue worker of the project outlives the command
     assert "grid: 8 experiment(s), 8 already run" in grid_runs["first"].stdout
     experiments = grid_runs["after_first"]["experiments"]
     assert len(experiments) == 8 and not any(e.failed for e in experiments)  # 8 of 8

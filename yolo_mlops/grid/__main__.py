@@ -52,11 +52,11 @@ def queue(root: Path, params: Params, overrides: list[str]) -> commands.Plan:
 def start(client: MlflowClient, root: Path, params: Params, jobs: int, plan: commands.Plan | None = None) -> list[str]:
     """Run the queue, `jobs` experiments at once, and link the runs; returns the failed experiments. `plan`:
     the grid just planned; when it left nothing to run, its experiments are linked as they were listed."""
-    if plan is None or not plan.settled:
+    known = plan.experiments if plan is not None and plan.settled else None
+    if known is None:
         for line in commands.run_queued(root, jobs):
             sys.stdout.write(line)
             sys.stdout.flush()
-    known = plan.experiments if plan is not None and plan.settled else None
     return print_sync(commands.sync_grid(client, root, params, known=known), LOCAL_RETRY)
 
 

@@ -4,6 +4,7 @@ link the experiments to their MLflow runs, compare them, promote the best and wr
 
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,8 +139,19 @@ def compare_grid(client: MlflowClient, root: Path, params: Params) -> Compared:
     exp_id = experiment_id(client, params.mlflow.experiment_name, create=False)
     baseline = head_rev(root)
     comparison = compare(client, [exp_id], baseline, params.compare.rank_by)
+    # DVC draws its plots in a process of its own, beside the charts drawn here.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        plots = pool.submit(experiments.plots_diff, root, [run.name for run in comparison.ranked], DVC_PLOTS_DIR)
+        found, curves, curve_metric = _charts(client, root, comparison, [exp_id], baseline)
+    return Compared(comparison, found, curves, curve_metric, plots.result(),
+                    experiment_page(client.tracking_uri, exp_id))
+
+
+def _charts(client: MlflowClient, root: Path, comparison: Comparison, experiment_ids: list[str], baseline: str
+            ) -> tuple[Insights, dict[str, list[tuple[int, float]]], str | None]:
+    """reports/runs.csv and the charts of the comparison: (insights, per-epoch curves, their metric)."""
     found = insights(comparison)
-    export_csv(client, [exp_id], baseline, params.compare.rank_by, root / RUNS_CSV)
+    export_csv(client, experiment_ids, baseline, comparison.rank_by, root / RUNS_CSV)
     charts.config_chart(found, root / CONFIG_CHART)
     # Training records a per-epoch history on val only: the primary metric's, or its val counterpart's.
     val_counterpart = "val." + comparison.primary.split(".", 1)[1]
@@ -152,8 +164,7 @@ def compare_grid(client: MlflowClient, root: Path, params: Params) -> Compared:
         curves = {run.name: [(m.step, m.value) for m in client.get_metric_history(run.run_id, history)]
                   for run in comparison.ranked}
         charts.curves_chart(curves, curve_metric, root / CURVES_CHART)
-    error = experiments.plots_diff(root, [run.name for run in comparison.ranked], DVC_PLOTS_DIR)
-    return Compared(comparison, found, curves, curve_metric, error, experiment_page(client.tracking_uri, exp_id))
+    return found, curves, curve_metric
 
 
 def hardware() -> str:

@@ -1,6 +1,7 @@
 """The grid on DVC's side: queue experiments (`dvc exp run --queue -S ...`), run DVC's queue, read
 the experiments back from `dvc exp show --json`, and what a failed one logged."""
 
+import contextlib
 import json
 import subprocess
 import tempfile
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
 from yolo_mlops.core.entry import ERROR_PREFIX
@@ -25,6 +27,7 @@ from yolo_mlops.core.vocabulary import RUN_LINK_ID, flatten, numbers
 # experiment's log (`dvc queue logs`, `failure_reason`). Everything else comes from `--json`.
 PROGRESS_MARK = "Reproducing experiment '"
 OUTPUT_POLL_S = 0.2  # how often the output of DVC's queue is read
+QUEUE_WORKER = "queue-worker"  # in the command line of a DVC queue worker: dvc exp queue-worker <node>
 
 
 @dataclass(frozen=True)
@@ -121,8 +124,9 @@ def run_queue(root: Path, total: int, jobs: int) -> Iterator[str]:
     replays each experiment's log in queue order. A failed experiment does not stop the others.
 
     DVC's output goes through a file, read until DVC's command ends: a queue worker that outlives it
-    (with several workers, dvc-task's worker can miss its shutdown) keeps the file open, not the grid."""
-    started, pending = 0, ""
+    (with several workers, dvc-task's worker can miss its shutdown) keeps the file open, not the grid,
+    and is stopped then (`stop_leftover_workers`)."""
+    started, pending, since = 0, "", time.time()
     with tempfile.NamedTemporaryFile("wb", prefix="dvc-queue-", suffix=".log") as output, \
             open(output.name, encoding="utf-8", errors="replace") as reader, \
             subprocess.Popen(["dvc", "exp", "run", "--run-all", "--jobs", str(jobs)], cwd=root, stdout=output,
@@ -140,8 +144,24 @@ def run_queue(root: Path, total: int, jobs: int) -> Iterator[str]:
             time.sleep(OUTPUT_POLL_S)
     if pending:
         yield pending + "\n"
+    for pid in stop_leftover_workers(root, since):
+        yield f"grid: stopped DVC queue worker {pid}, left running after the last experiment\n"
     if process.returncode != 0:
         raise PipelineError(f"dvc exp run --run-all exited with {process.returncode}; see its output above")
+
+
+def stop_leftover_workers(root: Path, since: float) -> list[int]:
+    """Stop the queue workers of this project started since `since` (epoch seconds) that are still running
+    once DVC's `--run-all` has ended: every experiment is collected then, so they only wait. Returns their
+    process ids."""
+    stopped = []
+    for process in psutil.process_iter(["cmdline", "cwd", "create_time"]):
+        cmdline, cwd = process.info["cmdline"] or [], process.info["cwd"] or ""
+        if QUEUE_WORKER in cmdline and Path(cwd).is_relative_to(root) and process.info["create_time"] >= since:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+                stopped.append(process.pid)
+    return stopped
 
 
 def plots_diff(root: Path, names: list[str], output: Path) -> str | None:

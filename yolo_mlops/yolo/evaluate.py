@@ -3,6 +3,7 @@
 import csv
 import shutil
 from pathlib import Path
+from typing import Any
 
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.params import EvaluateParams, Params
@@ -21,10 +22,10 @@ PLOT_NAMES = {
 }
 
 
-def evaluate(weights: Path, data_yaml: Path, split: str, params: EvaluateParams, imgsz: int, batch: int,
+def evaluate(model: Any, data_yaml: Path, split: str, params: EvaluateParams, imgsz: int, batch: int,
              device: str, run_dir: Path) -> tuple[dict[str, float], dict[str, list[float]], Path]:
-    """Validate `weights` on one split: (metrics, PR curve points, folder with the plots)."""
-    results = ultralytics().YOLO(str(weights)).val(
+    """Validate Ultralytics' `model` on one split: (metrics, PR curve points, folder with the plots)."""
+    results = model.val(
         data=str(data_yaml), split=split, imgsz=imgsz, batch=batch, conf=params.conf, iou=params.iou,
         device=device, plots=True, project=str(run_dir.parent), name=run_dir.name, exist_ok=True,
     )
@@ -60,10 +61,10 @@ def evaluate_splits(params: Params, weights: Path, data_yaml: Path, training_plo
         raise PipelineError(f"{weights}: missing; run the train stage first (`dvc repro train`)")
     device = resolve_device(params.train.device)
     shutil.copy2(training_plot, plots_dir / PLOTS_RESULTS.relative_to(PLOTS_DIR))
-    results = {}
+    model, results = ultralytics().YOLO(str(weights)), {}  # loaded once, validated on each split
     for split in params.evaluate.splits:
         metrics, curve, save_dir = evaluate(
-            weights, data_yaml, split, params.evaluate, params.train.imgsz, params.train.batch, device, scratch / split
+            model, data_yaml, split, params.evaluate, params.train.imgsz, params.train.batch, device, scratch / split
         )
         results[split] = {name: round(value, 6) for name, value in metrics.items()}
         split_dir = plots_dir / split_plots(split).relative_to(PLOTS_DIR)
