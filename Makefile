@@ -10,7 +10,7 @@ MODEL ?=
 OVERRIDES := $(if $(COCO128),-S prepare.source=$(COCO128)) $(if $(MODEL),-S train.model=$(MODEL))
 # Many machines: make run RAY=auto (or RAY=<head>:6379); make ray-worker RAY=<head>:6379 on each GPU machine
 RAY ?=
-# Experiments at once in DVC's queue: make run JOBS=1 (default: python -m yolo_mlops.grid run --help)
+# Experiments at once in DVC's queue: make run JOBS=1 (default 2: python -m yolo_mlops.grid run --help)
 JOBS ?=
 
 .PHONY: help setup run rollback test lint ui up down remote ray-head ray-worker clean-venv

@@ -6,8 +6,8 @@ Alternates, in one script and on one machine, round after round:
     params.yaml on the prepared 40/10/10 data, Ultralytics' integrations off except its own MLflow
     logging (params, metrics, the run folder) to a SQLite store of its own;
 (b) `python -m yolo_mlops.grid run` in a fresh clone of the last commit (setup, the virtualenv,
-    excluded; the embedded store), with its default of one DVC queue worker;
-(c) the same with `--jobs 2` (informational: two experiments at once).
+    excluded; the embedded store), with its default of two DVC queue workers;
+(c) the same with `--jobs 1` (informational: one experiment at a time).
 Then times `run` again with nothing changed, and breaks one experiment's overhead down in another
 fresh clone: DVC's queue (one queued experiment against `dvc repro --force`), DVC's bookkeeping
 (`dvc repro --force` against each stage's process alone), each stage's process start (a fresh
@@ -177,12 +177,12 @@ def main() -> None:
         print(f"grid: {len(runs)} points of {GRID_FILE}, {MODEL}, 40/10/10 images, e.g. {runs[0]}; "
               f"{args.rounds} alternating round(s)", flush=True)
         plain: list[float] = []
-        grid: dict[str, list[float]] = {"default": [], "--jobs 2": []}
+        grid: dict[str, list[float]] = {"default": [], "--jobs 1": []}
         for k in range(1, args.rounds + 1):
             plain.append(plain_way(root / f"plain-{k}", data_yaml, runs, plain_env))
             print(f"round {k}: plain way {plain[-1]:.1f} s; its MLflow store: "
                   f"{check_plain_store(root / f'plain-{k}', len(runs))}", flush=True)
-            for side, options in (("default", ()), ("--jobs 2", ("--jobs", "2"))):
+            for side, options in (("default", ()), ("--jobs 1", ("--jobs", "1"))):
                 clone = root / f"grid-{k}{options[-1] if options else ''}"
                 grid[side].append(grid_way(clone, coco128, env, *options))
                 print(f"round {k}: grid run ({side}) {grid[side][-1]:.1f} s", flush=True)

@@ -31,12 +31,12 @@ def plan_line(plan: commands.Plan, where: str) -> str:
 # its point as run until removed; a point that failed on a Ray worker left no experiment, so it runs again.
 LOCAL_RETRY = "`dvc exp remove {}`, then run again"
 RAY_RETRY = "fix the cause, then run again (a point that failed on the Ray cluster is run again)"
-# One queue worker, DVC's default. More fill the cores one experiment leaves idle (Ultralytics trains on
-# one core fewer than the machine has, and imports, DVC and MLflow use one core): on 2 cores, `--jobs 2`
-# runs the grid in about half the time (benchmarks/grid_cost.py). But with several workers, DVC 3.67's
-# queue (dvc-task) can leave a worker running after the last experiment: the grid does not wait for it
-# (`run_queue`), and `dvc queue stop` does not stop it. So more workers are asked for, not the default.
-QUEUE_JOBS = 1
+# Two queue workers: Ultralytics trains on one core fewer than the machine has (at most 8), and an
+# experiment's imports, DVC's bookkeeping and MLflow use one core, so a second experiment fills what the
+# first leaves idle; on 2 cores the grid takes about 0.6 of the time of one worker (benchmarks/grid_cost.py).
+# With several workers DVC 3.67's queue can leave one running after the last experiment: `run_queue`
+# does not wait for it, and stops it. `--jobs 1` runs one experiment at a time.
+QUEUE_JOBS = 2
 
 
 def queue(root: Path, params: Params, overrides: list[str]) -> commands.Plan:
