@@ -18,7 +18,7 @@ Prints the machine, each timing, the ratios against the targets (grid / plain <=
 
     .venv/bin/python benchmarks/grid_cost.py [--rounds 1] [--coco128 PATH]
 
-About 20 minutes for one round on a 2-CPU machine, each further round about 15.
+About 17 minutes for one round on a 2-CPU machine.
 """
 
 import argparse
