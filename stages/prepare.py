@@ -1,4 +1,4 @@
-"""DVC stage `prepare`: COCO128 → data/tiny_coco/ (YOLO layout) and metrics/data.json."""
+"""DVC stage `prepare`: a detection source → data/tiny_coco/ (YOLO layout) and metrics/data.json."""
 
 from yolo_mlops.core.atomic import write_json
 from yolo_mlops.core.entry import run_main

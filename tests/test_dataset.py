@@ -11,11 +11,13 @@ import yaml
 from tests.conftest import make_source, person_labels
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.params import PrepareParams
-from yolo_mlops.data.dataset import SourceTree, find_samples, label_member_for, parse_labels, prepare_dataset
+from yolo_mlops.data.dataset import find_samples, parse_labels, prepare_dataset
+from yolo_mlops.data.layout import COCO_NAMES, label_member_for, read_layout
 
 
 def params(train: int = 4, val: int = 2, test: int = 2, seed: int = 0) -> PrepareParams:
-    return PrepareParams(source="unused", class_id=0, class_name="person", train=train, val=val, test=test, seed=seed)
+    return PrepareParams(source="unused", classes=("person",), split="draw", train=train, val=val, test=test,
+                         seed=seed)
 
 
 def tree_digest(folder: Path) -> str:
@@ -74,7 +76,7 @@ def test_too_few_images_of_the_class_is_refused_without_output(tmp_path: Path) -
     ("0 0.5 0.5 0.2 abc", "not numbers"),
     ("0 0.5 1.5 0.2 0.2", r"coordinates must be normalised to \[0, 1\]"),
     ("0 -0.1 0.5 0.2 0.2", r"coordinates must be normalised to \[0, 1\]"),
-    ("80 0.5 0.5 0.2 0.2", "unknown class id 80"),
+    ("80 0.5 0.5 0.2 0.2", r"unknown class id 80 \(the source's names have ids 0..79, from COCO's 80 classes"),
     ("-1 0.5 0.5 0.2 0.2", "unknown class id -1"),
 ])
 def test_bad_label_lines_are_refused_with_file_and_line(tmp_path: Path, line: str, message: str) -> None:
@@ -118,7 +120,7 @@ def test_a_source_without_labels_says_so_not_to_lower_the_split_sizes(tmp_path: 
     empty_labels = make_source(tmp_path / "labels_only", {"000000000001": "0 0.5 0.5 0.2 0.4\n"}, as_zip=False)
     (empty_labels / "labels" / "train2017" / "000000000001.txt").rename(empty_labels / "labels" / "other.txt")
     with pytest.raises(PipelineError, match=f"{empty_labels} has 1 images but no image has a label file"):
-        find_samples(SourceTree(empty_labels), 0)
+        find_samples(read_layout(empty_labels), {0: 0})
 
 
 def test_a_failed_run_keeps_the_previous_output(tmp_path: Path) -> None:
@@ -133,7 +135,9 @@ def test_a_failed_run_keeps_the_previous_output(tmp_path: Path) -> None:
 def test_yolo_label_paths_and_parsing() -> None:
     assert label_member_for("coco128/images/train2017/x.jpg") == "coco128/labels/train2017/x.txt"
     assert label_member_for("images/val/images.png") == "labels/val/images.txt"
-    boxes = parse_labels("0 0.1 0.2 0.3 0.4\n\n56 0.5 0.5 1 1\n", "f.txt")
+    assert label_member_for("train/images/x.jpg") == "train/labels/x.txt"
+    assert label_member_for("flat/x.png") == "flat/x.txt"  # no images/ folder: beside the image, as Ultralytics
+    boxes = parse_labels("0 0.1 0.2 0.3 0.4\n\n56 0.5 0.5 1 1\n", "f.txt", dict(enumerate(COCO_NAMES)), "COCO")
     assert [(box.class_id, box.coordinates) for box in boxes] == [(0, ("0.1", "0.2", "0.3", "0.4")),
                                                                   (56, ("0.5", "0.5", "1", "1"))]
 
@@ -141,4 +145,4 @@ def test_yolo_label_paths_and_parsing() -> None:
 def test_a_source_without_images_is_refused(tmp_path: Path) -> None:
     (tmp_path / "empty" / "coco128").mkdir(parents=True)
     with pytest.raises(PipelineError, match="no images/ folder"):
-        find_samples(SourceTree(tmp_path / "empty"), 0)
+        find_samples(read_layout(tmp_path / "empty"), {0: 0})

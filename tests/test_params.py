@@ -19,7 +19,7 @@ def params_dir(tmp_path: Path) -> Path:
 def test_project_params_load_with_the_documented_defaults() -> None:
     params = load_params(PROJECT_ROOT / "params.yaml")
     assert params.prepare.split_sizes == {"train": 40, "val": 10, "test": 10}
-    assert (params.prepare.class_id, params.prepare.class_name) == (0, "person")
+    assert (params.prepare.classes, params.prepare.split, params.prepare.fractions) == (("person",), "draw", False)
     train = params.train
     assert (train.model, train.epochs, train.imgsz, train.lr0, train.seed) == ("yolov8n.pt", 3, 320, 0.01, 42)
     assert train.optimizer != "auto" and train.device == "auto"
@@ -41,6 +41,13 @@ def test_project_params_load_with_the_documented_defaults() -> None:
     ("train.epochs", True, "train.epochs must be of type int"),
     ("prepare.train", 0, "prepare.train must be >= 1"),
     ("prepare.source", " ", "prepare.source must name"),
+    ("prepare.classes", [], "prepare.classes must list at least one class name, or be 'all'"),
+    ("prepare.classes", "person", "prepare.classes must be of type list"),
+    ("prepare.classes", ["person", "person"], "prepare.classes must not name a class twice"),
+    ("prepare.split", "random", "prepare.split must be one of draw, keep"),
+    ("prepare.val", 1.5, "prepare.val as a fraction must be in (0, 1)"),
+    ("prepare.val", 0.1, "prepare.test must be all counts (40, 10, 10) or all fractions (0.8, 0.1, 0.1) "
+                         "(got train=40, val=0.1, test=10)"),
     ("evaluate.splits", ["val", "holdout"], "evaluate.splits must be a non-empty list"),
     ("evaluate.conf", 1.5, "evaluate.conf must be in [0, 1)"),
     ("mlflow.experiment_name", "", "mlflow.experiment_name must not be empty"),
@@ -62,6 +69,22 @@ def test_unknown_and_missing_keys_are_named(params_dir: Path) -> None:
     del raw["train"]["lr"], raw["train"]["seed"]
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(PipelineError, match="train.seed is missing"):
+        load_params(path)
+
+
+def test_fractions_and_all_classes_are_accepted_and_the_old_class_keys_point_to_classes(params_dir: Path) -> None:
+    write_params(params_dir, {"prepare.train": 0.8, "prepare.val": 0.1, "prepare.test": 0.1, "prepare.classes": "all"})
+    prepare = load_params(params_dir / "params.yaml").prepare
+    assert prepare.fractions and prepare.classes == "all" and prepare.split_sizes["train"] == 0.8
+    write_params(params_dir, {"prepare.train": 0.9})
+    with pytest.raises(PipelineError, match="as fractions, must add up to at most 1"):
+        load_params(params_dir / "params.yaml")
+    path = params_dir / "params.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw["prepare"] |= {"class_id": 0, "class_name": "person", "train": 40, "val": 10, "test": 10}
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(PipelineError, match=r"unknown key\(s\) in 'prepare': class_id, class_name \(replaced by "
+                                            r"prepare.classes, e.g. classes: \[person\]\)"):
         load_params(path)
 
 

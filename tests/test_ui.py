@@ -75,7 +75,8 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ui]:
             run_name=TRAINING, fingerprint="f" * 64, params={"train.imgsz": "64"},
             tags={names.EXP_NAME_TAG: TRAINING, names.SOURCE_TYPE_TAG: names.SOURCE_TYPE,
                   names.SOURCE_NAME_TAG: "/home/user/yolo-mlops", names.ENTRY_POINT_TAG: names.ENTRY_POINT},
-            dataset_md5=DATASET_MD5, dataset_profile={"prepare/train_images": 40.0}))
+            dataset_md5=DATASET_MD5, dataset_profile={"classes": ["person"], "train": {"images": 40}},
+            dataset_table={"split": ["train"], "class": ["all"], "images": [40]}))
         report = folder / DECISION_FILE.name
         report.write_text(f"# {REPORT_TITLE}\n", encoding="utf-8")
         client.log_artifact(best.run_id, str(report), names.DECISION_ARTIFACTS)  # as `grid promote` logs it

@@ -15,13 +15,23 @@ def test_eval_metrics_go_to_mlflow_and_back(split: str, metric: str) -> None:
     assert names.comparison_metric(mlflow_name) == dvc_name
 
 
-def test_data_metrics_go_to_mlflow_and_back() -> None:
-    flat = names.numbers(names.flatten({"test": {"images": 10, "box_width": {"mean": 0.2}}, "note": "x"}))
-    assert flat == {"test.images": 10.0, "test.box_width.mean": 0.2}
-    assert [names.mlflow_metric(names.PREPARE, name) for name in flat] == [
-        "prepare/test_images", "prepare/test_box_width_mean"]
-    assert names.comparison_metric("prepare/test_images") == "data.test_images"
-    assert names.data_metric("data.test_images") == "prepare/test_images"
+@pytest.mark.parametrize("class_name", ["person", "traffic light", "hot_dog", "a.b/c"])
+@pytest.mark.parametrize("metric", names.CLASS_METRICS)
+def test_per_class_metrics_go_to_mlflow_and_back(class_name: str, metric: str) -> None:
+    dvc_name = names.class_metric("test", class_name, metric)
+    assert dvc_name == f"test.classes.{class_name}.{metric}"  # as `dvc exp show` flattens metrics/eval.json
+    mlflow_name = names.eval_metric(dvc_name)
+    safe = class_name.replace(".", "_").replace("/", "_")  # characters MLflow refuses in a metric name
+    assert mlflow_name == f"evaluate/test_classes_{safe}_{metric}"
+    assert names.comparison_metric(mlflow_name) == names.class_metric("test", safe, metric)
+    assert names.class_results({names.comparison_metric(mlflow_name): 0.5, "test.mAP50": 0.1}, "test") == {
+        safe: {metric: 0.5}}
+
+
+def test_the_dataset_profile_reads_as_data_values_in_the_comparison() -> None:
+    profile = {"classes": ["person"], "test": {"images": 10, "classes": {"person": {"boxes": 61}}}}
+    assert names.profile_metrics(profile) == {"data.test_images": 10.0, "data.test_classes_person_boxes": 61.0}
+    assert names.comparison_metric("prepare/test_images") is None  # the dataset's counts are no run metrics
 
 
 def test_history_names_and_what_the_comparison_ignores() -> None:

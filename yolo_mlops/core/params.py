@@ -17,19 +17,29 @@ OPTIMIZERS = ("SGD", "Adam", "AdamW", "NAdam", "RAdam", "RMSProp", "MuSGD")
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|\d+(,\d+)*)$")
 
 
+ALL_CLASSES = "all"  # prepare.classes: every class of the source, in its order
+SPLIT_MODES = ("draw", "keep")  # prepare.split: new splits drawn with prepare.seed, or the source's own
+REPLACED_KEYS = {"class_id": "classes", "class_name": "classes"}  # older params.yaml keys → their successor
+
+
 @dataclass(frozen=True)
 class PrepareParams:
     source: str
-    class_id: int
-    class_name: str
-    train: int
-    val: int
-    test: int
+    classes: tuple[str, ...] | str  # the names kept, in the output's order, or ALL_CLASSES
+    split: str  # one of SPLIT_MODES
+    train: int | float  # images per split (counts), or fractions of the source's images
+    val: int | float
+    test: int | float
     seed: int
 
     @property
-    def split_sizes(self) -> dict[str, int]:
+    def split_sizes(self) -> dict[str, int | float]:
         return {"train": self.train, "val": self.val, "test": self.test}
+
+    @property
+    def fractions(self) -> bool:
+        """Whether the split sizes are fractions of the source (0.8 / 0.1 / 0.1), not counts (40 / 10 / 10)."""
+        return any(isinstance(size, float) for size in self.split_sizes.values())
 
 
 @dataclass(frozen=True)
@@ -117,7 +127,9 @@ class _Section:
     def build(self, cls: type, **values: Any) -> Any:
         unknown = sorted(set(self.values) - {field.name for field in fields(cls)})
         if unknown:
-            raise PipelineError(f"{self.path}: unknown key(s) in '{self.name}': {', '.join(unknown)}")
+            replaced = sorted({f"{self.name}.{REPLACED_KEYS[key]}" for key in unknown if key in REPLACED_KEYS})
+            hint = f" (replaced by {', '.join(replaced)}, e.g. classes: [person])" if replaced else ""
+            raise PipelineError(f"{self.path}: unknown key(s) in '{self.name}': {', '.join(unknown)}{hint}")
         return cls(**values)
 
 
@@ -125,16 +137,42 @@ def _prepare(section: _Section) -> PrepareParams:
     source = section.get("source", str).strip()
     if not source:
         raise section.fail("source", "must name a URL, a zip file or a folder")
-    return section.build(
-        PrepareParams,
-        source=source,
-        class_id=section.at_least("class_id", 0),
-        class_name=section.get("class_name", str),
-        train=section.at_least("train", 1),
-        val=section.at_least("val", 1),
-        test=section.at_least("test", 1),
-        seed=section.get("seed", int),
-    )
+    split = section.get("split", str)
+    if split not in SPLIT_MODES:
+        raise section.fail("split", f"must be one of {', '.join(SPLIT_MODES)}")
+    sizes = {name: _split_size(section, name) for name in SPLITS}
+    if len({type(size) for size in sizes.values()}) > 1:
+        got = ", ".join(f"{name}={size}" for name, size in sizes.items())
+        raise PipelineError(f"{section.path}: prepare.train, prepare.val and prepare.test must be all counts "
+                            f"(40, 10, 10) or all fractions (0.8, 0.1, 0.1) (got {got})")
+    if isinstance(sizes["train"], float) and sum(sizes.values()) > 1 + 1e-9:
+        raise section.fail("train", "+ prepare.val + prepare.test, as fractions, must add up to at most 1")
+    return section.build(PrepareParams, source=source, classes=_classes(section), split=split, **sizes,
+                         seed=section.get("seed", int))
+
+
+def _classes(section: _Section) -> tuple[str, ...] | str:
+    value = section.values.get("classes")
+    if value == ALL_CLASSES:
+        return ALL_CLASSES
+    classes = section.get("classes", list)
+    if not classes:
+        raise section.fail("classes", f"must list at least one class name, or be {ALL_CLASSES!r}")
+    if any(not isinstance(name, str) or not name.strip() for name in classes):
+        raise section.fail("classes", "must be class names (text), e.g. [person, car]")
+    if len(set(classes)) != len(classes):
+        raise section.fail("classes", "must not name a class twice")
+    return tuple(classes)
+
+
+def _split_size(section: _Section, key: str) -> int | float:
+    """A split's size: a count >= 1, or a fraction in (0, 1)."""
+    value = section.values.get(key)
+    if isinstance(value, float):
+        if not 0 < value < 1:
+            raise section.fail(key, "as a fraction must be in (0, 1); give a count (e.g. 10) otherwise")
+        return value
+    return section.at_least(key, 1)
 
 
 def _train(section: _Section) -> TrainParams:

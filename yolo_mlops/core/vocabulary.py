@@ -4,6 +4,7 @@ metrics/*.json, `dvc exp show`) to its MLflow run, registered version and artifa
 DVC names nested values `section.key` (`train.lr0`, `val.mAP50-95`); MLflow metric names are
 `<stage>/<name>` with the dots of the DVC name turned into underscores (`evaluate/val_mAP50-95`)."""
 
+import re
 from typing import Any
 
 # Stages of dvc.yaml whose outputs reach MLflow, as metric prefixes and artifact folders.
@@ -46,6 +47,8 @@ DECISION_TAG, REPORT_TAG = "decision", "decision_report"
 
 # Artifact folders of a run, and the logged model's name.
 DATASET_ARTIFACTS = PREPARE
+DATASET_TABLE = f"{DATASET_ARTIFACTS}/dataset_statistics.json"  # per split and class, an MLflow table artifact
+DATASET_PROFILE_CLASSES = "classes"  # the dataset input's profile: the class names, in the dataset's order
 TRAIN_ARTIFACTS = TRAIN
 DVCLIVE_ARTIFACTS = f"{TRAIN}/dvclive"
 WEIGHTS_ARTIFACTS = "weights"
@@ -58,6 +61,10 @@ MODEL_NAME = "model"
 # The splits of the dataset, and the metrics the evaluate stage writes for each (metrics/eval.json).
 SPLITS = ("train", "val", "test")
 EVAL_METRICS = ("mAP50", "mAP50-95", "precision", "recall", "f1")
+# Per-class results beside each split's all-class figures, in metrics/data.json and metrics/eval.json:
+# `val.classes.person.mAP50-95` (DVC) ↔ `evaluate/val_classes_person_mAP50-95` (MLflow).
+CLASSES_KEY = "classes"
+CLASS_METRICS = ("mAP50-95", "mAP50", "precision", "recall")
 
 # metrics/mlflow_run.json, the DVC side's link to the MLflow run: the key of the run id.
 RUN_LINK_ID = "run_id"
@@ -68,7 +75,7 @@ HYPERPARAMETERS = ("train.model", "train.epochs", "train.imgsz", "train.lr0", "t
                    "train.optimizer")
 REPORTED_METRICS = ("mAP50-95", "mAP50", "precision", "recall")  # also recorded per epoch, on val
 REPORTED_SPLITS = ("val", "test")
-DATA_PREFIX = "data."  # metrics/data.json values in the comparison: `data.test_images`
+DATA_PREFIX = "data."  # metrics/data.json counts (the dataset input's profile) in the comparison: `data.test_images`
 
 
 def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -87,8 +94,9 @@ def numbers(values: dict[str, Any]) -> dict[str, float]:
 
 
 def mlflow_metric(stage: str, name: str) -> str:
-    """A stage's DVC metric name → its MLflow name: (evaluate, `val.mAP50-95`) → `evaluate/val_mAP50-95`."""
-    return f"{stage}/{name.replace('.', '_')}"
+    """A stage's DVC metric name → its MLflow name: (evaluate, `val.mAP50-95`) → `evaluate/val_mAP50-95`; the
+    characters MLflow refuses in a name (a class name may hold them) become `_` too."""
+    return f"{stage}/" + re.sub(r"[^\w\- :]", "_", name)
 
 
 def eval_metric(name: str) -> str:
@@ -96,21 +104,40 @@ def eval_metric(name: str) -> str:
     return mlflow_metric(EVALUATE, name)
 
 
-def data_metric(name: str) -> str:
-    """`data.test_images` (the comparison's name of a metrics/data.json value) → `prepare/test_images`."""
-    return f"{PREPARE}/{name.removeprefix(DATA_PREFIX)}"
+def class_metric(split: str, class_name: str, metric: str) -> str:
+    """A per-class result's DVC name (metrics/eval.json, `dvc exp show`): `val.classes.person.mAP50-95`."""
+    return f"{split}.{CLASSES_KEY}.{class_name}.{metric}"
+
+
+def class_results(metrics: dict[str, float], split: str) -> dict[str, dict[str, float]]:
+    """The per-class results of one split, from `split.metric` names: class → metric → value."""
+    prefix, results = f"{split}.{CLASSES_KEY}.", {}
+    for name, value in metrics.items():
+        if name.startswith(prefix):
+            class_name, _, metric = name.removeprefix(prefix).rpartition(".")
+            results.setdefault(class_name, {})[metric] = value
+    return results
 
 
 def comparison_metric(mlflow_name: str) -> str | None:
-    """The reverse of `eval_metric` and `data_metric`: an MLflow metric → its name in the comparison
-    (`evaluate/val_mAP50` → `val.mAP50`, `prepare/test_images` → `data.test_images`); None for others."""
+    """The reverse of `eval_metric`: an MLflow metric → its name in the comparison (`evaluate/val_mAP50` →
+    `val.mAP50`, `evaluate/val_classes_person_mAP50` → `val.classes.person.mAP50`); None for others."""
     stage, _, name = mlflow_name.partition("/")
     if stage == EVALUATE and "_" in name:
         split, metric = name.split("_", 1)
+        per_class = metric.removeprefix(f"{CLASSES_KEY}_")
+        if per_class != metric:  # classes_<class name>_<metric>; the class name may hold `_`
+            for known in CLASS_METRICS:
+                if per_class.endswith(f"_{known}"):
+                    return class_metric(split, per_class.removesuffix(f"_{known}"), known)
         return f"{split}.{metric}"
-    if stage == PREPARE and name:
-        return f"{DATA_PREFIX}{name}"
     return None
+
+
+def profile_metrics(profile: dict[str, Any]) -> dict[str, float]:
+    """The dataset input's profile (metrics/data.json's counts) under the comparison's names: `data.test_images`,
+    `data.test_classes_person_boxes`."""
+    return {f"{DATA_PREFIX}{key.replace('.', '_')}": value for key, value in numbers(flatten(profile)).items()}
 
 
 def history_of(name: str) -> str | None:

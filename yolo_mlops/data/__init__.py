@@ -1,1 +1,1 @@
-"""The data stage (`prepare`): COCO128 → the one-class person dataset, split 40 / 10 / 10."""
+"""The data stage (`prepare`): a detection source (COCO128 by default) → the dataset of the kept classes, split."""

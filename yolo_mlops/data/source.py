@@ -1,4 +1,4 @@
-"""Locate COCO128: a URL downloaded once into the project cache, a local zip, or a folder."""
+"""Locate the detection source: a URL downloaded once into the project cache, a local zip, a folder or a data.yaml."""
 
 import hashlib
 import logging
@@ -11,11 +11,12 @@ from urllib.parse import urlparse
 from yolo_mlops.core.atomic import atomic_file
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.paths import DOWNLOAD_CACHE_DIR, project_root, shared
+from yolo_mlops.data.layout import YAML_SUFFIXES
 
 log = logging.getLogger(__name__)
 DOWNLOAD_TIMEOUT_S = 15
 OFFLINE_HINT = (
-    "Offline? Point prepare.source at a local copy (a zip or an extracted folder): "
+    "Offline? Point prepare.source at a local copy (a zip, an extracted folder or a data.yaml): "
     "`make run COCO128=/path/to/coco128.zip` or `dvc exp run -S prepare.source=/path/to/coco128.zip`."
 )
 
@@ -70,7 +71,7 @@ def _download(url: str, target: Path) -> None:
 
 
 def resolve_source(source: str) -> Path:
-    """Return a local zip or folder holding COCO128 for `prepare.source`.
+    """Return the local zip, folder or data.yaml of `prepare.source`.
 
     URLs are fetched once into `data/cache/` with a sha256 sidecar; the cached copy is
     reused, never fetched again, while it still matches its checksum. Relative paths are
@@ -87,7 +88,7 @@ def resolve_source(source: str) -> Path:
     if not path.is_absolute():
         path = project_root() / path
     if not path.exists():
-        raise PipelineError(f"prepare.source: {path} does not exist. Give a COCO128 zip, an extracted folder or a URL.")
-    if path.is_file():
+        raise PipelineError(f"prepare.source: {path} does not exist. Give a dataset zip, folder, data.yaml or a URL.")
+    if path.is_file() and path.suffix.lower() not in YAML_SUFFIXES:
         check_zip(path, str(path))
     return path

@@ -1,8 +1,11 @@
 """The grid's MLflow runs ranked by the tracking server: selection, the comparison, the CSV export."""
 
+import contextlib
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from mlflow import MlflowClient
@@ -19,6 +22,15 @@ SEED = "train.seed"
 CONFIG_PARAMS = (*(key for key in names.HYPERPARAMETERS if key != SEED), names.DATASET_TAG)
 
 
+def dataset_profile(run: Run) -> dict[str, Any]:
+    """The profile of the run's dataset input (tracking/run.py): class names and counts; {} without one."""
+    for dataset_input in run.inputs.dataset_inputs if run.inputs else []:
+        if dataset_input.dataset.source_type == names.DATASET_SOURCE_TYPE and dataset_input.dataset.profile:
+            with contextlib.suppress(ValueError):
+                return json.loads(dataset_input.dataset.profile)
+    return {}
+
+
 @dataclass(frozen=True)
 class RunSummary:
     """What the comparison needs of one MLflow run."""
@@ -29,13 +41,16 @@ class RunSummary:
     params: dict[str, str]
     metrics: dict[str, float] = field(default_factory=dict)  # `split.metric` (evaluate), `data.<name>` (prepare)
     error: str = ""
+    classes: tuple[str, ...] = ()  # the dataset's class names, in its order
 
     @classmethod
     def from_run(cls, run: Run) -> "RunSummary":
         metrics = {names.comparison_metric(key): value for key, value in run.data.metrics.items()}
         metrics.pop(None, None)
+        profile = dataset_profile(run)
         return cls(run.info.run_id, run.data.tags.get(names.EXP_NAME_TAG) or run.info.run_name, run.info.status,
-                   dict(run.data.params), metrics, run.data.tags.get(names.ERROR_TAG, ""))
+                   dict(run.data.params), names.profile_metrics(profile) | metrics,
+                   run.data.tags.get(names.ERROR_TAG, ""), tuple(profile.get(names.DATASET_PROFILE_CLASSES, ())))
 
     def config(self) -> tuple[tuple[str, str], ...]:
         """The run's configuration: what it was trained on and with, the seed left out."""

@@ -51,7 +51,8 @@ class RunHeader:
     params: dict[str, str]
     tags: dict[str, str]
     dataset_md5: str  # the digest of the run's dataset input
-    dataset_profile: dict[str, float]  # metrics/data.json: also the prepare stage's MLflow metrics
+    dataset_profile: dict[str, Any]  # the dataset input's profile: class names, counts per split and class
+    dataset_table: dict[str, list[Any]]  # metrics/data.json per split and class: the run's table artifact
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,11 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def dataset_names() -> list[str]:
+    """The prepared dataset's class names, in its order (data/tiny_coco/data.yaml)."""
+    return [str(name) for _, name in sorted(((read_yaml(DATA_YAML) or {}).get("names") or {}).items())]
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -144,10 +150,31 @@ def stage_metrics(stage: str, path: Path) -> dict[str, float]:
             for name, value in names.numbers(names.flatten(_read_json(path))).items()}
 
 
+def dataset_profile(statistics: dict[str, Any], class_names: list[str]) -> dict[str, Any]:
+    """The dataset input's profile: its class names, and the counts of metrics/data.json per split and per class
+    (images, boxes, COCO's small / medium / large boxes); the box size summaries stay in the table artifact."""
+    counts = {split: {key: value for key, value in values.items() if not isinstance(value, dict) or
+                      key == names.CLASSES_KEY} for split, values in statistics.items() if split in names.SPLITS}
+    return {names.DATASET_PROFILE_CLASSES: class_names, **counts}
+
+
+def dataset_table(statistics: dict[str, Any]) -> dict[str, list[Any]]:
+    """metrics/data.json as a table, one row per split and class (`all` first): the run's table artifact."""
+    rows = []
+    for split in names.SPLITS:
+        values = statistics.get(split, {})
+        per_class = {"all": values, **values.get(names.CLASSES_KEY, {})}
+        for name, counts in per_class.items():
+            own = {key: value for key, value in counts.items() if key != names.CLASSES_KEY}
+            rows.append({"split": split, "class": name} | names.numbers(names.flatten(own)))
+    columns = list(dict.fromkeys(column for row in rows for column in row))
+    return {column: [row.get(column) for row in rows] for column in columns}
+
+
 def run_header(params: Params) -> RunHeader:
     """The run's name, identity, params and tags, from params.yaml, dvc.lock's dataset hash and the code (run
     from the project root, after the prepare stage)."""
-    dataset = dataset_md5()
+    dataset, statistics = dataset_md5(), _read_json(DATA_METRICS_FILE)
     key = fingerprint(params, dataset, code_digest())
     exp_name = os.environ.get("DVC_EXP_NAME", "")
     commit = git_commit()
@@ -170,7 +197,8 @@ def run_header(params: Params) -> RunHeader:
         params=run_params,
         tags=tags,
         dataset_md5=dataset,
-        dataset_profile=stage_metrics(names.PREPARE, DATA_METRICS_FILE),
+        dataset_profile=dataset_profile(statistics, dataset_names()),
+        dataset_table=dataset_table(statistics),
     )
 
 
@@ -194,7 +222,7 @@ def collect_record(params: Params) -> ExperimentRecord:
         raise PipelineError(f"log: missing output(s) {', '.join(absent)}; run the upstream stages with `dvc repro`")
     return ExperimentRecord(
         header=header,
-        metrics=header.dataset_profile | stage_metrics(names.EVALUATE, EVAL_METRICS_FILE),
+        metrics=stage_metrics(names.EVALUATE, EVAL_METRICS_FILE),
         history=history,
         artifacts=artifacts,
         weights=BEST_WEIGHTS,

@@ -23,7 +23,6 @@ from yolo_mlops.tracking.store import connect, experiment_id, public_uri, store_
 
 log = logging.getLogger(__name__)
 PARAMS_PER_BATCH, METRICS_PER_BATCH = 100, 1000  # MLflow's log_batch limits
-PROFILE_COUNTS = ("_images", "_boxes")  # the dataset statistics shown as the dataset input's profile
 
 
 @dataclass(frozen=True)
@@ -55,12 +54,12 @@ def is_complete(run: Run) -> bool:
 
 
 def dataset_input(header: RunHeader) -> DatasetInput:
-    """data/tiny_coco as the run's dataset input, DVC's md5 as its digest (the runs table's Dataset column)."""
+    """data/tiny_coco as the run's dataset input, DVC's md5 as its digest (the runs table's Dataset column), its
+    class names and counts per split and class as its profile."""
     dataset = Dataset(
         name=DATASET_DIR.name, digest=header.dataset_md5, source_type=names.DATASET_SOURCE_TYPE,
         source=json.dumps({"path": DATASET_DIR.as_posix(), "md5": header.dataset_md5}),
-        profile=json.dumps({name.removeprefix(f"{names.PREPARE}/"): value
-                            for name, value in header.dataset_profile.items() if name.endswith(PROFILE_COUNTS)}),
+        profile=json.dumps(header.dataset_profile, sort_keys=True),
     )
     return DatasetInput(dataset, tags=[InputTag(names.DATASET_CONTEXT_TAG, names.DATASET_CONTEXT)])
 
@@ -79,11 +78,12 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: list[Metric]) -> Non
 
 def open_run(client: MlflowClient, experiment_id: str, header: RunHeader) -> str:
     """Create the experiment's run, RUNNING from now on, with its params, its dataset input and the dataset's
-    statistics; earlier attempts of the experiment are marked as such (see `retire_attempts`)."""
+    statistics as a table artifact (not as run metrics: the same for every run of the dataset, they would crowd the
+    run's charts and the comparison's); earlier attempts of the experiment are marked as such (`retire_attempts`)."""
     run_id = client.create_run(experiment_id, run_name=header.run_name, tags=header.tags).info.run_id
     log_params(client, run_id, header.params, {})
     client.log_inputs(run_id, datasets=[dataset_input(header)])
-    log_metrics(client, run_id, metric_points((name, value, 0) for name, value in header.dataset_profile.items()))
+    client.log_table(run_id, data=header.dataset_table, artifact_file=names.DATASET_TABLE)
     retire_attempts(client, experiment_id, header.fingerprint, run_id)
     return run_id
 
