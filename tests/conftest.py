@@ -240,3 +240,62 @@ def half_migrated_store(database: Path, runs: int) -> str:
                                "'FINISHED', 'active', 0, 'LOCAL', '', '')", (f"{index:032d}",))
         connection.execute("CREATE TABLE _alembic_tmp_latest_metrics AS SELECT * FROM latest_metrics WHERE 0")
     return uri
+
+
+# A 3-class dataset of the user's own, made by the tests, in each layout Ultralytics reads (tests/test_layouts.py).
+FRUIT = ("apple", "banana", "cherry")
+FRUIT_SPLITS = {"train": 9, "val": 6, "test": 6}
+FRUIT_LAYOUTS = ("images_split", "split_images", "data_yaml", "zip")
+
+
+def fruit_files(extra_train_class: bool = False) -> dict[tuple[str, str], tuple[bytes, str]]:
+    """(split, image name) → (JPEG bytes, label text): every image has boxes of two of the three classes, so each
+    split holds all three; `extra_train_class` adds boxes of a fourth class, `durian`, in train only."""
+    files = {}
+    for split, count in FRUIT_SPLITS.items():
+        for index in range(count):
+            first, second = index % 3, (index + 1) % 3
+            text = f"{first} 0.3 0.3 0.2 0.3\n{second} 0.7 0.6 0.25 0.2\n"
+            if extra_train_class and split == "train":
+                text += "3 0.5 0.5 0.1 0.1\n"
+            image = jpeg_bytes(64, 48, ((index * 40) % 256, 90 + first * 50, 60 + second * 40))
+            files[(split, f"{split}_{index:03d}")] = (image, text)
+    return files
+
+
+def make_dataset(root: Path, layout: str, extra_train_class: bool = False) -> Path:
+    """The 3-class dataset in one layout under `root`; returns what `prepare.source` names:
+    - images_split: images/<split>/ + labels/<split>/, names in classes.txt;
+    - split_images: <split>/images/ + <split>/labels/, val as `valid` (as labelling tools export it), classes.txt;
+    - data_yaml: the data.yaml itself, with paths relative to it (`../train/images`, read as Ultralytics does);
+    - zip: a zip holding fruit/data.yaml (names as a mapping) beside images/<split>/ + labels/<split>/."""
+    names = [*FRUIT, "durian"] if extra_train_class else list(FRUIT)
+    folder = root / "fruit"
+    members: dict[str, bytes] = {}
+    for (split, name), (image, text) in fruit_files(extra_train_class).items():
+        if layout in ("images_split", "zip"):
+            image_dir, label_dir = f"images/{split}", f"labels/{split}"
+        else:
+            exported = "valid" if split == "val" else split
+            image_dir, label_dir = f"{exported}/images", f"{exported}/labels"
+        members[f"{image_dir}/{name}.jpg"] = image
+        members[f"{label_dir}/{name}.txt"] = text.encode()
+    if layout in ("images_split", "split_images"):
+        members["classes.txt"] = "".join(f"{name}\n" for name in names).encode()
+    elif layout == "data_yaml":
+        members["data.yaml"] = yaml.safe_dump({"train": "../train/images", "val": "../valid/images",
+                                               "test": "../test/images", "nc": len(names), "names": names}).encode()
+    else:
+        members["data.yaml"] = yaml.safe_dump({"path": "/content/datasets/fruit", "train": "images/train",
+                                               "val": "images/val", "test": "images/test",
+                                               "names": dict(enumerate(names))}).encode()
+    if layout == "zip":
+        target = root / "fruit.zip"
+        with zipfile.ZipFile(target, "w") as archive:
+            for member, data in members.items():
+                archive.writestr(f"fruit/{member}", data)
+        return target
+    for member, data in members.items():
+        (folder / member).parent.mkdir(parents=True, exist_ok=True)
+        (folder / member).write_bytes(data)
+    return folder / "data.yaml" if layout == "data_yaml" else folder

@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 
 from tests.conftest import (
     COCO128_ZIP,
+    PROJECT_ROOT,
     TINY_PARAMS,
     copy_project,
     half_migrated_store,
@@ -74,6 +75,12 @@ def dataset_md5(project: Path) -> str:
     return yaml.safe_load((project / "dvc.lock").read_text())["stages"]["prepare"]["outs"][0]["md5"]
 
 
+def test_the_course_dataset_is_byte_identical_to_the_committed_dvc_lock(finished: Path) -> None:
+    """The course's settings (COCO128, classes [person], 40 / 10 / 10 drawn with seed 0) give today's dataset:
+    DVC's md5 of data/tiny_coco is the one the project's dvc.lock records."""
+    assert dataset_md5(finished) == dataset_md5(PROJECT_ROOT) == "8157775d643ff8905893be1545635804.dir"
+
+
 def test_dvc_records_every_stage_and_the_workspace_is_clean(finished: Path) -> None:
     lock = yaml.safe_load((finished / "dvc.lock").read_text())["stages"]
     assert list(lock) == ["prepare", "train", "evaluate", "log"]
@@ -92,8 +99,10 @@ def test_outputs_metrics_and_plots(finished: Path, tmp_path: Path) -> None:
     assert len(labels) == 60 and all(line.startswith("0 ") for f in labels for line in f.read_text().splitlines())
     evaluation = read_json(finished / "metrics" / "eval.json")
     for split in ("val", "test"):
-        assert set(evaluation[split]) == {"mAP50", "mAP50-95", "precision", "recall", "f1"}
-        assert all(0.0 <= value <= 1.0 for value in evaluation[split].values())
+        assert set(evaluation[split]) == {"mAP50", "mAP50-95", "precision", "recall", "f1", "classes"}
+        assert set(evaluation[split]["classes"]) == {"person"}
+        assert set(evaluation[split]["classes"]["person"]) == set(names.CLASS_METRICS)
+        assert all(0.0 <= value <= 1.0 for value in names.numbers(names.flatten(evaluation[split])).values())
         for image in ("confusion_matrix.png", "PR_curve.png", "F1_curve.png", "P_curve.png", "R_curve.png"):
             assert (finished / "plots" / split / image).stat().st_size > 1000
         curve = pd.read_csv(finished / "plots" / split / "precision_recall.csv")
@@ -117,19 +126,23 @@ def test_one_mlflow_run_carries_params_metrics_history_artifacts_and_model(finis
     head = run(["git", "rev-parse", "HEAD"], finished).stdout.strip()
     assert params[names.COMMIT_TAG] == head == logged.data.tags[names.MLFLOW_COMMIT_TAG]
     assert params[f"{names.VERSION_PARAM_PREFIX}ultralytics"] and params[f"{names.VERSION_PARAM_PREFIX}mlflow"]
-    evaluation = read_json(finished / "metrics" / "eval.json")
-    for split in ("val", "test"):
-        for name, value in evaluation[split].items():
-            assert logged.data.metrics[names.eval_metric(f"{split}.{name}")] == pytest.approx(value)
-    assert logged.data.metrics[names.data_metric("data.train_images")] == 40
+    evaluation = names.numbers(names.flatten(read_json(finished / "metrics" / "eval.json")))
+    for name, value in evaluation.items():
+        assert logged.data.metrics[names.eval_metric(name)] == pytest.approx(value)
+    assert not [name for name in logged.data.metrics if name.startswith(f"{names.PREPARE}/")]  # no dataset metrics
+    [data_input] = [item.dataset for item in logged.inputs.dataset_inputs]
+    profile, statistics = json.loads(data_input.profile), read_json(finished / "metrics" / "data.json")
+    assert profile["classes"] == ["person"] and profile["train"]["images"] == 40
+    assert profile["test"]["classes"]["person"]["boxes"] == statistics["test"]["boxes"]
     history = client(finished).get_metric_history(logged.info.run_id, names.history_metric("val/mAP50-95"))
     assert [metric.step for metric in history] == [1]  # one entry per epoch
     dataset, train, weights = names.DATASET_ARTIFACTS, names.TRAIN_ARTIFACTS, names.WEIGHTS_ARTIFACTS
     evaluate, plots = names.EVALUATE_ARTIFACTS, names.PLOTS_ARTIFACTS
     listed = {a.path for folder in (dataset, train, weights, evaluate, plots, f"{plots}/test")
               for a in client(finished).list_artifacts(logged.info.run_id, folder)}
-    assert {f"{dataset}/data.yaml", f"{dataset}/data.json", f"{train}/results.csv", f"{weights}/best.pt",
-            f"{weights}/last.pt", f"{evaluate}/eval.json", f"{plots}/results.png", f"{plots}/test/confusion_matrix.png",
+    assert {f"{dataset}/data.yaml", f"{dataset}/data.json", names.DATASET_TABLE, f"{train}/results.csv",
+            f"{weights}/best.pt", f"{weights}/last.pt", f"{evaluate}/eval.json", f"{plots}/results.png",
+            f"{plots}/test/confusion_matrix.png",
             f"{plots}/test/PR_curve.png", f"{plots}/test/F1_curve.png"} <= listed
     run_record = read_json(finished / "metrics" / "mlflow_run.json")
     assert run_record["run_id"] == logged.info.run_id

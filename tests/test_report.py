@@ -99,3 +99,26 @@ def test_wilson_interval_is_defined_at_zero_recall():
     low, high = wilson_interval(0.0, 61)
     assert low == 0.0 and 0.05 < high < 0.07
     assert all(math.isnan(bound) for bound in wilson_interval(0.5, 0))  # no boxes, no interval
+
+
+def test_per_class_table_for_the_best_and_the_runner_up_and_the_weakest_class_as_a_risk(tmp_path: Path):
+    classes = ("person", "car", "dog")
+    ranked = []
+    for name, value in (("best", 0.5), ("second", 0.4), ("third", 0.3)):
+        base = run(name, 320, 1, value)
+        per_class = {f"test.classes.{label}.{metric}": value / (index + 1) for index, label in enumerate(classes)
+                     for metric in ("mAP50-95", "mAP50", "precision", "recall")}
+        boxes = {f"data.test_classes_{label}_boxes": 10 * (3 - index) for index, label in enumerate(classes)}
+        ranked.append(RunSummary(base.run_id, name, "FINISHED", base.params, base.metrics | per_class | boxes,
+                                 classes=classes))
+    target = tmp_path / "decision.md"
+    render(report_data(True, ranked), TEMPLATE, target)
+    text = target.read_text()
+    header = ("| class | best mAP50-95 | best mAP50 | best precision | best recall | second mAP50-95 | second mAP50 "
+              "| second precision | second recall | test boxes |")
+    assert header in text and "third mAP50-95" not in text
+    assert "| person | 0.5000 | 0.5000 | 0.5000 | 0.5000 | 0.4000 | 0.4000 | 0.4000 | 0.4000 | 30 |" in text
+    assert "| dog | 0.1667 | 0.1667 | 0.1667 | 0.1667 | 0.1333 | 0.1333 | 0.1333 | 0.1333 | 10 |" in text
+    assert text.index("| person |") < text.index("| car |") < text.index("| dog |")  # the dataset's order
+    assert ("**Weakest class**: `dog`: test mAP50-95 0.1667 on 10 box(es), against 0.5000 for `person`." in text)
+    assert "- Dataset: 3 class(es), person, car, dog (train 40 images, val 10 images, test 10 images;" in text

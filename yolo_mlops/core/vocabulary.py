@@ -134,10 +134,15 @@ def comparison_metric(mlflow_name: str) -> str | None:
     return None
 
 
+def data_value(name: str) -> str:
+    """A metrics/data.json count (`test.images`, `test.classes.person.boxes`) under its comparison name:
+    `data.test_images`, `data.test_classes_person_boxes`."""
+    return f"{DATA_PREFIX}{name.replace('.', '_')}"
+
+
 def profile_metrics(profile: dict[str, Any]) -> dict[str, float]:
-    """The dataset input's profile (metrics/data.json's counts) under the comparison's names: `data.test_images`,
-    `data.test_classes_person_boxes`."""
-    return {f"{DATA_PREFIX}{key.replace('.', '_')}": value for key, value in numbers(flatten(profile)).items()}
+    """The dataset input's profile (metrics/data.json's counts) under the comparison's names (`data_value`)."""
+    return {data_value(key): value for key, value in numbers(flatten(profile)).items()}
 
 
 def history_of(name: str) -> str | None:

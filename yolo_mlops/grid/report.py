@@ -68,11 +68,13 @@ def objectives(data: ReportData) -> str:
     runs = len(data.comparison.ranked) + len(data.comparison.excluded)
     sizes = ", ".join(f"{split} {int(_m(best, f'data.{split}_images'))} images"
                       for split in ("train", "val", "test") if f"data.{split}_images" in best.metrics)
+    classes = ", ".join(best.classes) or "its classes"
     return "\n".join([
-        f"- Objective: the best person detector of the grid by **{data.comparison.primary}** "
+        f"- Objective: the best detector of {classes} of the grid by **{data.comparison.primary}** "
         f"(tie-breaks: {', '.join(data.comparison.rank_by[1:]) or 'none'}), registered as `{data.promotion.name}`.",
-        f"- Dataset: COCO128 person images ({sizes}); "
-        f"{int(_m(best, 'data.test_boxes')) if 'data.test_boxes' in best.metrics else 'n/a'} person boxes in test.",
+        f"- Dataset: {len(best.classes) or '?'} class(es), {classes} ({sizes}; `prepare.source` "
+        f"{data.params.prepare.source}); "
+        f"{int(_m(best, 'data.test_boxes')) if 'data.test_boxes' in best.metrics else 'n/a'} boxes in test.",
         f"- Training budget: {runs} experiment(s) of {best.params.get('train.epochs', '?')} epoch(s), "
         f"model `{best.params.get('train.model', train.model)}`, batch {best.params.get('train.batch', train.batch)}.",
         f"- Hardware: {data.hardware} (train.device={train.device}).",
@@ -91,6 +93,45 @@ def recommended(data: ReportData) -> str:
     return (f"- DVC experiment `{best.name}`, MLflow run id `{best.run_id}`, registered as "
             f"`{data.promotion.name}` version {data.promotion.version}.\n- Hyperparameters: {params}.\n\n"
             "| split | mAP50-95 | mAP50 | precision | recall |\n|---|---|---|---|---|\n" + metrics)
+
+
+def class_names(run: RunSummary) -> list[str]:
+    """The run's classes, in the dataset's order (names without a per-class result at the end)."""
+    measured = names.class_results(run.metrics, "test")
+    return [name for name in run.classes if name in measured] + sorted(set(measured) - set(run.classes))
+
+
+def per_class(data: ReportData) -> str:
+    """Test AP50-95, AP50, precision and recall of each class, for the best run and the runner-up."""
+    shown = data.comparison.ranked[:2]
+    header = ["class", *(f"{run.name} {metric}" for run in shown for metric in names.CLASS_METRICS), "test boxes"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    results = [names.class_results(run.metrics, "test") for run in shown]
+    best = shown[0]
+    for name in class_names(best):
+        cells = [name] + [_fmt(result.get(name, {}).get(metric, math.nan)) for result in results
+                          for metric in names.CLASS_METRICS]
+        boxes = _m(best, names.data_value(f"test.{names.CLASSES_KEY}.{name}.boxes"))
+        lines.append("| " + " | ".join([*cells, "?" if math.isnan(boxes) else str(int(boxes))]) + " |")
+    if len(lines) == 2:
+        return "No per-class results were recorded for these runs."
+    return ("Per class, on the test split (the gates stay on the all-class metrics):\n\n" + "\n".join(lines))
+
+
+def weakest_class(best: RunSummary) -> tuple[str, str, str]:
+    """The risk of the class the best run detects worst (test mAP50-95)."""
+    results = names.class_results(best.metrics, "test")
+    ordered = sorted(class_names(best), key=lambda name: results[name].get("mAP50-95", math.nan))
+    if not ordered:
+        return ("Weakest class", "no per-class results were recorded.", "Re-run evaluate to record them.")
+    weakest, strongest = ordered[0], ordered[-1]
+    boxes = _m(best, names.data_value(f"test.{names.CLASSES_KEY}.{weakest}.boxes"))
+    count = "?" if math.isnan(boxes) else str(int(boxes))
+    finding = f"`{weakest}`: test mAP50-95 {_fmt(results[weakest].get('mAP50-95', math.nan))} on {count} box(es)"
+    finding += (f", against {_fmt(results[strongest].get('mAP50-95', math.nan))} for `{strongest}`."
+                if len(ordered) > 1 else " (the only class).")
+    return ("Weakest class", finding, f"Add images of `{weakest}` (or check its labels) and watch its AP in the "
+                                      "per-class table; a gate on the all-class figures can hide it.")
 
 
 def pros_cons(run: RunSummary, top: list[RunSummary]) -> tuple[list[str], list[str]]:
@@ -171,7 +212,7 @@ def risks(data: ReportData) -> str:
          f"test precision {_fmt(precision)} vs recall {_fmt(recall)}: "
          + (f"unbalanced, {abs(precision - recall):.4f} apart (more than {IMBALANCE})"
             if abs(precision - recall) > IMBALANCE else f"balanced, within {IMBALANCE} of each other") + ".",
-         "Tune the confidence threshold on the val PR curve for the use case (missed people vs false alarms)."),
+         "Tune the confidence threshold on the val PR curve for the use case (missed objects vs false alarms)."),
         ("Too few epochs / under-fitting",
          f"{best.params.get('train.epochs', '?')} epoch(s); "
          + (f"training records no per-epoch {insights.metric}: compare the curves in MLflow" if not data.curve_metric
@@ -183,8 +224,9 @@ def risks(data: ReportData) -> str:
         ("Training from scratch vs pretrained",
          f"`{model}` " + ("is a random initialisation: expect weak detections from so few images" if
                           model.endswith((".yaml", ".yml")) else "starts from COCO-pretrained weights, which "
-                          "already saw persons: the test set may not reflect new conditions") + ".",
+                          "already saw COCO's classes: the test set may not reflect new conditions") + ".",
          "Fine-tune pretrained weights and test on images from the target camera / domain."),
+        weakest_class(best),
     ]
     return "\n".join(f"{n}. **{title}**: {finding}\n   Mitigation: {mitigation}"
                      for n, (title, finding, mitigation) in enumerate(items, start=1))
@@ -236,7 +278,8 @@ def render(data: ReportData, template: Path, target: Path) -> None:
     values = {
         "registered_model": data.promotion.name, "baseline": data.baseline[:7], "tracking_uri": data.tracking_uri,
         "primary": data.comparison.primary, "ranking": ", then ".join(data.comparison.rank_by),
-        "objectives": objectives(data), "recommended": recommended(data), "top3": top3(data),
+        "objectives": objectives(data), "recommended": recommended(data), "per_class": per_class(data),
+        "top3": top3(data),
         "table": table(data.comparison), "insights": insights_text(data), "risks": risks(data),
         "decision": decision(data), "next_steps": next_steps(data),
     }
