@@ -17,7 +17,7 @@ from yolo_mlops.core.paths import CONFIG_CHART, CURVES_CHART, DECISION_FILE, DVC
 from yolo_mlops.core.vocabulary import CHALLENGER, CHAMPION, DECISION_ARTIFACTS, RAY_NODE_IP_TAG
 from yolo_mlops.grid import commands
 from yolo_mlops.grid.registry import rollback
-from yolo_mlops.grid.report import table
+from yolo_mlops.grid.report import per_class, table
 from yolo_mlops.grid.sync import SyncResult
 from yolo_mlops.tracking.store import connect, public_uri, tracking_uri
 
@@ -99,6 +99,7 @@ def compare(client: MlflowClient, root: Path, params: Params) -> commands.Compar
     comparison = compared.comparison
     print(f"\nRuns ranked by {', then '.join(comparison.rank_by)} (val and test shown):\n")
     print(table(comparison))
+    print("\n" + per_class(comparison))
     print("\n" + "\n".join(f"- {line}" for line in compared.insights.lines()))
     written = [str(RUNS_CSV), str(CONFIG_CHART)]
     written += [f"{CURVES_CHART} ({compared.curve_metric} per epoch)"] if compared.curve_metric else []

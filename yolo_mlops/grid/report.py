@@ -101,9 +101,9 @@ def class_names(run: RunSummary) -> list[str]:
     return [name for name in run.classes if name in measured] + sorted(set(measured) - set(run.classes))
 
 
-def per_class(data: ReportData) -> str:
+def per_class(comparison: Comparison) -> str:
     """Test AP50-95, AP50, precision and recall of each class, for the best run and the runner-up."""
-    shown = data.comparison.ranked[:2]
+    shown = comparison.ranked[:2]
     header = ["class", *(f"{run.name} {metric}" for run in shown for metric in names.CLASS_METRICS), "test boxes"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     results = [names.class_results(run.metrics, "test") for run in shown]
@@ -278,7 +278,7 @@ def render(data: ReportData, template: Path, target: Path) -> None:
     values = {
         "registered_model": data.promotion.name, "baseline": data.baseline[:7], "tracking_uri": data.tracking_uri,
         "primary": data.comparison.primary, "ranking": ", then ".join(data.comparison.rank_by),
-        "objectives": objectives(data), "recommended": recommended(data), "per_class": per_class(data),
+        "objectives": objectives(data), "recommended": recommended(data), "per_class": per_class(data.comparison),
         "top3": top3(data),
         "table": table(data.comparison), "insights": insights_text(data), "risks": risks(data),
         "decision": decision(data), "next_steps": next_steps(data),
