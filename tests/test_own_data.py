@@ -62,8 +62,9 @@ def test_the_mlflow_run_holds_per_class_metrics_and_the_dataset_as_profile_and_t
     [data_input] = logged.inputs.dataset_inputs
     profile = json.loads(data_input.dataset.profile)
     assert profile["classes"] == list(FRUIT) and profile["val"]["classes"]["banana"]["boxes"] == 4
-    with tracking_uri(f"sqlite:///{fruit_project / 'mlflow.db'}"):
-        table = mlflow.load_table(names.DATASET_TABLE, run_ids=[logged.info.run_id])
+    uri = f"sqlite:///{fruit_project / 'mlflow.db'}"
+    with tracking_uri(uri):  # load_table searches the runs through MLflow's global tracking URI
+        table = MlflowClient(uri).load_table(logged.info.experiment_id, names.DATASET_TABLE, [logged.info.run_id])
     assert set(table["class"]) == {"all", *FRUIT} and len(table) == 3 * 4
     row = table[(table["split"] == "val") & (table["class"] == "banana")].iloc[0]
     assert row["images"] == 4 and row["boxes"] == 4 and row["small_boxes"] == 4
