@@ -21,8 +21,8 @@ def test_per_class_metrics_go_to_mlflow_and_back(class_name: str, metric: str) -
     dvc_name = names.class_metric("test", class_name, metric)
     assert dvc_name == f"test.classes.{class_name}.{metric}"  # as `dvc exp show` flattens metrics/eval.json
     mlflow_name = names.eval_metric(dvc_name)
-    safe = class_name.replace(".", "_").replace("/", "_")  # characters MLflow refuses in a metric name
-    assert mlflow_name == f"evaluate/test_classes_{safe}_{metric}"
+    safe = class_name.replace("/", "_")  # a `/` would make a section of its own in the MLflow UI
+    assert mlflow_name == f"evaluate.test.classes.{safe}.{metric}" and "/" not in mlflow_name
     assert names.comparison_metric(mlflow_name) == names.class_metric("test", safe, metric)
     assert names.class_results({names.comparison_metric(mlflow_name): 0.5, "test.mAP50": 0.1}, "test") == {
         safe: {metric: 0.5}}

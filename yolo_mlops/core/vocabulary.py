@@ -62,7 +62,7 @@ MODEL_NAME = "model"
 SPLITS = ("train", "val", "test")
 EVAL_METRICS = ("mAP50", "mAP50-95", "precision", "recall", "f1")
 # Per-class results beside each split's all-class figures, in metrics/data.json and metrics/eval.json:
-# `val.classes.person.mAP50-95` (DVC) ↔ `evaluate/val_classes_person_mAP50-95` (MLflow).
+# `val.classes.person.mAP50-95` (DVC) ↔ `evaluate.val.classes.person.mAP50-95` (MLflow, `mlflow_metric`).
 CLASSES_KEY = "classes"
 CLASS_METRICS = ("mAP50-95", "mAP50", "precision", "recall")
 
@@ -95,7 +95,12 @@ def numbers(values: dict[str, Any]) -> dict[str, float]:
 
 def mlflow_metric(stage: str, name: str) -> str:
     """A stage's DVC metric name → its MLflow name: (evaluate, `val.mAP50-95`) → `evaluate/val_mAP50-95`; the
-    characters MLflow refuses in a name (a class name may hold them) become `_` too."""
+    characters MLflow refuses in a name become `_` too. A per-class result keeps its DVC name after the stage,
+    without a `/`: (evaluate, `val.classes.person.mAP50`) → `evaluate.val.classes.person.mAP50`, which the MLflow UI
+    charts in its own section after the stages' (it groups charts by the name before the last `/`)."""
+    parts = name.split(".")
+    if len(parts) >= 4 and parts[1] == CLASSES_KEY:
+        return f"{stage}." + re.sub(r"[^\w\- .:]", "_", name)
     return f"{stage}/" + re.sub(r"[^\w\- :]", "_", name)
 
 
@@ -122,14 +127,12 @@ def class_results(metrics: dict[str, float], split: str) -> dict[str, dict[str, 
 def comparison_metric(mlflow_name: str) -> str | None:
     """The reverse of `eval_metric`: an MLflow metric → its name in the comparison (`evaluate/val_mAP50` →
     `val.mAP50`, `evaluate/val_classes_person_mAP50` → `val.classes.person.mAP50`); None for others."""
+    per_class = mlflow_name.removeprefix(f"{EVALUATE}.")
+    if per_class != mlflow_name and per_class.split(".")[1:2] == [CLASSES_KEY]:
+        return per_class
     stage, _, name = mlflow_name.partition("/")
     if stage == EVALUATE and "_" in name:
         split, metric = name.split("_", 1)
-        per_class = metric.removeprefix(f"{CLASSES_KEY}_")
-        if per_class != metric:  # classes_<class name>_<metric>; the class name may hold `_`
-            for known in CLASS_METRICS:
-                if per_class.endswith(f"_{known}"):
-                    return class_metric(split, per_class.removesuffix(f"_{known}"), known)
         return f"{split}.{metric}"
     return None
 

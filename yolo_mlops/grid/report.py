@@ -127,9 +127,10 @@ def weakest_class(best: RunSummary) -> tuple[str, str, str]:
     weakest, strongest = ordered[0], ordered[-1]
     boxes = _m(best, names.data_value(f"test.{names.CLASSES_KEY}.{weakest}.boxes"))
     count = "?" if math.isnan(boxes) else str(int(boxes))
-    finding = f"`{weakest}`: test mAP50-95 {_fmt(results[weakest].get('mAP50-95', math.nan))} on {count} box(es)"
-    finding += (f", against {_fmt(results[strongest].get('mAP50-95', math.nan))} for `{strongest}`."
-                if len(ordered) > 1 else " (the only class).")
+    low, high = (results[name].get("mAP50-95", math.nan) for name in (weakest, strongest))
+    finding = f"`{weakest}`: test mAP50-95 {_fmt(low)} on {count} box(es)"
+    finding += (" (the only class)." if len(ordered) == 1 else f", against {_fmt(high)} for `{strongest}`."
+                if low != high else f"; all {len(ordered)} classes score the same, none stands out.")
     return ("Weakest class", finding, f"Add images of `{weakest}` (or check its labels) and watch its AP in the "
                                       "per-class table; a gate on the all-class figures can hide it.")
 
