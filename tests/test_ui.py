@@ -24,7 +24,7 @@ from yolo_mlops.core.paths import DECISION_FILE
 from yolo_mlops.grid.ranking import RunSummary
 from yolo_mlops.grid.registry import promote
 from yolo_mlops.tracking.record import RunHeader
-from yolo_mlops.tracking.run import open_run
+from yolo_mlops.tracking.run import log_metrics, metric_points, open_run
 from yolo_mlops.tracking.store import experiment_id, experiment_page, open_client
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -44,6 +44,38 @@ class Ui:
     url: str
     experiment_id: str
     run_ids: dict[str, str]  # run name → run id
+    classes_experiment: str = ""  # runs sent as the stages send them, on a 3-class dataset
+    classes_runs: tuple[str, ...] = ()
+
+
+CLASSES_EXPERIMENT, CLASS_NAMES = "cv_yolo_classes", ("person", "car", "dog")
+
+
+def log_stage_like_runs(client: MlflowClient, exp: str) -> tuple[str, ...]:
+    """Three runs as the stages send them: opened with the dataset (input, profile, table: the same for every run),
+    two epochs of training (the learning rate the same for all), then evaluate's all-class and per-class metrics."""
+    run_ids = []
+    profile = {"classes": list(CLASS_NAMES), "test": {"images": 10, "boxes": 40,
+                                                      "classes": {name: {"boxes": 10} for name in CLASS_NAMES}}}
+    for index in range(3):
+        run_id = open_run(client, exp, RunHeader(
+            run_name=f"exp-{index}", fingerprint=f"{index}" * 64,
+            params={"train.lr0": "0.01", "train.seed": str(index)},
+            tags={names.EXP_NAME_TAG: f"exp-{index}"}, dataset_md5=DATASET_MD5, dataset_profile=profile,
+            dataset_table={"split": ["test"], "class": ["all"], "images": [10]}))
+        epochs = [{"train/box_loss": 3.0 - index / 10 - epoch, "lr/pg0": 0.01, "val/mAP50-95": 0.1 * epoch + index}
+                  for epoch in range(2)]
+        log_metrics(client, run_id, metric_points((names.history_metric(name), value, step)
+                                                  for step, epoch in enumerate(epochs, start=1)
+                                                  for name, value in epoch.items()))
+        evaluation = {split: {"mAP50-95": 0.2 + index / 10, "recall": 0.5,
+                              "classes": {name: {"mAP50-95": 0.1 * rank + index / 10} for rank, name in
+                                          enumerate(CLASS_NAMES)}} for split in ("val", "test")}
+        log_metrics(client, run_id, metric_points((names.eval_metric(name), value, 0) for name, value in
+                                                  names.numbers(names.flatten(evaluation)).items()))
+        client.set_terminated(run_id, "FINISHED")
+        run_ids.append(run_id)
+    return tuple(run_ids)
 
 
 def dom(url: str, profile: Path) -> str:
@@ -80,12 +112,14 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ui]:
         report = folder / DECISION_FILE.name
         report.write_text(f"# {REPORT_TITLE}\n", encoding="utf-8")
         client.log_artifact(best.run_id, str(report), names.DECISION_ARTIFACTS)  # as `grid promote` logs it
+        classes_experiment = experiment_id(client, CLASSES_EXPERIMENT)
+        classes_runs = log_stage_like_runs(client, classes_experiment)
     port = free_port(HOST)
     server = Service.start([str(BIN / "mlflow"), "server", "--backend-store-uri", uri, "--host", HOST,
                             "--port", str(port), "--workers", "1"], project_env(), folder / "mlflow.log")
     try:
         wait_for(lambda: answers(f"http://{HOST}:{port}/health"), "mlflow server", server)
-        yield Ui(f"http://{HOST}:{port}/", exp, run_ids)
+        yield Ui(f"http://{HOST}:{port}/", exp, run_ids, classes_experiment, classes_runs)
     finally:
         server.stop()
 
@@ -120,3 +154,19 @@ def test_the_promoted_version_shows_its_decision_and_gates_and_links_to_the_repo
     assert f'href="{link}">decision/decision.md</a>' in page
     report = dom(f"{ui.url}{link}", tmp_path / "report")
     assert re.search(f"<h1[^>]*>{REPORT_TITLE}</h1>", report)  # the report, rendered from its Markdown
+
+
+def test_a_run_opens_on_training_and_evaluation_and_compare_plots_a_metric_that_differs(ui: Ui, tmp_path: Path):
+    """The run's Model metrics tab: evaluate's and train's charts first (sections in name order), the per-class
+    results in the section after them, no dataset statistics. The Compare view's parallel coordinates plot shows
+    the first metric the runs share by default (MLflow's choice): one that tells the runs apart."""
+    run_id = ui.classes_runs[0]
+    page = dom(f"{ui.url}#/experiments/{ui.classes_experiment}/runs/{run_id}/model-metrics", tmp_path / "metrics")
+    sections = re.findall(r'section-header[^>]*>(?:<[^>]+>)*?<div[^>]*>([^<]+)</div><div[^>]*>\((\d+)\)<', page)
+    assert [(name, int(count)) for name, count in sections] == [("evaluate", 4), ("train", 3), ("Model metrics", 6)]
+    runs = ",".join(f"%22{run}%22" for run in ui.classes_runs)
+    page = dom(f"{ui.url}#/compare-runs?runs=%5B{runs}%5D&experiments=%5B%22{ui.classes_experiment}%22%5D",
+               tmp_path / "compare")
+    default = re.search(r"Metrics:(?:<[^>]+>)+([^<]+)<", page).group(1)
+    values = {MlflowClient(ui.url.rstrip("/")).get_run(run).data.metrics[default] for run in ui.classes_runs}
+    assert not default.startswith(f"{names.PREPARE}/") and len(values) == len(ui.classes_runs)
