@@ -27,7 +27,7 @@ def has_model(run: Run) -> bool:
 
 
 def log_model(client: MlflowClient, run: Run, weights: Path, imgsz: int) -> str:
-    """Log `weights` as the run's pyfunc model (images in, person boxes out); returns its model id.
+    """Log `weights` as the run's pyfunc model (images in, boxes with class names out); returns its model id.
 
     The model is created with the run as its source, filled, and linked to the run last, so a linked
     model is complete: a logging cut short leaves an unlinked model, and the next stage logs it again.

@@ -1,4 +1,4 @@
-"""The trained detector as an MLflow pyfunc model: images in, person boxes out.
+"""The trained detector as an MLflow pyfunc model: images in, boxes out, each with its class name from the model.
 
 Logged as MLflow "model from code": this file is stored with the model and run when the
 model is loaded, so it imports nothing from the project."""
