@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import make_source, person_labels
+from tests.conftest import jpeg_bytes, make_source, person_labels
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.params import PrepareParams
 from yolo_mlops.data.dataset import find_samples, parse_labels, prepare_dataset
@@ -88,7 +88,8 @@ def test_bad_label_lines_are_refused_with_file_and_line(tmp_path: Path, line: st
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("data", [b"\xff\xd8\xff\xe0 a truncated jpeg", b"no image format at all"])
+@pytest.mark.parametrize("data", [b"\xff\xd8\xff\xe0 a truncated jpeg", b"no image format at all",
+                                  jpeg_bytes(64, 48)[:300]])  # a valid header, cut short
 def test_an_image_that_does_not_decode_is_named(tmp_path: Path, data: bytes) -> None:
     labels = person_labels(8)
     broken = {"000000000003": data}

@@ -192,17 +192,20 @@ def check_classes(splits: dict[str, list[Sample]], names: list[str]) -> None:
 
 
 def decode_image(data: bytes, where: str) -> tuple[int, int]:
-    """The size of an image, decoded to the end (at JPEG's smallest scale, which reads every byte of it); one that
-    does not decode is refused, naming it."""
+    """The size of an image, checked as Ultralytics checks a dataset's images (its header parsed and verified, a
+    JPEG's end marker present) without decoding its pixels; one that fails is refused, naming it."""
     try:
         image = Image.open(io.BytesIO(data))
-        size = image.size
-        image.draft(image.mode, (1, 1))
-        image.load()
+        size, kind = image.size, image.format
+        image.verify()
     except UnidentifiedImageError:  # its message names the in-memory buffer, not the file
         raise PipelineError(f"{where}: image does not decode (not a format Pillow recognises)") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise PipelineError(f"{where}: image does not decode ({error})") from None
+    if kind == "JPEG" and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        raise PipelineError(f"{where}: image does not decode (a truncated JPEG: no end-of-image marker)")
+    if min(size) < 1:
+        raise PipelineError(f"{where}: image does not decode (size {size[0]}x{size[1]})")
     return size
 
 
