@@ -1,1 +1,1 @@
-"""Track, compare and promote tiny YOLO person detectors with DVC and MLflow."""
+"""Track, compare and promote tiny YOLO detectors (COCO128 persons by default) with DVC and MLflow."""
