@@ -22,7 +22,7 @@ SEED = "train.seed"
 CONFIG_PARAMS = (*(key for key in names.HYPERPARAMETERS if key != SEED), names.DATASET_TAG)
 
 
-def dataset_profile(run: Run) -> dict[str, Any]:
+def profile_of(run: Run) -> dict[str, Any]:
     """The profile of the run's dataset input (tracking/run.py): class names and counts; {} without one."""
     for dataset_input in run.inputs.dataset_inputs if run.inputs else []:
         if dataset_input.dataset.source_type == names.DATASET_SOURCE_TYPE and dataset_input.dataset.profile:
@@ -47,7 +47,7 @@ class RunSummary:
     def from_run(cls, run: Run) -> "RunSummary":
         metrics = {names.comparison_metric(key): value for key, value in run.data.metrics.items()}
         metrics.pop(None, None)
-        profile = dataset_profile(run)
+        profile = profile_of(run)
         return cls(run.info.run_id, run.data.tags.get(names.EXP_NAME_TAG) or run.info.run_name, run.info.status,
                    dict(run.data.params), names.profile_metrics(profile) | metrics,
                    run.data.tags.get(names.ERROR_TAG, ""), tuple(profile.get(names.DATASET_PROFILE_CLASSES, ())))
