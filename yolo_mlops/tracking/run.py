@@ -77,13 +77,12 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: list[Metric]) -> Non
 
 
 def open_run(client: MlflowClient, experiment_id: str, header: RunHeader) -> str:
-    """Create the experiment's run, RUNNING from now on, with its params, its dataset input and the dataset's
-    statistics as a table artifact (not as run metrics: the same for every run of the dataset, they would crowd the
-    run's charts and the comparison's); earlier attempts of the experiment are marked as such (`retire_attempts`)."""
+    """Create the experiment's run, RUNNING from now on, with its params and its dataset input (the dataset's
+    statistics are no run metrics: the same for every run of the dataset, they would crowd the run's charts and the
+    comparison's); earlier attempts of the experiment are marked as such (see `retire_attempts`)."""
     run_id = client.create_run(experiment_id, run_name=header.run_name, tags=header.tags).info.run_id
     log_params(client, run_id, header.params, {})
     client.log_inputs(run_id, datasets=[dataset_input(header)])
-    client.log_table(run_id, data=header.dataset_table, artifact_file=names.DATASET_TABLE)
     retire_attempts(client, experiment_id, header.fingerprint, run_id)
     return run_id
 
@@ -133,6 +132,9 @@ def _send(client: MlflowClient, run: Run, record: ExperimentRecord) -> None:
     for name, value in record.header.tags.items():
         client.set_tag(run_id, name, value)
     upload(client, run_id, record.artifacts)
+    if names.DATASET_TABLE not in {item.path for item in client.list_artifacts(run_id, names.DATASET_ARTIFACTS)}:
+        # once: MLflow appends the rows to a table the run holds already
+        client.log_table(run_id, data=record.header.dataset_table, artifact_file=names.DATASET_TABLE)
     if not has_model(run):
         log.info("log: logging the MLflow model")
         log_model(client, run, record.weights, record.imgsz)
