@@ -24,7 +24,7 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.conftest import TINY_PARAMS, copy_project, free_port, project_env, run
+from tests.conftest import PROJECT_ROOT, TINY_PARAMS, copy_project, free_port, project_env, run
 
 HOST = "127.0.0.1"
 BUCKETS = ("mlflow", "dvc")  # as created by the compose file's init service
@@ -34,6 +34,7 @@ S3_ENV = {"AWS_ACCESS_KEY_ID": "stack-test-user", "AWS_SECRET_ACCESS_KEY": "stac
 START_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 30
 BIN = Path(sys.executable).parent
+AUTH_ENTRYPOINT = PROJECT_ROOT / "docker" / "mlflow" / "auth-config.sh"  # the MLflow image's entry point
 
 
 def answers(url: str) -> bool:
@@ -179,6 +180,7 @@ class MlflowServer:
     log_dir: Path
     port: int
     proxy_artifacts: bool = True
+    auth: dict[str, str] | None = None  # sign-in on (`--app-name basic-auth`): the admin's password and the key
     service: Service | None = None
 
     @property
@@ -191,6 +193,10 @@ class MlflowServer:
         env = project_env(MLFLOW_S3_ENDPOINT_URL=self.s3_endpoint, AWS_MAX_ATTEMPTS="2", **S3_ENV)
         command = [str(BIN / "mlflow"), "server", "--backend-store-uri", self.backend_uri, *artifacts,
                    "--host", HOST, "--port", str(self.port), "--workers", "1"]
+        if self.auth is not None:  # as docker-compose.yml runs it: the image's entry point writes the auth config
+            env |= self.auth | {"MLFLOW_AUTH_DATABASE_URI": self.backend_uri,
+                                "MLFLOW_AUTH_CONFIG_PATH": str(self.log_dir / f"basic_auth-{self.port}.ini")}
+            command = ["sh", str(AUTH_ENTRYPOINT), *command, "--app-name", "basic-auth"]
         self.service = Service.start(command, env, self.log_dir / f"mlflow-{self.port}.log")
         wait_for(lambda: answers(f"{self.uri}/health"), "mlflow server", self.service)
         return self
@@ -202,8 +208,8 @@ class MlflowServer:
 
 @contextmanager
 def mlflow_server(backend_uri: str, s3_endpoint: str, log_dir: Path, port: int | None = None,
-                  proxy_artifacts: bool = True) -> Iterator[MlflowServer]:
-    server = MlflowServer(backend_uri, s3_endpoint, log_dir, port or free_port(HOST), proxy_artifacts)
+                  proxy_artifacts: bool = True, auth: dict[str, str] | None = None) -> Iterator[MlflowServer]:
+    server = MlflowServer(backend_uri, s3_endpoint, log_dir, port or free_port(HOST), proxy_artifacts, auth)
     try:
         yield server.start()
     finally:
