@@ -8,6 +8,7 @@ in for MinIO: it speaks the S3 protocol over HTTP to boto3, DVC and MLflow alike
 import glob
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import subprocess
@@ -248,19 +249,23 @@ def run_without_server(project_dir: Path) -> Offline:
 
 
 RAY_OBJECT_STORE = 100 * 2**20  # bytes per node: the grid passes no data through Ray's object store
+# The test clusters' token (Ray's token mode), one per test session: Ray caches the token of a process.
+RAY_TOKEN_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
 
 @contextmanager
 def ray_cluster(workers: int) -> Iterator[tuple[Any, list]]:
-    """A real Ray cluster on this machine (`ray.cluster_utils.Cluster`): a head node that runs nothing
-    (no CPU, no dashboard) and `workers` worker nodes of one CPU each, as processes; yields the cluster
-    (`.address`; `.remove_node(node)` kills a node) and its worker nodes. Its processes inherit this
-    environment."""
+    """A real Ray cluster on this machine (`ray.cluster_utils.Cluster`) in token mode (RAY_TOKEN_ENV): a head
+    node that runs nothing (no CPU, no dashboard) and `workers` worker nodes of one CPU each, as processes;
+    yields the cluster (`.address`; `.remove_node(node)` kills a node) and its worker nodes. Its processes, and
+    the drivers the test starts meanwhile, inherit this environment, the token included."""
     from ray.cluster_utils import Cluster
 
-    saved = {name: os.environ.get(name) for name in ("PATH", "RAY_USAGE_STATS_ENABLED")}
+    saved = {name: os.environ.get(name) for name in ("PATH", "RAY_USAGE_STATS_ENABLED", *RAY_TOKEN_ENV)}
     os.environ["PATH"] = f"{BIN}{os.pathsep}{saved['PATH'] or ''}"  # the tasks run this virtualenv's dvc, as
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # `make ray-worker`'s do; and no usage statistics, as there
+    os.environ.update(RAY_TOKEN_ENV)  # token mode, as `make ray-head` starts it: the drivers started here get it
+    reset_ray_token_state()
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "include_dashboard": False, "object_store_memory": RAY_OBJECT_STORE})
     try:
@@ -274,6 +279,15 @@ def ray_cluster(workers: int) -> Iterator[tuple[Any, list]]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+        reset_ray_token_state()
+
+
+def reset_ray_token_state() -> None:
+    """Make this process's Ray read its token mode and token from the environment again (Ray caches them;
+    as its own tests do, ray._private.authentication_test_utils)."""
+    from ray._private.authentication_test_utils import reset_auth_token_state
+
+    reset_auth_token_state()
 
 
 def team_clone(project: Path, s3: S3Server, git_remote: Path) -> Path:

@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 
 import ray
 from ray._private.services import canonicalize_bootstrap_address_or_die
+from ray._raylet import Config
 from ray.exceptions import AuthenticationError
 
 import yolo_mlops
@@ -45,6 +46,7 @@ CONNECT_TIMEOUT_S = 5
 NOTHING_RAN = "Nothing was run."
 # Ray's token authentication (Ray 2.52+): its mode, and the token itself or a file that holds it.
 AUTH_MODE_VARIABLE, TOKEN_VARIABLE, TOKEN_PATH_VARIABLE = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
+BACKEND_LOG_LEVEL = "RAY_BACKEND_LOG_LEVEL"  # of Ray's own (C++) processes and clients
 DEFAULT_TOKEN_FILE = Path.home() / ".ray" / "auth_token"  # where `ray get-auth-token --generate` writes it
 NEEDS_TOKEN = (f"set {TOKEN_VARIABLE} to the cluster's token (the head's .env RAY_AUTH_TOKEN), or "
                f"{TOKEN_PATH_VARIABLE} to a file that holds it; `make run RAY=...` takes it from .env")
@@ -160,7 +162,9 @@ def ray_token_source() -> str:
         source = str(DEFAULT_TOKEN_FILE)
     else:
         raise PipelineError(f"no Ray token: {NEEDS_TOKEN}. {NOTHING_RAN}")
-    os.environ[AUTH_MODE_VARIABLE] = "token"  # the token is sent to the cluster, and to nothing else
+    if mode != "token":  # a token given, the mode not: token mode, for this process (Ray caches its config)
+        os.environ[AUTH_MODE_VARIABLE] = "token"
+        Config.initialize("")
     return source
 
 
@@ -168,21 +172,23 @@ def connect(address: str) -> dict[str, float]:
     """Join the Ray cluster at `address` (`auto`: the one `ray start` started here; `host:port`;
     `ray://host:port`) with this driver's token (`ray_token_source`); returns its resources. An address
     nobody listens on is refused within seconds (Ray itself waits minutes)."""
-    source = ray_token_source()
     try:
         gcs = address if address.startswith("ray://") else canonicalize_bootstrap_address_or_die(address)
         host, _, port = gcs.removeprefix("ray://").rpartition(":")
         socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except (OSError, ValueError) as error:
+        raise no_cluster(address, str(error).splitlines()[0]) from None
+    source = ray_token_source()
+    try:
+        os.environ.setdefault(BACKEND_LOG_LEVEL, "fatal")  # not Ray's retries, each a line, before the refusal
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     except AuthenticationError as error:
         raise PipelineError(f"Ray cluster at {address}: {error.message.split('.')[0]}: {NEEDS_TOKEN}. "
                             f"{NOTHING_RAN}") from None
-    except ConnectionError as error:  # a cluster that answers the port but not Ray's handshake: the token
+    except ConnectionError as error:  # the port answers, Ray's handshake does not: the token, most often
         raise PipelineError(
             f"Ray cluster at {address} refused this driver ({str(error).splitlines()[0]}) with the token from "
             f"{source}: {NEEDS_TOKEN}. {NOTHING_RAN}") from None
-    except (OSError, ValueError) as error:
-        raise no_cluster(address, str(error).splitlines()[0]) from None
     return ray.cluster_resources()
 
 
