@@ -5,6 +5,7 @@ The team's accounts are made by `make user`; a member runs the tiny pipeline wit
 reads, a maintainer promotes and rolls back, and nothing any of them ran holds a password."""
 
 import base64
+import json
 import os
 import re
 import secrets
@@ -101,12 +102,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield Stack(server, project, admin_password, passwords)
 
 
-def status_of(url: str, user: str | None = None, password: str | None = None) -> int:
+def signed_request(url: str, user: str | None, password: str | None) -> urllib.request.Request:
+    """A request with HTTP basic authentication's header, as MLflow's client sends it (none without `user`)."""
     request = urllib.request.Request(url)
     if user is not None:
         request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    return request
+
+
+def status_of(url: str, user: str | None = None, password: str | None = None) -> int:
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(signed_request(url, user, password), timeout=30) as response:
             return response.status
     except urllib.error.HTTPError as error:
         return error.code
@@ -132,6 +138,20 @@ def test_make_user_updates_a_role_keeps_the_password_and_refuses_bad_input(stack
     assert missing.returncode != 0 and "make user NAME=<name> ROLE=viewer|member|maintainer" in missing.stdout
     wrong = make_user(stack.project, stack.server, "someone", "owner")
     assert wrong.returncode != 0 and "invalid choice: 'owner'" in wrong.stderr
+    team = ["python", "-m", "yolo_mlops.tracking.team", "someone", names.VIEWER]
+    not_admin = stack.run(team, names.MEMBER)
+    assert not_admin.returncode == 1 and f"user '{USERS[names.MEMBER]}' is not its admin (403)" in not_admin.stderr
+    bad_admin = run(team, stack.project, env=client_env(stack.server.uri, MLFLOW_TRACKING_USERNAME="admin",
+                                                        MLFLOW_TRACKING_PASSWORD=WRONG_PASSWORD), check=False)
+    assert bad_admin.returncode == 1 and "refused the sign-in of user 'admin'" in bad_admin.stderr
+    assert "someone" not in [user["username"] for user in client_users(stack)]
+
+
+def client_users(stack: Stack) -> list[dict]:
+    """The server's users, as its admin lists them (REST)."""
+    request = signed_request(f"{stack.server.uri}/api/2.0/mlflow/users/list", "admin", stack.admin_password)
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)["users"]
 
 
 def test_a_viewer_reads_the_experiment_and_the_model_but_cannot_log(stack: Stack) -> None:

@@ -231,3 +231,26 @@ def test_make_user_and_the_ray_targets_refuse_without_their_secret(tmp_path: Pat
         result = run(["make", "-o", ".venv/.installed", *target.split()], project, check=False)
         assert result.returncode != 0 and "error: no Ray token: set RAY_AUTH_TOKEN in .env" in result.stdout
         assert "ray start" not in result.stdout + result.stderr
+
+
+def test_the_ray_targets_start_nodes_in_token_mode_with_the_token_of_env_or_of_a_file(tmp_path: Path) -> None:
+    """What `make ray-head` / `make ray-worker` hand to `ray start` (a stand-in `ray` on PATH prints it; the real
+    cluster in token mode is tests/test_ray_token.py's): token mode, the token in the environment only."""
+    project = copy_project(tmp_path / "project")
+    stand_in = tmp_path / "bin" / "ray"
+    stand_in.parent.mkdir()
+    stand_in.write_text('#!/bin/sh\necho "ray $* | mode=$RAY_AUTH_MODE token=${RAY_AUTH_TOKEN:+set} '
+                        'path=${RAY_AUTH_TOKEN_PATH:-}"\n')
+    stand_in.chmod(0o755)
+    env = project_env(PATH=f"{stand_in.parent}:{project_env()['PATH']}")
+    token = "t" * 64
+    (project / ".env").write_text(filled_env(RAY_AUTH_TOKEN=token))
+    head = run(["make", "-o", ".venv/.installed", "ray-head"], project, env=env)
+    assert "ray start --head --port=6379" in head.stdout and "| mode=token token=set path=\n" in head.stdout
+    (tmp_path / "token").write_text("f" * 64)
+    worker = run(["make", "-o", ".venv/.installed", "ray-worker", "RAY=10.0.0.1:6379"], project,
+                 env=env | {"RAY_AUTH_TOKEN_PATH": str(tmp_path / "token")})
+    assert "ray start --address=10.0.0.1:6379" in worker.stdout
+    assert f"| mode=token token= path={tmp_path / 'token'}\n" in worker.stdout  # the file wins; .env is not read
+    for result in (head, worker):
+        assert token not in result.stdout + result.stderr and "f" * 64 not in result.stdout + result.stderr

@@ -4,8 +4,10 @@ import os
 
 from yolo_mlops.core.paths import EVAL_METRICS_FILE, MODELS_DIR, PLOTS_DIR
 
+STORE_IS_BACK = "the tracking store is back"
 
-def safe_results(retry: str = "the tracking store is back") -> str:
+
+def safe_results(retry: str = STORE_IS_BACK) -> str:
     """Nothing is lost, and when to run again (`retry`: once what is true)."""
     return (f"Nothing is lost: the results stay in {MODELS_DIR}/, {PLOTS_DIR}/ and {EVAL_METRICS_FILE.parent}/. "
             f"Once {retry}, run `dvc repro` again: only the log stage runs, and it completes the same MLflow run "

@@ -16,7 +16,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run
 from yolo_mlops.core import vocabulary as names
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.paths import DATASET_DIR
-from yolo_mlops.tracking.hints import SAFE_RESULTS, artifact_store_hint, safe_results
+from yolo_mlops.tracking.hints import SAFE_RESULTS, STORE_IS_BACK, artifact_store_hint, safe_results
 from yolo_mlops.tracking.model import has_model, log_model
 from yolo_mlops.tracking.record import ExperimentRecord, RunHeader
 from yolo_mlops.tracking.store import (
@@ -147,9 +147,9 @@ def _send(client: MlflowClient, run: Run, record: ExperimentRecord) -> None:
         log_model(client, run, record.weights, record.imgsz)
 
 
-def _retry(error: PipelineError) -> tuple[str, ...]:
+def _retry(error: PipelineError) -> str:
     """When to run again: once the sign-in or permission is fixed, else once the store is back."""
-    return (error.retry,) if isinstance(error, SignInError) else ()
+    return error.retry if isinstance(error, SignInError) else STORE_IS_BACK
 
 
 def log_record(record: ExperimentRecord, experiment_name: str) -> LoggedRun:
@@ -162,10 +162,10 @@ def log_record(record: ExperimentRecord, experiment_name: str) -> LoggedRun:
         run = found or client.get_run(open_run(client, exp_id, header))
         run_id = run.info.run_id
     except PipelineError as error:  # the store named, what is wrong and what to do
-        raise PipelineError(f"{error}. {safe_results(*_retry(error))}") from None
+        raise PipelineError(f"{error}. {safe_results(_retry(error))}") from None
     except Exception as error:  # the server, the database or the network: report, don't trace
         failed = store_error(tracking_uri(), error, "failed", pipeline_permission(experiment_name))
-        raise PipelineError(f"{failed}. {safe_results(*_retry(failed))}") from None
+        raise PipelineError(f"{failed}. {safe_results(_retry(failed))}") from None
     if is_complete(run):
         return LoggedRun(run_id, exp_id, run.info.run_name, "unchanged")
     if found:

@@ -13,6 +13,7 @@ and `champion` cannot be split between roles. The experiment and the registered 
 (by the admin) when missing, so that no one else creates them and so manages them."""
 
 import argparse
+import os
 import secrets
 import sys
 from dataclasses import dataclass
@@ -25,7 +26,14 @@ from yolo_mlops.core import vocabulary as names
 from yolo_mlops.core.entry import run_main
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.params import load_params
-from yolo_mlops.tracking.store import USERNAME_VARIABLE, connect, experiment_id, public_uri, sign_in_error
+from yolo_mlops.tracking.store import (
+    PERMISSION_DENIED,
+    USERNAME_VARIABLE,
+    connect,
+    experiment_id,
+    public_uri,
+    sign_in_error,
+)
 
 # MLflow's roles live in a workspace; without MLflow's workspaces everything is in its default one.
 WORKSPACE = "default"
@@ -112,8 +120,11 @@ def main(argv: list[str] | None = None) -> None:
         account = set_account(client, args.name, args.role, params.mlflow.experiment_name,
                               params.promote.registered_model, args.reset_password)
     except MlflowException as error:
-        refused = sign_in_error(error, "the server's admin account", uri=uri)
-        raise (refused or PipelineError(f"MLflow at {public_uri(uri)}: {error.message}")) from None
+        if error.error_code == PERMISSION_DENIED:
+            raise PipelineError(f"MLflow server {public_uri(uri)}: user {os.environ.get(USERNAME_VARIABLE)!r} is not "
+                                "its admin (403); make user signs in as admin, with .env's "
+                                "MLFLOW_AUTH_ADMIN_PASSWORD") from None
+        raise (sign_in_error(error, "") or PipelineError(f"MLflow at {public_uri(uri)}: {error.message}")) from None
     where = f"MLflow server {public_uri(uri)}"
     print(f"user {account.name}: {'created' if account.created else 'updated'}, role {account.role} on {where} "
           f"(experiment {params.mlflow.experiment_name!r}, registered model {params.promote.registered_model!r})")
