@@ -13,7 +13,7 @@ RAY ?=
 # Experiments at once in DVC's queue: make run JOBS=1 (default 2: python -m yolo_mlops.grid run --help)
 JOBS ?=
 
-.PHONY: help setup run rollback test lint ui up down remote ray-head ray-worker clean-venv
+.PHONY: help setup run rollback test lint ui up down user remote ray-head ray-worker clean-venv
 
 help:
 	@echo "make help        this list (the default target)"
@@ -28,6 +28,8 @@ help:
 	@echo "                 or print the server's address when MLFLOW_TRACKING_URI is set"
 	@echo "make up          start the team stack (MinIO, PostgreSQL, MLflow server) from .env"
 	@echo "make down        stop the team stack; its named volumes, and so every run, are kept"
+	@echo "make user        NAME=alice ROLE=viewer|member|maintainer: create (or update) a user of the stack's"
+	@echo "                 MLflow server, print a new user's password once (docs/security.md)"
 	@echo "make remote      make the stack's MinIO bucket this clone's DVC remote (credentials from .env)"
 	@echo "make ray-head    start the head of a Ray cluster on this machine (ray start --head, port 6379)"
 	@echo "make ray-worker  join this machine to the Ray cluster at RAY=<head>:6379 (ray start --address)"
@@ -52,7 +54,7 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 setup: $(VENV)/.installed
 
 run: setup
-	python -m yolo_mlops.grid run $(OVERRIDES) $(if $(RAY),--ray $(RAY)) $(if $(JOBS),--jobs $(JOBS))
+	$(if $(RAY),@$(RAY_TOKEN) set -x; )python -m yolo_mlops.grid run $(OVERRIDES) $(if $(RAY),--ray $(RAY)) $(if $(JOBS),--jobs $(JOBS))
 	@echo
 	@echo "Results: reports/decision.md, reports/runs.csv, reports/*.png, reports/dvc_plots/index.html"
 	@echo "MLflow:  run 'make ui' and open http://127.0.0.1:5000 (experiment cv_yolo_tiny, model yolo_tiny_person)"
@@ -73,12 +75,34 @@ ui: setup
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000; fi
 
 # The team stack (docker-compose.yml); `down` keeps the named volumes, so every run survives.
+# MLflow's sign-in: its admin's password and the sign-in app's key, never a placeholder nor MLflow's old default.
+MLFLOW_DEFAULT_ADMIN_PASSWORD := password1234
 up:
 	@test -f .env || { echo "error: .env is missing: cp .env.example .env, then replace its change-me values"; exit 1; }
 	@! grep -Eq '^[A-Z_]+=change-me' .env || { echo "error: .env still holds change-me placeholder passwords"; exit 1; }
+	@. ./.env && for name in MLFLOW_AUTH_ADMIN_PASSWORD MLFLOW_FLASK_SERVER_SECRET_KEY; do \
+		[ -n "$${!name:-}" ] || { echo "error: .env: $$name is not set (see .env.example)"; exit 1; }; \
+	done && \
+	[ "$$MLFLOW_AUTH_ADMIN_PASSWORD" != "$(MLFLOW_DEFAULT_ADMIN_PASSWORD)" ] || \
+		{ echo "error: .env: MLFLOW_AUTH_ADMIN_PASSWORD is MLflow's well-known old default; choose another"; exit 1; } && \
+	[ "$${#MLFLOW_AUTH_ADMIN_PASSWORD}" -ge 12 ] || \
+		{ echo "error: .env: MLFLOW_AUTH_ADMIN_PASSWORD is shorter than 12 characters (MLflow's minimum)"; exit 1; }
 	docker compose up -d --build --wait --wait-timeout 300
-	@echo "MLflow: http://localhost:5000   MinIO console: http://localhost:9001"
-	@echo "Point a clone at it: export MLFLOW_TRACKING_URI=http://localhost:5000; make remote"
+	@echo "MLflow: http://localhost:5000 (sign in as admin)   MinIO console: http://localhost:9001"
+	@echo "Next: make user NAME=<name> ROLE=viewer|member|maintainer for each team member; then, in a clone:"
+	@echo "export MLFLOW_TRACKING_URI=http://localhost:5000 MLFLOW_TRACKING_USERNAME=<name> MLFLOW_TRACKING_PASSWORD=..."
+
+# A team member's account on the stack's MLflow server (tracking/team.py), as its admin (password from .env);
+# the server is $$MLFLOW_TRACKING_URI, else the stack on this machine. RESET=1 gives an existing user a new password.
+user: setup
+	@test -n "$(NAME)" && test -n "$(ROLE)" || \
+		{ echo "error: give the user and the role: make user NAME=<name> ROLE=viewer|member|maintainer"; exit 1; }
+	@test -f .env || { echo "error: .env is missing: make user signs in with the stack's MLFLOW_AUTH_ADMIN_PASSWORD"; exit 1; }
+	@. ./.env && [ -n "$${MLFLOW_AUTH_ADMIN_PASSWORD:-}" ] || \
+		{ echo "error: .env: MLFLOW_AUTH_ADMIN_PASSWORD is not set (see .env.example)"; exit 1; }; \
+	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-http://$${STACK_HOST_IP:-127.0.0.1}:5000}" \
+	MLFLOW_TRACKING_USERNAME=admin MLFLOW_TRACKING_PASSWORD="$$MLFLOW_AUTH_ADMIN_PASSWORD" \
+	python -m yolo_mlops.tracking.team "$(NAME)" "$(ROLE)" $(if $(RESET),--reset-password)
 
 down:
 	docker compose down
@@ -98,19 +122,29 @@ remote:
 	echo "DVC remote: minio (s3://dvc at $$DVC_S3_ENDPOINT_URL), credentials in .dvc/config.local"
 
 # A Ray cluster over the team's machines, each a clone with `make setup` and `make remote`. The workers import
-# the project from this clone (PYTHONPATH) and take the DVC remote's credentials from its .dvc/config.local.
-# Ray authenticates nothing by default: keep its ports on a private network (README, "Many machines").
-# No usage statistics are sent to Ray's makers.
+# the project from this clone (PYTHONPATH), take the DVC remote's credentials from its .dvc/config.local and
+# MLflow's account from the shell's MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD.
+# Ray's token mode (RAY_AUTH_MODE=token): every node and driver holds the cluster's token, from .env's
+# RAY_AUTH_TOKEN or the file RAY_AUTH_TOKEN_PATH names (Ray's own variables; the shell's win over .env);
+# anything without it is refused. No usage statistics are sent to Ray's makers.
+RAY_TOKEN := if [ -z "$${RAY_AUTH_TOKEN:-}$${RAY_AUTH_TOKEN_PATH:-}" ] && [ -f .env ]; then . ./.env; fi; \
+	if [ -n "$${RAY_AUTH_TOKEN_PATH:-}" ]; then \
+		[ -f "$$RAY_AUTH_TOKEN_PATH" ] || { echo "error: RAY_AUTH_TOKEN_PATH=$$RAY_AUTH_TOKEN_PATH: no such file"; exit 1; }; \
+		export RAY_AUTH_TOKEN_PATH; \
+	elif [ -n "$${RAY_AUTH_TOKEN:-}" ] && [ "$${RAY_AUTH_TOKEN\#change-me}" = "$$RAY_AUTH_TOKEN" ]; then \
+		export RAY_AUTH_TOKEN; \
+	else echo "error: no Ray token: set RAY_AUTH_TOKEN in .env (not its change-me value; see .env.example), or \
+	RAY_AUTH_TOKEN_PATH=<a file holding it>"; exit 1; fi; export RAY_AUTH_MODE=token;
 RAY_OPTIONS := --disable-usage-stats --node-manager-port=6380 --object-manager-port=6381 --runtime-env-agent-port=6382 \
 	--dashboard-agent-grpc-port=6383 --dashboard-agent-listen-port=52365 --metrics-export-port=6384 \
 	--min-worker-port=10002 --max-worker-port=10100
 
 ray-head: setup
-	PYTHONPATH=$(CURDIR) ray start --head --port=6379 --dashboard-host=127.0.0.1 $(RAY_OPTIONS)
+	@$(RAY_TOKEN) set -x; PYTHONPATH=$(CURDIR) ray start --head --port=6379 --dashboard-host=127.0.0.1 $(RAY_OPTIONS)
 
 ray-worker: setup
 	@test -n "$(RAY)" || { echo "error: give the head's address: make ray-worker RAY=<head>:6379"; exit 1; }
-	PYTHONPATH=$(CURDIR) ray start --address=$(RAY) $(RAY_OPTIONS)
+	@$(RAY_TOKEN) set -x; PYTHONPATH=$(CURDIR) ray start --address=$(RAY) $(RAY_OPTIONS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -8,6 +8,7 @@ in for MinIO: it speaks the S3 protocol over HTTP to boto3, DVC and MLflow alike
 import glob
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import subprocess
@@ -24,7 +25,7 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.conftest import TINY_PARAMS, copy_project, free_port, project_env, run
+from tests.conftest import PROJECT_ROOT, TINY_PARAMS, copy_project, free_port, project_env, run
 
 HOST = "127.0.0.1"
 BUCKETS = ("mlflow", "dvc")  # as created by the compose file's init service
@@ -34,6 +35,7 @@ S3_ENV = {"AWS_ACCESS_KEY_ID": "stack-test-user", "AWS_SECRET_ACCESS_KEY": "stac
 START_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 30
 BIN = Path(sys.executable).parent
+AUTH_ENTRYPOINT = PROJECT_ROOT / "docker" / "mlflow" / "auth-config.sh"  # the MLflow image's entry point
 
 
 def answers(url: str) -> bool:
@@ -179,6 +181,7 @@ class MlflowServer:
     log_dir: Path
     port: int
     proxy_artifacts: bool = True
+    auth: dict[str, str] | None = None  # sign-in on (`--app-name basic-auth`): the admin's password and the key
     service: Service | None = None
 
     @property
@@ -191,6 +194,10 @@ class MlflowServer:
         env = project_env(MLFLOW_S3_ENDPOINT_URL=self.s3_endpoint, AWS_MAX_ATTEMPTS="2", **S3_ENV)
         command = [str(BIN / "mlflow"), "server", "--backend-store-uri", self.backend_uri, *artifacts,
                    "--host", HOST, "--port", str(self.port), "--workers", "1"]
+        if self.auth is not None:  # as docker-compose.yml runs it: the image's entry point writes the auth config
+            env |= self.auth | {"MLFLOW_AUTH_DATABASE_URI": self.backend_uri,
+                                "MLFLOW_AUTH_CONFIG_PATH": str(self.log_dir / f"basic_auth-{self.port}.ini")}
+            command = ["sh", str(AUTH_ENTRYPOINT), *command, "--app-name", "basic-auth"]
         self.service = Service.start(command, env, self.log_dir / f"mlflow-{self.port}.log")
         wait_for(lambda: answers(f"{self.uri}/health"), "mlflow server", self.service)
         return self
@@ -202,8 +209,8 @@ class MlflowServer:
 
 @contextmanager
 def mlflow_server(backend_uri: str, s3_endpoint: str, log_dir: Path, port: int | None = None,
-                  proxy_artifacts: bool = True) -> Iterator[MlflowServer]:
-    server = MlflowServer(backend_uri, s3_endpoint, log_dir, port or free_port(HOST), proxy_artifacts)
+                  proxy_artifacts: bool = True, auth: dict[str, str] | None = None) -> Iterator[MlflowServer]:
+    server = MlflowServer(backend_uri, s3_endpoint, log_dir, port or free_port(HOST), proxy_artifacts, auth)
     try:
         yield server.start()
     finally:
@@ -242,19 +249,23 @@ def run_without_server(project_dir: Path) -> Offline:
 
 
 RAY_OBJECT_STORE = 100 * 2**20  # bytes per node: the grid passes no data through Ray's object store
+# The test clusters' token (Ray's token mode), one per test session: Ray caches the token of a process.
+RAY_TOKEN_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
 
 @contextmanager
 def ray_cluster(workers: int) -> Iterator[tuple[Any, list]]:
-    """A real Ray cluster on this machine (`ray.cluster_utils.Cluster`): a head node that runs nothing
-    (no CPU, no dashboard) and `workers` worker nodes of one CPU each, as processes; yields the cluster
-    (`.address`; `.remove_node(node)` kills a node) and its worker nodes. Its processes inherit this
-    environment."""
+    """A real Ray cluster on this machine (`ray.cluster_utils.Cluster`) in token mode (RAY_TOKEN_ENV): a head
+    node that runs nothing (no CPU, no dashboard) and `workers` worker nodes of one CPU each, as processes;
+    yields the cluster (`.address`; `.remove_node(node)` kills a node) and its worker nodes. Its processes, and
+    the drivers the test starts meanwhile, inherit this environment, the token included."""
     from ray.cluster_utils import Cluster
 
-    saved = {name: os.environ.get(name) for name in ("PATH", "RAY_USAGE_STATS_ENABLED")}
+    saved = {name: os.environ.get(name) for name in ("PATH", "RAY_USAGE_STATS_ENABLED", *RAY_TOKEN_ENV)}
     os.environ["PATH"] = f"{BIN}{os.pathsep}{saved['PATH'] or ''}"  # the tasks run this virtualenv's dvc, as
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # `make ray-worker`'s do; and no usage statistics, as there
+    os.environ.update(RAY_TOKEN_ENV)  # token mode, as `make ray-head` starts it: the drivers started here get it
+    reset_ray_token_state()
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "include_dashboard": False, "object_store_memory": RAY_OBJECT_STORE})
     try:
@@ -268,6 +279,15 @@ def ray_cluster(workers: int) -> Iterator[tuple[Any, list]]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+        reset_ray_token_state()
+
+
+def reset_ray_token_state() -> None:
+    """Make this process's Ray read its token mode and token from the environment again (Ray caches them;
+    as its own tests do, ray._private.authentication_test_utils)."""
+    from ray._private.authentication_test_utils import reset_auth_token_state
+
+    reset_auth_token_state()
 
 
 def team_clone(project: Path, s3: S3Server, git_remote: Path) -> Path:

@@ -4,6 +4,7 @@
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 from mlflow.environment_variables import MLFLOW_S3_ENDPOINT_URL
 
@@ -41,7 +42,7 @@ def test_published_ports_are_bound_to_loopback_by_default() -> None:
             assert host_ip == "127.0.0.1", f"{name} publishes {mapping} beyond loopback"
             published[int(host_port)] = name
     assert published == {9000: "minio", 9001: "minio", 5000: "mlflow"}  # PostgreSQL stays internal
-    assert env_example()["MLFLOW_TRACKING_URI"] == "http://localhost:5000"
+    assert exported_in_comments("MLFLOW_TRACKING_URI", "http://localhost:5000")
     assert env_example()["DVC_S3_ENDPOINT_URL"] == "http://localhost:9000"
 
 
@@ -76,8 +77,43 @@ def test_mlflow_server_uses_postgresql_proxies_artifacts_to_minio_and_pins_mlflo
     pins = dict(line.split("==") for line in (PROJECT_ROOT / "requirements.txt").read_text().splitlines()
                 if "==" in line and not line.startswith("#"))
     dockerfile = (PROJECT_ROOT / mlflow["build"] / "Dockerfile").read_text()
-    assert f"mlflow=={pins['mlflow']}" in dockerfile
+    assert f'"mlflow[auth]=={pins["mlflow[auth]"]}"' in dockerfile  # the sign-in app's packages too
     assert re.search(r"psycopg2-binary==[\d.]+", dockerfile) and re.search(r"boto3==[\d.]+", dockerfile)
+
+
+def test_mlflow_server_signs_everyone_in_with_its_user_store_in_postgresql() -> None:
+    """`--app-name basic-auth`; the image's entry point writes the auth config (database_uri: the same
+    PostgreSQL database) from the environment; the admin's password and the key come from .env, required."""
+    mlflow = SERVICES["mlflow"]
+    assert mlflow["command"][-2:] == ["--app-name", "basic-auth"]
+    environment = mlflow["environment"]
+    assert environment["MLFLOW_AUTH_DATABASE_URI"] == environment["MLFLOW_BACKEND_STORE_URI"]
+    for name in ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert environment[name] == f"${{{name}:?set it in .env (see .env.example)}}"
+    dockerfile = (PROJECT_ROOT / mlflow["build"] / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["sh", "/usr/local/bin/auth-config.sh"]' in dockerfile
+    assert "COPY auth-config.sh /usr/local/bin/auth-config.sh" in dockerfile
+    assert "ENV MLFLOW_AUTH_CONFIG_PATH=" in dockerfile
+
+
+def test_the_auth_entry_point_writes_a_private_config_keeping_a_url_encoded_password(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "basic_auth.ini"
+    env = project_env(MLFLOW_AUTH_CONFIG_PATH=str(config), MLFLOW_AUTH_ADMIN_PASSWORD="x" * 12,
+                      MLFLOW_FLASK_SERVER_SECRET_KEY="k" * 32,
+                      MLFLOW_AUTH_DATABASE_URI="postgresql+psycopg2://mlflow:p%40ss@postgres:5432/mlflow")
+    entry = str(PROJECT_ROOT / "docker/mlflow/auth-config.sh")
+    result = run(["sh", entry, "sh", "-c", "echo started"], tmp_path, env=env)
+    assert result.stdout == "started\n" and config.stat().st_mode & 0o077 == 0
+    from mlflow.server.auth.config import read_auth_config
+
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(config))
+    auth = read_auth_config()
+    assert auth.database_uri == "postgresql+psycopg2://mlflow:p%40ss@postgres:5432/mlflow"
+    assert auth.default_permission == "NO_PERMISSIONS" and auth.admin_username == "admin"
+    env.pop("MLFLOW_AUTH_ADMIN_PASSWORD")
+    missing = run(["sh", entry, "true"], tmp_path, env=env, check=False)
+    assert missing.returncode != 0 and "MLFLOW_AUTH_ADMIN_PASSWORD: is not set" in missing.stderr
 
 
 def makefile_recipe(target: str) -> str:
@@ -104,21 +140,30 @@ def test_no_client_reads_the_env_file() -> None:
     assert "dotenv" not in requirements
 
 
-def test_every_env_example_variable_is_read_by_make_up_or_make_remote_or_exported_by_the_user() -> None:
-    """.env is read by `make up` (docker compose substitutes its variables) and `make remote` (which
-    sources it) only; any other variable of .env.example must be one its comments say to export."""
+def test_every_env_example_variable_is_read_by_make() -> None:
+    """.env is read by `make up` (docker compose substitutes its variables), `make remote`, `make user` and the
+    Ray targets (which source it) only; a client setting is a comment saying what to export."""
     example = env_example()
     compose = {match[1] for match in VARIABLE.finditer((PROJECT_ROOT / "docker-compose.yml").read_text())}
     assert compose <= set(example), f"compose uses {compose - set(example)}, missing from .env.example"
     assert "docker compose up" in makefile_recipe("up")  # compose reads .env from the project folder
     remote = makefile_recipe("remote")
     assert ". ./.env" in remote
-    sourced = {name for name in example if re.search(rf"\b{name}\b", remote)}
-    exported = {name for name, value in example.items() if exported_in_comments(name, value)}
-    assert "MLFLOW_TRACKING_URI" in exported, ".env.example must say to export MLFLOW_TRACKING_URI in the shell"
-    unread = set(example) - compose - sourced - exported
-    assert not unread, (f".env.example sets {unread}: neither make up (compose) nor make remote reads it, "
-                        "and its comments do not say to export it in the shell")
+    makefile = (PROJECT_ROOT / "Makefile").read_text()
+    ray_token = makefile.split("RAY_TOKEN := ", 1)[1].split("\n\n", 1)[0]  # what make ray-head/ray-worker run
+    assert ". ./.env" in makefile_recipe("user") and ". ./.env" in ray_token
+    sourced = {name for name in example
+               if any(re.search(rf"\b{name}\b", text) for text in (remote, makefile_recipe("user"), ray_token))}
+    unread = set(example) - compose - sourced
+    assert not unread, (f".env.example sets {unread}: neither make up (compose) nor make remote, make user or the "
+                        "Ray targets read it")
+
+
+def test_env_example_holds_no_active_client_line() -> None:
+    """The clients (DVC, MLflow, the pipeline) read the shell only: .env.example tells what to export, in comments."""
+    assert not [name for name in env_example() if name.startswith("MLFLOW_TRACKING_")]
+    assert exported_in_comments("MLFLOW_TRACKING_URI", "http://localhost:5000")
+    assert "export MLFLOW_TRACKING_USERNAME=" in (PROJECT_ROOT / ".env.example").read_text()
 
 
 def test_dvc_remotes_minio_and_local_without_credentials() -> None:
@@ -155,3 +200,57 @@ def test_make_up_refuses_placeholder_credentials(tmp_path: Path) -> None:
     project = copy_project(tmp_path / "project")
     (project / ".env").write_text((project / ".env.example").read_text())
     make_fails("up", project, "error: .env still holds change-me placeholder passwords")
+
+
+def filled_env(**values: str) -> str:
+    """.env.example with every change-me value replaced, then `values`."""
+    example = {name: (f"chosen-{name.lower()}" if value.startswith("change-me") else value)
+               for name, value in env_example().items()}
+    return "".join(f"{name}={value}\n" for name, value in (example | values).items())
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"MLFLOW_AUTH_ADMIN_PASSWORD": "password1234"}, "MLFLOW_AUTH_ADMIN_PASSWORD is MLflow's well-known old default"),
+    ({"MLFLOW_AUTH_ADMIN_PASSWORD": "short"}, "MLFLOW_AUTH_ADMIN_PASSWORD is shorter than 12 characters"),
+    ({"MLFLOW_FLASK_SERVER_SECRET_KEY": ""}, "error: .env: MLFLOW_FLASK_SERVER_SECRET_KEY is not set"),
+])
+def test_make_up_refuses_mlflows_default_a_short_admin_password_and_a_missing_key(
+        tmp_path: Path, values: dict[str, str], message: str) -> None:
+    project = copy_project(tmp_path / "project")
+    (project / ".env").write_text(filled_env(**values))
+    make_fails("up", project, message)
+
+
+def test_make_user_and_the_ray_targets_refuse_without_their_secret(tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "project")
+    make_fails("user", project, "error: give the user and the role: make user NAME=<name> ROLE=")
+    (project / ".env").write_text(filled_env(MLFLOW_AUTH_ADMIN_PASSWORD="", RAY_AUTH_TOKEN="change-me-ray"))
+    result = run(["make", "-o", ".venv/.installed", "user", "NAME=alice", "ROLE=member"], project, check=False)
+    assert result.returncode != 0 and "error: .env: MLFLOW_AUTH_ADMIN_PASSWORD is not set" in result.stdout
+    for target in ("ray-head", "ray-worker RAY=127.0.0.1:6379"):
+        result = run(["make", "-o", ".venv/.installed", *target.split()], project, check=False)
+        assert result.returncode != 0 and "error: no Ray token: set RAY_AUTH_TOKEN in .env" in result.stdout
+        assert "ray start" not in result.stdout + result.stderr
+
+
+def test_the_ray_targets_start_nodes_in_token_mode_with_the_token_of_env_or_of_a_file(tmp_path: Path) -> None:
+    """What `make ray-head` / `make ray-worker` hand to `ray start` (a stand-in `ray` on PATH prints it; the real
+    cluster in token mode is tests/test_ray_token.py's): token mode, the token in the environment only."""
+    project = copy_project(tmp_path / "project")
+    stand_in = tmp_path / "bin" / "ray"
+    stand_in.parent.mkdir()
+    stand_in.write_text('#!/bin/sh\necho "ray $* | mode=$RAY_AUTH_MODE token=${RAY_AUTH_TOKEN:+set} '
+                        'path=${RAY_AUTH_TOKEN_PATH:-}"\n')
+    stand_in.chmod(0o755)
+    env = project_env(PATH=f"{stand_in.parent}:{project_env()['PATH']}")
+    token = "t" * 64
+    (project / ".env").write_text(filled_env(RAY_AUTH_TOKEN=token))
+    head = run(["make", "-o", ".venv/.installed", "ray-head"], project, env=env)
+    assert "ray start --head --port=6379" in head.stdout and "| mode=token token=set path=\n" in head.stdout
+    (tmp_path / "token").write_text("f" * 64)
+    worker = run(["make", "-o", ".venv/.installed", "ray-worker", "RAY=10.0.0.1:6379"], project,
+                 env=env | {"RAY_AUTH_TOKEN_PATH": str(tmp_path / "token")})
+    assert "ray start --address=10.0.0.1:6379" in worker.stdout
+    assert f"| mode=token token= path={tmp_path / 'token'}\n" in worker.stdout  # the file wins; .env is not read
+    for result in (head, worker):
+        assert token not in result.stdout + result.stderr and "f" * 64 not in result.stdout + result.stderr

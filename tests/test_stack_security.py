@@ -8,7 +8,7 @@ import pytest
 from tests.conftest import PROJECT_ROOT
 from tests.test_stack_compose import env_example
 
-SECRET_NAMES = re.compile(r"PASSWORD|SECRET", re.IGNORECASE)
+SECRET_NAMES = re.compile(r"PASSWORD|SECRET|TOKEN", re.IGNORECASE)
 AWS_ACCESS_KEY = re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")
 # A 40-character secret key assigned to a key/secret/password/token name (as in git-secrets).
 ASSIGNED_SECRET = re.compile(

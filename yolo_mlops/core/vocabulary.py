@@ -40,6 +40,9 @@ EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_de
 
 # Model Registry: aliases, and tags of a registered version.
 CHAMPION, CHALLENGER = "champion", "challenger"
+# The team's roles on a tracking server with sign-in (tracking/team.py, `make user`).
+VIEWER, MEMBER, MAINTAINER = "viewer", "member", "maintainer"
+REGISTERED_MODEL_DESCRIPTION = "Tiny YOLO person detector (DVC grid + MLflow)"
 RUN_ID_TAG = "run_id"
 PREVIOUS_CHAMPION_TAG = "previous_champion"
 STAGE_TAG = "stage"  # Production / Staging / Archived, mirrored from the aliases

@@ -19,7 +19,7 @@ from yolo_mlops.grid import commands
 from yolo_mlops.grid.registry import rollback
 from yolo_mlops.grid.report import per_class, table
 from yolo_mlops.grid.sync import SyncResult
-from yolo_mlops.tracking.store import connect, public_uri, tracking_uri
+from yolo_mlops.tracking.store import connect, pipeline_permission, public_uri, sign_in_error, tracking_uri
 
 
 def plan_line(plan: commands.Plan, where: str) -> str:
@@ -226,7 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.func(root, params, args)
     except MlflowException as error:
-        raise PipelineError(f"MLflow at {public_uri(tracking_uri())}: {error.message}") from None
+        refused = sign_in_error(error, pipeline_permission(params.mlflow.experiment_name))
+        raise (refused or PipelineError(f"MLflow at {public_uri(tracking_uri())}: {error.message}")) from None
 
 
 if __name__ == "__main__":

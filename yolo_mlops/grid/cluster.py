@@ -26,6 +26,8 @@ from urllib.parse import urlparse
 
 import ray
 from ray._private.services import canonicalize_bootstrap_address_or_die
+from ray._raylet import Config
+from ray.exceptions import AuthenticationError
 
 import yolo_mlops
 from yolo_mlops.core import vocabulary as names
@@ -42,6 +44,12 @@ GIT_REMOTE = "origin"  # the git remote the workers clone from and push the expe
 MAX_RETRIES = 2  # Ray runs a task again elsewhere when its node or worker process dies, this many times
 CONNECT_TIMEOUT_S = 5
 NOTHING_RAN = "Nothing was run."
+# Ray's token authentication (Ray 2.52+): its mode, and the token itself or a file that holds it.
+AUTH_MODE_VARIABLE, TOKEN_VARIABLE, TOKEN_PATH_VARIABLE = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
+BACKEND_LOG_LEVEL = "RAY_BACKEND_LOG_LEVEL"  # of Ray's own (C++) processes and clients
+DEFAULT_TOKEN_FILE = Path.home() / ".ray" / "auth_token"  # where `ray get-auth-token --generate` writes it
+NEEDS_TOKEN = (f"set {TOKEN_VARIABLE} to the cluster's token (the head's .env RAY_AUTH_TOKEN), or "
+               f"{TOKEN_PATH_VARIABLE} to a file that holds it; `make run RAY=...` takes it from .env")
 
 
 @dataclass(frozen=True)
@@ -134,17 +142,53 @@ def refuse_local_source(source: str) -> None:
             f"or an absolute path that every machine has. {NOTHING_RAN}")
 
 
+def ray_token_source() -> str:
+    """Where this driver's Ray token comes from (Ray's own variables, or the file `ray get-auth-token
+    --generate` writes), refused when there is none: the project's Ray cluster runs in token mode
+    (`make ray-head`), and a driver without the token would only be refused after Ray's retries.
+    RAY_AUTH_MODE=disabled opts out, for a cluster started without a token on purpose."""
+    mode = os.environ.get(AUTH_MODE_VARIABLE, "").strip().lower()
+    if mode == "disabled":
+        return "none (RAY_AUTH_MODE=disabled)"
+    if mode not in ("", "token"):
+        raise PipelineError(f"{AUTH_MODE_VARIABLE}={mode!r}: set it to token (or disabled). {NOTHING_RAN}")
+    if os.environ.get(TOKEN_VARIABLE, "").strip():
+        source = TOKEN_VARIABLE
+    elif os.environ.get(TOKEN_PATH_VARIABLE, "").strip():
+        source = f"{TOKEN_PATH_VARIABLE}={os.environ[TOKEN_PATH_VARIABLE]}"
+        if not Path(os.environ[TOKEN_PATH_VARIABLE]).expanduser().is_file():
+            raise PipelineError(f"{source}: no such file; give the file that holds the cluster's token. {NOTHING_RAN}")
+    elif DEFAULT_TOKEN_FILE.is_file():
+        source = str(DEFAULT_TOKEN_FILE)
+    else:
+        raise PipelineError(f"no Ray token: {NEEDS_TOKEN}. {NOTHING_RAN}")
+    if mode != "token":  # a token given, the mode not: token mode, for this process (Ray caches its config)
+        os.environ[AUTH_MODE_VARIABLE] = "token"
+        Config.initialize("")
+    return source
+
+
 def connect(address: str) -> dict[str, float]:
     """Join the Ray cluster at `address` (`auto`: the one `ray start` started here; `host:port`;
-    `ray://host:port`); returns its resources. An address nobody listens on is refused within seconds
-    (Ray itself waits minutes)."""
+    `ray://host:port`) with this driver's token (`ray_token_source`); returns its resources. An address
+    nobody listens on is refused within seconds (Ray itself waits minutes)."""
     try:
         gcs = address if address.startswith("ray://") else canonicalize_bootstrap_address_or_die(address)
         host, _, port = gcs.removeprefix("ray://").rpartition(":")
         socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-    except (ConnectionError, OSError, ValueError) as error:
+    except (OSError, ValueError) as error:
         raise no_cluster(address, str(error).splitlines()[0]) from None
+    source = ray_token_source()
+    try:
+        os.environ.setdefault(BACKEND_LOG_LEVEL, "fatal")  # not Ray's retries, each a line, before the refusal
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    except AuthenticationError as error:
+        raise PipelineError(f"Ray cluster at {address}: {error.message.split('.')[0]}: {NEEDS_TOKEN}. "
+                            f"{NOTHING_RAN}") from None
+    except ConnectionError as error:  # the port answers, Ray's handshake does not: the token, most often
+        raise PipelineError(
+            f"Ray cluster at {address} refused this driver ({str(error).splitlines()[0]}) with the token from "
+            f"{source}: {NEEDS_TOKEN}. {NOTHING_RAN}") from None
     return ray.cluster_resources()
 
 

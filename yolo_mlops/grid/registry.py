@@ -13,8 +13,9 @@ from yolo_mlops.core import vocabulary as names
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.params import PromoteParams
 from yolo_mlops.core.paths import DECISION_FILE
-from yolo_mlops.core.vocabulary import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION_TAG, STAGE_TAG
+from yolo_mlops.core.vocabulary import CHALLENGER, CHAMPION, MAINTAINER, PREVIOUS_CHAMPION_TAG, STAGE_TAG
 from yolo_mlops.grid.ranking import RunSummary
+from yolo_mlops.tracking.store import sign_in_error
 
 METRIC_TAGS = tuple(f"{split}.{metric}" for split in names.REPORTED_SPLITS for metric in names.REPORTED_METRICS)
 
@@ -160,7 +161,7 @@ def promote(client: MlflowClient, run: RunSummary, params: PromoteParams) -> Pro
         else:
             step = "registering the model"
             if not before and not client.search_registered_models(f"name = '{name}'"):
-                client.create_registered_model(name, description="Tiny YOLO person detector (DVC grid + MLflow)")
+                client.create_registered_model(name, description=names.REGISTERED_MODEL_DESCRIPTION)
             model_id = _model_id(client, run.run_id)
             version = client.create_model_version(name, f"models:/{model_id}", run_id=run.run_id,
                                                   tags=version_tags(run), model_id=model_id).version
@@ -191,6 +192,10 @@ def promote(client: MlflowClient, run: RunSummary, params: PromoteParams) -> Pro
     except PipelineError:
         raise
     except Exception as error:
+        refused = sign_in_error(error, f"EDIT on registered model {name!r}", MAINTAINER, client.tracking_uri)
+        if refused is not None and created is None and aliases(client, name) == before:
+            raise PipelineError(f"promotion of run {run.run_id} refused while {step}: {refused}. The registry is as "
+                                "it was; the comparison (reports/) stays.") from None
         try:
             restored = _restore(client, name, before, created)
         except Exception as again:
@@ -223,6 +228,12 @@ def rollback(client: MlflowClient, name: str, to_version: str | None = None) -> 
         client.get_model_version(name, target)
     except MlflowException:
         raise PipelineError(f"{name} has no version {target}") from None
-    client.set_registered_model_alias(name, CHAMPION, target)
+    try:
+        client.set_registered_model_alias(name, CHAMPION, target)
+    except MlflowException as error:
+        refused = sign_in_error(error, f"EDIT on registered model {name!r}", MAINTAINER, client.tracking_uri)
+        if refused is None:
+            raise
+        raise PipelineError(f"rollback refused: {refused}. The registry is as it was.") from None
     mirror_stages(client, name)
     return previous, target

@@ -18,7 +18,7 @@ from yolo_mlops.tracking.live import EPOCHS, EVALUATION, MODEL, NEW_ATTEMPT, STA
 from yolo_mlops.tracking.model import has_model, log_model
 from yolo_mlops.tracking.record import EVALUATE_ARTIFACTS, run_header, stage_metrics
 from yolo_mlops.tracking.run import find_run, is_complete, log_metrics, metric_points, missing_metrics, open_run, upload
-from yolo_mlops.tracking.store import connect, experiment_id, public_uri
+from yolo_mlops.tracking.store import connect, experiment_id, pipeline_permission, public_uri, sign_in_error
 
 SYSTEM_METRICS_INTERVAL_S = 5.0  # MLflow's default is 10 s; MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides
 
@@ -67,7 +67,8 @@ def main(argv: list[str]) -> None:
     try:
         opened = open_stage_run(params, stage, NEW_ATTEMPT in options)
     except Exception as error:  # the store, the server or the network: the stage does not depend on them
-        warn(stage, f"cannot be reached ({error})")
+        refused = sign_in_error(error, pipeline_permission(params.mlflow.experiment_name))
+        warn(stage, str(refused) if refused is not None else f"cannot be reached ({error})")
         opened = None
     monitor = None
     if opened is not None and SYSTEM_METRICS in options:

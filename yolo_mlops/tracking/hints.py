@@ -4,11 +4,17 @@ import os
 
 from yolo_mlops.core.paths import EVAL_METRICS_FILE, MODELS_DIR, PLOTS_DIR
 
-SAFE_RESULTS = (
-    f"Nothing is lost: the results stay in {MODELS_DIR}/, {PLOTS_DIR}/ and {EVAL_METRICS_FILE.parent}/. Once the "
-    "tracking store is back, run `dvc repro` again: only the log stage runs, and it completes the same MLflow run "
-    "instead of adding one."
-)
+STORE_IS_BACK = "the tracking store is back"
+
+
+def safe_results(retry: str = STORE_IS_BACK) -> str:
+    """Nothing is lost, and when to run again (`retry`: once what is true)."""
+    return (f"Nothing is lost: the results stay in {MODELS_DIR}/, {PLOTS_DIR}/ and {EVAL_METRICS_FILE.parent}/. "
+            f"Once {retry}, run `dvc repro` again: only the log stage runs, and it completes the same MLflow run "
+            "instead of adding one.")
+
+
+SAFE_RESULTS = safe_results()
 
 
 def artifact_store_hint(error: Exception) -> str:

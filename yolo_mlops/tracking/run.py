@@ -16,10 +16,19 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run
 from yolo_mlops.core import vocabulary as names
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.paths import DATASET_DIR
-from yolo_mlops.tracking.hints import SAFE_RESULTS, artifact_store_hint
+from yolo_mlops.tracking.hints import SAFE_RESULTS, STORE_IS_BACK, artifact_store_hint, safe_results
 from yolo_mlops.tracking.model import has_model, log_model
 from yolo_mlops.tracking.record import ExperimentRecord, RunHeader
-from yolo_mlops.tracking.store import connect, experiment_id, public_uri, store_error, tracking_uri
+from yolo_mlops.tracking.store import (
+    SignInError,
+    connect,
+    experiment_id,
+    pipeline_permission,
+    public_uri,
+    sign_in_error,
+    store_error,
+    tracking_uri,
+)
 
 log = logging.getLogger(__name__)
 PARAMS_PER_BATCH, METRICS_PER_BATCH = 100, 1000  # MLflow's log_batch limits
@@ -140,6 +149,11 @@ def _send(client: MlflowClient, run: Run, record: ExperimentRecord) -> None:
         log_model(client, run, record.weights, record.imgsz)
 
 
+def _retry(error: PipelineError) -> str:
+    """When to run again: once the sign-in or permission is fixed, else once the store is back."""
+    return error.retry if isinstance(error, SignInError) else STORE_IS_BACK
+
+
 def log_record(record: ExperimentRecord, experiment_name: str) -> LoggedRun:
     """Complete the experiment's single MLflow run (opened by the train stage, or created here)."""
     header = record.header
@@ -150,9 +164,10 @@ def log_record(record: ExperimentRecord, experiment_name: str) -> LoggedRun:
         run = found or client.get_run(open_run(client, exp_id, header))
         run_id = run.info.run_id
     except PipelineError as error:  # the store named, what is wrong and what to do
-        raise PipelineError(f"{error}. {SAFE_RESULTS}") from None
+        raise PipelineError(f"{error}. {safe_results(_retry(error))}") from None
     except Exception as error:  # the server, the database or the network: report, don't trace
-        raise PipelineError(f"{store_error(tracking_uri(), error, 'failed')}. {SAFE_RESULTS}") from None
+        failed = store_error(tracking_uri(), error, "failed", pipeline_permission(experiment_name))
+        raise PipelineError(f"{failed}. {safe_results(_retry(failed))}") from None
     if is_complete(run):
         return LoggedRun(run_id, exp_id, run.info.run_name, "unchanged")
     if found:
@@ -164,6 +179,9 @@ def log_record(record: ExperimentRecord, experiment_name: str) -> LoggedRun:
     except Exception as error:
         with contextlib.suppress(Exception):  # the server may be the thing that failed
             client.set_terminated(run_id, "FAILED")
+        refused = sign_in_error(error, pipeline_permission(experiment_name), uri=uri)
+        if refused is not None:
+            raise PipelineError(f"{refused}. {safe_results(refused.retry)}") from None
         raise PipelineError(
             f"MLflow at {public_uri(uri)}: sending run {run_id} failed ({type(error).__name__}: {error}). "
             + artifact_store_hint(error) + SAFE_RESULTS

@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.paths import EMBEDDED_ARTIFACTS, EMBEDDED_DB, project_root, shared
-from yolo_mlops.core.vocabulary import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+from yolo_mlops.core.vocabulary import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, MEMBER
 
 SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql")  # no file: MLflow 3 deprecates its file store
 # Bounded waiting on a tracking server: MLflow's own defaults retry for minutes.
@@ -34,6 +34,47 @@ STORE_LOCK_TIMEOUT_S = 300
 LOCAL_UI = "http://127.0.0.1:5000"  # `make ui` on the embedded store
 UI_WORKFLOW = "machine_learning"  # the UI's "Model training" view (`?workflowType=`)
 LEFTOVER_TABLE_PREFIX = "_alembic_tmp_"  # what an interrupted SQLite schema migration leaves behind
+# A tracking server with sign-in (`mlflow server --app-name basic-auth`): MLflow's client sends these
+# variables' account, and the server answers 401 (not signed in) or 403 (signed in, not permitted).
+USERNAME_VARIABLE, PASSWORD_VARIABLE = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
+UNAUTHENTICATED, PERMISSION_DENIED = "UNAUTHENTICATED", "PERMISSION_DENIED"  # MLflow's error codes of 401, 403
+
+
+class SignInError(PipelineError):
+    """A tracking server refused the account (401) or the permission (403); `retry` says when to run again."""
+
+    def __init__(self, message: str, retry: str) -> None:
+        super().__init__(message)
+        self.retry = retry
+
+
+def pipeline_permission(experiment_name: str) -> str:
+    """What the stages need on a tracking server with sign-in: to log runs in the experiment."""
+    return f"EDIT on experiment {experiment_name!r}"
+
+
+def sign_in_error(error: Exception, needed: str, role: str = MEMBER, uri: str | None = None
+                  ) -> SignInError | None:
+    """One line for a 401 or a 403 of a tracking server, naming the credential variables, or the permission
+    that is missing (`needed`, e.g. "EDIT on experiment 'x'") and the `role` the stack's admin grants it
+    with; None for any other error. No credential is ever part of the line."""
+    if isinstance(error, SignInError):
+        return error
+    code = getattr(error, "error_code", None)
+    if code not in (UNAUTHENTICATED, PERMISSION_DENIED):
+        return None
+    server = public_uri(uri or os.environ.get("MLFLOW_TRACKING_URI", ""))
+    user = os.environ.get(USERNAME_VARIABLE, "")
+    if code == UNAUTHENTICATED:
+        who = (f"user {user!r} with the password in {PASSWORD_VARIABLE}" if user
+               else f"no account ({USERNAME_VARIABLE} is not set)")
+        return SignInError(
+            f"MLflow server {server} refused the sign-in of {who} (401): set {USERNAME_VARIABLE} and "
+            f"{PASSWORD_VARIABLE} to your account on it (the stack's admin creates it with `make user`)",
+            f"{USERNAME_VARIABLE} and {PASSWORD_VARIABLE} are set right")
+    return SignInError(
+        f"MLflow server {server}: user {user!r} lacks {needed} (403); the stack's admin grants it with "
+        f"`make user NAME={user} ROLE={role}`", "the stack's admin has granted it")
 
 
 def tracking_uri() -> str:
@@ -120,8 +161,13 @@ def _half_migrated(uri: str, database: Path) -> str | None:
             f"(cp {database} {database}.bak) and restore the store from a backup")
 
 
-def store_error(uri: str, error: Exception, what: str = "cannot be opened") -> PipelineError:
-    """One line naming the store, what went wrong (`what`, then the error's first line) and what to do."""
+def store_error(uri: str, error: Exception, what: str = "cannot be opened", needed: str = "READ on the store"
+                ) -> PipelineError:
+    """One line naming the store, what went wrong (`what`, then the error's first line) and what to do; a
+    refused sign-in or permission (`needed`) as `sign_in_error` says it."""
+    refused = sign_in_error(error, needed, uri=uri)
+    if refused is not None:
+        return refused
     first_line = (str(error).strip().splitlines() or [""])[0].removeprefix("(sqlite3.OperationalError) ")
     message = f"MLflow store {public_uri(uri)} {what} ({type(error).__name__}: {first_line})"
     if urlparse(uri).scheme != "sqlite":
