@@ -148,12 +148,13 @@ def course_error(project: Path, command: list[str], env: dict[str, str], message
     assert result.returncode == 1 and f"error: {message}" in result.stderr
     assert "Traceback" not in result.stderr
     assert "Queued" not in run(["dvc", "queue", "status"], project).stdout
+    assert not (project / "mlflow.db").exists()  # a refusal creates no store
     return result.stderr
 
 
 @pytest.mark.parametrize(("command", "env", "message"), [
-    (["compare"], {}, "mlflow.experiment_name: no MLflow experiment 'cv_yolo_tiny'"),
-    (["rollback"], {}, "promote.registered_model: no registered model 'yolo_tiny_person'"),
+    (["compare"], {}, "MLflow store sqlite:///"),
+    (["rollback"], {}, "MLflow store sqlite:///"),
     (["compare"], {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{CLOSED_PORT}"},
      f"MLflow tracking server http://127.0.0.1:{CLOSED_PORT} (MLFLOW_TRACKING_URI) is unreachable"),
     (["run", "-S", "train.lr0=0.1"], {}, "-S train.lr0=0.1: train.lr0 is an axis of the grid; change it in grid.yaml"),
@@ -186,3 +187,13 @@ def test_a_bad_grid_point_is_refused_before_anything_is_queued(bare_project: Pat
     assert "error: experiment train.imgsz=100, train.lr0=0.01 (grid.yaml and -S): params.yaml: train.imgsz must be " \
            "a positive multiple of 32 (got 100). Nothing was queued." in result.stderr
     assert "Queued" not in run(["dvc", "queue", "status"], bare_project).stdout
+
+
+def test_a_bad_grid_yaml_is_refused_before_the_store_or_a_queue_entry_is_created(bare_project: Path):
+    grid = bare_project / "grid.yaml"
+    committed = grid.read_text()
+    grid.write_text("train.nope: [1, 2]\n")  # read from the working tree
+    try:
+        course_error(bare_project, ["run"], {}, "grid.yaml: 'train.nope' is not a single-valued key of params.yaml")
+    finally:
+        grid.write_text(committed)

@@ -200,17 +200,17 @@ def cmd_start(root: Path, params: Params, args: argparse.Namespace) -> None:
 
 
 def cmd_compare(root: Path, params: Params, args: argparse.Namespace) -> None:
-    client, _ = connect()
+    client, _ = connect(create=False)
     compare(client, root, params)
 
 
 def cmd_promote(root: Path, params: Params, args: argparse.Namespace) -> None:
-    client, _ = connect()
+    client, _ = connect(create=False)
     promote(client, root, params, compare(client, root, params))
 
 
 def cmd_rollback(root: Path, params: Params, args: argparse.Namespace) -> None:
-    client, _ = connect()
+    client, _ = connect(create=False)
     previous, target = rollback(client, params.promote.registered_model, args.to)
     print(f"rollback: {params.promote.registered_model}@{CHAMPION} moved from version {previous} to version {target}")
 
