@@ -3,6 +3,7 @@ fingerprint, and completed exactly once by the log stage, which sends whatever t
 could not (restored from DVC's run-cache, skipped as unchanged, a tracking store that was down)."""
 
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -15,10 +16,10 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run
 
 from yolo_mlops.core import vocabulary as names
 from yolo_mlops.core.errors import PipelineError
-from yolo_mlops.core.paths import DATASET_DIR
+from yolo_mlops.core.paths import DATASET_DIR, EVAL_METRICS_FILE
 from yolo_mlops.tracking.hints import SAFE_RESULTS, artifact_store_hint
-from yolo_mlops.tracking.model import has_model, log_model
-from yolo_mlops.tracking.record import ExperimentRecord, RunHeader
+from yolo_mlops.tracking.model import log_model, model_id
+from yolo_mlops.tracking.record import EVALUATE_ARTIFACTS, ExperimentRecord, RunHeader
 from yolo_mlops.tracking.store import connect, experiment_id, public_uri, store_error, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -34,10 +35,11 @@ class LoggedRun:
     action: str  # created, completed (opened by a stage before) or unchanged (complete already)
 
 
-def metric_points(values: Iterable[tuple[str, float, int]]) -> list[Metric]:
-    """(name, value, step) → MLflow metrics, stamped now."""
+def metric_points(values: Iterable[tuple[str, float, int]], model: str | None = None) -> list[Metric]:
+    """(name, value, step) → MLflow metrics, stamped now; `model`: the id of the logged model they evaluate
+    (MLflow 3 shows them on the model's page too)."""
     stamp = int(time.time() * 1000)
-    return [Metric(name, value, stamp, step) for name, value, step in values]
+    return [Metric(name, value, stamp, step, model_id=model) for name, value, step in values]
 
 
 def find_run(client: MlflowClient, experiment_id: str, key: str) -> Run | None:
@@ -104,6 +106,20 @@ def retire_attempts(client: MlflowClient, experiment_id: str, key: str, current:
     return retired
 
 
+def evaluation_digest() -> str:
+    """sha256 of metrics/eval.json: which evaluation the run's uploaded evaluate files are of."""
+    return hashlib.sha256(EVAL_METRICS_FILE.read_bytes()).hexdigest()
+
+
+def upload_evaluation(client: MlflowClient, run: Run) -> None:
+    """The evaluate stage's files (metrics/eval.json, plots/), unless the run holds them already, from the
+    same metrics/eval.json: the evaluate stage uploads them, the log stage only if that did not happen."""
+    digest = evaluation_digest()
+    if run.data.tags.get(names.EVALUATION_UPLOADED_TAG) != digest:
+        upload(client, run.info.run_id, EVALUATE_ARTIFACTS)
+        client.set_tag(run.info.run_id, names.EVALUATION_UPLOADED_TAG, digest)
+
+
 def upload(client: MlflowClient, run_id: str, artifacts: Iterable[tuple[Path, str]]) -> None:
     """Files and folders into the run's artifact folders (a second upload replaces the same files)."""
     for path, folder in artifacts:
@@ -114,11 +130,19 @@ def upload(client: MlflowClient, run_id: str, artifacts: Iterable[tuple[Path, st
             client.log_artifact(run_id, str(path), folder)
 
 
-def missing_metrics(client: MlflowClient, run: Run, wanted: list[tuple[str, float, int]]) -> list[Metric]:
-    """The (name, value, step) the run does not hold yet: one value per metric and step, whoever sent it."""
+def missing_metrics(client: MlflowClient, run: Run, wanted: list[tuple[str, float, int]],
+                    model: str | None = None) -> list[Metric]:
+    """The (name, value, step) the run does not hold yet: one value per metric and step, whoever sent it.
+    A metric the project logs at step 0 only (the dataset's, the evaluation's) is there once the run holds
+    it; only the per-epoch histories are read, one request per metric (MLflow reads one metric's history at a
+    time: its bulk reads are of one metric across runs)."""
+    steps: dict[str, set[int]] = {}
+    for name, _, step in wanted:
+        steps.setdefault(name, set()).add(step)
     logged = {name: {metric.step for metric in client.get_metric_history(run.info.run_id, name)}
-              for name in {name for name, _, _ in wanted} & set(run.data.metrics)}
-    return metric_points((name, value, step) for name, value, step in wanted if step not in logged.get(name, set()))
+              if steps[name] != {0} else {0} for name in set(steps) & set(run.data.metrics)}
+    return metric_points(((name, value, step) for name, value, step in wanted if step not in logged.get(name, set())),
+                         model)
 
 
 def _send(client: MlflowClient, run: Run, record: ExperimentRecord) -> None:
@@ -126,16 +150,20 @@ def _send(client: MlflowClient, run: Run, record: ExperimentRecord) -> None:
     run_id = run.info.run_id
     log_params(client, run_id, record.header.params, run.data.params)
     client.log_inputs(run_id, datasets=[dataset_input(record.header)])  # MLflow keeps one input per dataset
-    wanted = [(name, value, 0) for name, value in record.metrics.items()]
+    model = model_id(run)
+    if model is None:
+        log.info("log: logging the MLflow model")
+        model = log_model(client, run, record.weights, record.imgsz)
+    wanted = [(name, value, 0) for name, value in record.header.dataset_profile.items()]
     for step, epoch in enumerate(record.history, start=1):
         wanted += [(name, value, step) for name, value in epoch.items()]
-    log_metrics(client, run_id, missing_metrics(client, run, wanted))
+    profile = record.header.dataset_profile
+    evaluation = [(name, value, 0) for name, value in record.metrics.items() if name not in profile]
+    log_metrics(client, run_id, missing_metrics(client, run, wanted) + missing_metrics(client, run, evaluation, model))
     for name, value in record.header.tags.items():
         client.set_tag(run_id, name, value)
-    upload(client, run_id, record.artifacts)
-    if not has_model(run):
-        log.info("log: logging the MLflow model")
-        log_model(client, run, record.weights, record.imgsz)
+    upload(client, run_id, [artifact for artifact in record.artifacts if artifact not in EVALUATE_ARTIFACTS])
+    upload_evaluation(client, run)
 
 
 def log_record(record: ExperimentRecord, experiment_name: str) -> LoggedRun:
