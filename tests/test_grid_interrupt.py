@@ -115,6 +115,17 @@ def test_ctrl_c_stops_the_queue_cleanly_and_the_next_run_completes_it(store, tmp
     assert {found.info.run_id for found in previous} == interrupted_runs
     assert all(found.info.status == "KILLED" for found in previous)
 
+    # A run deleted in the MLflow UI: the comparison names its experiment, and how to restore it.
+    deleted = current[0]
+    client.delete_run(deleted.info.run_id)
+    try:
+        compared = run(["python", "-m", "yolo_mlops.grid", "compare"], project, env=env)
+    finally:
+        client.restore_run(deleted.info.run_id)
+    assert (f"- experiment {deleted.data.tags[names.EXP_NAME_TAG]}: its MLflow run {deleted.info.run_id} is deleted "
+            f"in MLflow, and left out of the comparison; restore it with `mlflow runs restore --run-id "
+            f"{deleted.info.run_id}`") in compared.stdout
+
 
 @pytest.mark.parametrize("store", ["embedded"], indirect=True)  # the repair is DVC's side: one store is enough
 def test_a_driver_killed_with_kill_9_leaves_a_lock_and_a_queue_the_next_run_repairs(store, tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from yolo_mlops.grid.experiments import DvcExperiment
 from yolo_mlops.grid.lock import driver_lock
 from yolo_mlops.grid.registry import rollback
 from yolo_mlops.grid.report import table
-from yolo_mlops.grid.sync import SyncResult
+from yolo_mlops.grid.sync import SyncResult, deleted_note
 from yolo_mlops.tracking.store import connect, public_uri, tracking_uri
 
 
@@ -146,6 +146,8 @@ def compare(client: MlflowClient, root: Path, params: Params) -> commands.Compar
     print(f"\nRuns ranked by {', then '.join(comparison.rank_by)} (val and test shown):\n")
     print(table(comparison))
     print("\n" + "\n".join(f"- {line}" for line in compared.insights.lines()))
+    for name, run_id in compared.deleted.items():
+        print(f"- {deleted_note(name, run_id)}")
     written = [str(RUNS_CSV), str(CONFIG_CHART)]
     written += [f"{CURVES_CHART} ({compared.curve_metric} per epoch)"] if compared.curve_metric else []
     written += [] if compared.plots_error else [f"{DVC_PLOTS_DIR}/index.html (dvc plots diff of the experiments)"]

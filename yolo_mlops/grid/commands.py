@@ -32,7 +32,7 @@ from yolo_mlops.grid.insights import Insights, insights
 from yolo_mlops.grid.ranking import Comparison, RunSummary, compare, export_csv, select_best
 from yolo_mlops.grid.registry import Promotion, promote, report_uri
 from yolo_mlops.grid.report import ReportData, render
-from yolo_mlops.grid.sync import SyncResult, sync
+from yolo_mlops.grid.sync import SyncResult, deleted_runs, sync
 from yolo_mlops.tracking.store import experiment_id, experiment_page, public_uri
 from yolo_mlops.yolo.model import resolve_device, resolve_model
 
@@ -83,6 +83,7 @@ class Compared:
     curve_metric: str | None  # the per-epoch metric charted (val), None when training records none
     plots_error: str | None  # why `dvc plots diff` did not update reports/dvc_plots/, if it did not
     page: str  # the experiment's runs in the MLflow UI
+    deleted: dict[str, str]  # experiments whose MLflow run is deleted in MLflow: name → run id
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,8 @@ def compare_grid(client: MlflowClient, root: Path, params: Params) -> Compared:
         plots = pool.submit(experiments.plots_diff, root, [run.name for run in comparison.ranked], DVC_PLOTS_DIR)
         found, curves, curve_metric = _charts(client, root, comparison, [exp_id], baseline)
     return Compared(comparison, found, curves, curve_metric, plots.result(),
-                    experiment_page(client.tracking_uri, exp_id))
+                    experiment_page(client.tracking_uri, exp_id),
+                    deleted_runs(client, exp_id, root))
 
 
 def _charts(client: MlflowClient, root: Path, comparison: Comparison, experiment_ids: list[str], baseline: str

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow import MlflowClient
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run, ViewType
 
 from yolo_mlops.core import vocabulary as names
 from yolo_mlops.core.errors import PipelineError
@@ -50,6 +50,22 @@ def find_run(client: MlflowClient, experiment_id: str, key: str) -> Run | None:
         order_by=["attributes.start_time DESC"], max_results=1,
     )
     return runs[0] if runs else None
+
+
+def deleted_run(client: MlflowClient, experiment_id: str, key: str) -> str | None:
+    """The id of the experiment's run if someone deleted it in MLflow (in MLflow's trash, not purged)."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{names.FINGERPRINT_TAG}` = '{key}'",
+                              run_view_type=ViewType.DELETED_ONLY, max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def refuse_deleted(run_id: str) -> PipelineError:
+    """Exactly once: a deleted run, which MLflow can restore, stays the experiment's one run; no second one."""
+    return PipelineError(
+        f"MLflow run {run_id} of this experiment is deleted in MLflow (in its trash, not purged), and stays its one "
+        f"run: restore it (`mlflow runs restore --run-id {run_id}`), or purge it (`mlflow gc --run-ids {run_id}` on "
+        "the tracking store) and run `dvc repro --force --single-item log`, which logs it anew from DVC's outputs"
+    )
 
 
 def is_complete(run: Run) -> bool:
@@ -173,12 +189,15 @@ def log_record(record: ExperimentRecord, experiment_name: str) -> LoggedRun:
         client, uri = connect()
         exp_id = experiment_id(client, experiment_name)
         found = find_run(client, exp_id, header.fingerprint)
-        run = found or client.get_run(open_run(client, exp_id, header))
-        run_id = run.info.run_id
+        deleted = None if found else deleted_run(client, exp_id, header.fingerprint)
+        run = None if deleted else found or client.get_run(open_run(client, exp_id, header))
     except PipelineError as error:  # the store named, what is wrong and what to do
         raise PipelineError(f"{error}. {SAFE_RESULTS}") from None
     except Exception as error:  # the server, the database or the network: report, don't trace
         raise PipelineError(f"{store_error(tracking_uri(), error, 'failed')}. {SAFE_RESULTS}") from None
+    if run is None:
+        raise refuse_deleted(str(deleted))
+    run_id = run.info.run_id
     if is_complete(run):
         return LoggedRun(run_id, exp_id, run.info.run_name, "unchanged")
     if found:
