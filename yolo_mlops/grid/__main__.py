@@ -282,8 +282,8 @@ def main(argv: list[str] | None = None) -> None:
     except MlflowException as error:
         raise PipelineError(f"MLflow at {public_uri(tracking_uri())}: {error.message}") from None
     except KeyboardInterrupt:  # a second one while the queue stopped, or one before or after the queue ran
-        print(f"\n{INTERRUPTED}: what DVC's queue was running is killed; the next run repairs it and runs what is "
-              "missing", file=sys.stderr)
+        print(f"\n{INTERRUPTED}; what DVC's queue was still running, if anything, is killed: the next run repairs "
+              "that and runs what is missing", file=sys.stderr)
         sys.exit(INTERRUPTED_STATUS)
 
 

@@ -37,6 +37,7 @@ from yolo_mlops.core.vocabulary import RUN_LINK_ID, flatten, numbers
 # experiment's log (`dvc queue logs`, `failure_reason`). Everything else comes from `--json`.
 PROGRESS_MARK = "Reproducing experiment '"
 OUTPUT_POLL_S = 0.2  # how often the output of DVC's queue is read
+OUTPUT_WAIT_S = 10  # how long DVC's command may take to end once the grid stops following the queue
 QUEUE_WORKER = "queue-worker"  # in the command line of a DVC queue worker: dvc exp queue-worker <node>
 EXEC_RUN = "exec-run"  # in the command line of a running queued experiment: dvc exp exec-run --infofile ...
 STOP_TIMEOUT_S = 120  # the longest an interrupted experiment may take to stop, before it is killed
@@ -179,6 +180,8 @@ def run_queue(root: Path, total: int, jobs: int) -> Iterator[str]:
                 time.sleep(OUTPUT_POLL_S)
         except BaseException:  # an interrupt: DVC's command only follows the queue; it stops following
             process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):  # so that it starts no worker after this
+                process.wait(OUTPUT_WAIT_S)
             raise
     if pending:
         yield pending + "\n"
