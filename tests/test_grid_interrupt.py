@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from tests.conftest import TINY_PARAMS, copy_project, needs_coco128, project_env, run
@@ -158,3 +159,35 @@ def test_a_driver_killed_with_kill_9_leaves_a_lock_and_a_queue_the_next_run_repa
     assert not list((project / ".dvc" / "tmp" / "exps").glob("tmp*")) and project_processes(project) == []
     [done] = [e for e in experiments(project, env) if e.params["train.seed"] == 3]
     assert done.done
+
+
+def test_sigterm_to_the_driver_alone_stops_the_queue_too(tmp_path: Path) -> None:
+    """SIGTERM to the driver only (`kill <pid>`, a service manager): DVC's follower and the queue's process
+    groups get nothing from the terminal, and the driver stops them itself. The pipeline is cut to one stage
+    that waits (committed), so that the test trains nothing."""
+    project = copy_project(tmp_path / "project")
+    (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"wait": {
+        "cmd": "python -c 'import time; time.sleep(600)'", "params": ["train.seed"]}}}))
+    (project / "dvc.lock").unlink()
+    run(["git", "commit", "-qam", "one waiting stage"], project)
+    run(["dvc", "exp", "run", "--queue", "-S", "train.seed=7"], project)
+    log = tmp_path / "grid.log"
+    with log.open("w") as sink:
+        driver = subprocess.Popen(["python", "-m", "yolo_mlops.grid", "start", "--jobs", "1"], cwd=project,
+                                  env=project_env(), stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def waiting() -> bool:
+            return any("time.sleep(600)" in " ".join(process.info["cmdline"] or [])
+                       for process in psutil.process_iter(["cmdline"])) or driver.poll() is not None
+
+        wait_for(waiting, "the stage running", timeout=300)
+        assert driver.poll() is None, log.read_text()[-3000:]
+        driver.send_signal(signal.SIGTERM)
+        assert driver.wait(timeout=300) == 130, log.read_text()[-3000:]
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    out = log.read_text()
+    assert "grid: interrupted. finished: none; stopped: " in out and "Traceback" not in out, out[-3000:]
+    assert project_processes(project) == [] and not list((project / ".dvc" / "tmp" / "exps").glob("tmp*"))
+    assert experiments(project, project_env()) == []
