@@ -63,6 +63,17 @@ def experiments(project: Path, env: dict[str, str]) -> list:
     return parse_exp_show(json.loads(run(["dvc", "exp", "show", "--json"], project, env=env).stdout))
 
 
+def assert_stopped_cleanly(project: Path, env: dict[str, str], driver: subprocess.Popen, log: Path) -> None:
+    """Exit 130 with what was finished and what not; no worker, no orphan, no temporary copy, and no
+    experiment left running or half-done: the interrupted ones are removed, to run again."""
+    assert driver.wait(timeout=300) == 130, log.read_text()[-3000:]
+    out = log.read_text()
+    assert "grid: interrupted. finished: none; stopped: " in out and "Traceback" not in out, out[-3000:]
+    assert project_processes(project) == []
+    assert not list((project / ".dvc" / "tmp" / "exps").glob("tmp*"))
+    assert experiments(project, env) == []
+
+
 @pytest.fixture(scope="module", params=["embedded", "server"])
 def store(request: pytest.FixtureRequest, s3: S3Server,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str], MlflowClient]]:
@@ -92,15 +103,10 @@ def test_ctrl_c_stops_the_queue_cleanly_and_the_next_run_completes_it(store, tmp
                                           "was queued or started.")
         interrupted_runs = {found.info.run_id for found in training_runs(client)}
         os.killpg(driver.pid, signal.SIGINT)  # Ctrl-C in the driver's terminal
-        assert driver.wait(timeout=300) == 130, log.read_text()[-3000:]
+        assert_stopped_cleanly(project, env, driver, log)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
-    out = log.read_text()
-    assert "grid: interrupted. finished: none; stopped: " in out and "Traceback" not in out, out[-3000:]
-    assert project_processes(project) == []  # no worker, no orphan
-    assert not list((project / ".dvc" / "tmp" / "exps").glob("tmp*"))  # no temporary copy
-    assert experiments(project, env) == []  # nothing running, nothing half-done: both stopped, to run again
     for run_id in interrupted_runs:  # the attempts, with their epochs, ended KILLED
         assert client.get_run(run_id).info.status == "KILLED"
 
@@ -183,11 +189,7 @@ def test_sigterm_to_the_driver_alone_stops_the_queue_too(tmp_path: Path) -> None
         wait_for(waiting, "the stage running", timeout=300)
         assert driver.poll() is None, log.read_text()[-3000:]
         driver.send_signal(signal.SIGTERM)
-        assert driver.wait(timeout=300) == 130, log.read_text()[-3000:]
+        assert_stopped_cleanly(project, project_env(), driver, log)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
-    out = log.read_text()
-    assert "grid: interrupted. finished: none; stopped: " in out and "Traceback" not in out, out[-3000:]
-    assert project_processes(project) == [] and not list((project / ".dvc" / "tmp" / "exps").glob("tmp*"))
-    assert experiments(project, project_env()) == []
