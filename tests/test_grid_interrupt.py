@@ -139,7 +139,7 @@ def test_a_driver_killed_with_kill_9_leaves_a_lock_and_a_queue_the_next_run_repa
     """`kill -9` of the driver and of DVC's whole queue (no chance to clean anything): the next run takes the
     lock over, repairs DVC's queue and runs what is missing."""
     project, env, client = store
-    (project / "grid.yaml").write_text("train.seed: [3]\n")
+    (project / "grid.yaml").write_text("train.seed: [3]\ntrain.epochs: [1]\n")  # killed once its epoch reached MLflow
     log = tmp_path / "grid.log"
     driver = grid(project, env, log)
     try:
