@@ -10,6 +10,8 @@ from tests.conftest import COCO128_ZIP, copy_project, free_port, needs_coco128, 
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.params import load_params
 from yolo_mlops.grid import experiments, points
+from yolo_mlops.grid.__main__ import plan_line
+from yolo_mlops.grid.commands import Plan
 from yolo_mlops.grid.points import load_grid
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -148,12 +150,13 @@ def course_error(project: Path, command: list[str], env: dict[str, str], message
     assert result.returncode == 1 and f"error: {message}" in result.stderr
     assert "Traceback" not in result.stderr
     assert "Queued" not in run(["dvc", "queue", "status"], project).stdout
+    assert not (project / "mlflow.db").exists()  # a refusal creates no store
     return result.stderr
 
 
 @pytest.mark.parametrize(("command", "env", "message"), [
-    (["compare"], {}, "mlflow.experiment_name: no MLflow experiment 'cv_yolo_tiny'"),
-    (["rollback"], {}, "promote.registered_model: no registered model 'yolo_tiny_person'"),
+    (["compare"], {}, "MLflow store sqlite:///"),
+    (["rollback"], {}, "MLflow store sqlite:///"),
     (["compare"], {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{CLOSED_PORT}"},
      f"MLflow tracking server http://127.0.0.1:{CLOSED_PORT} (MLFLOW_TRACKING_URI) is unreachable"),
     (["run", "-S", "train.lr0=0.1"], {}, "-S train.lr0=0.1: train.lr0 is an axis of the grid; change it in grid.yaml"),
@@ -186,3 +189,33 @@ def test_a_bad_grid_point_is_refused_before_anything_is_queued(bare_project: Pat
     assert "error: experiment train.imgsz=100, train.lr0=0.01 (grid.yaml and -S): params.yaml: train.imgsz must be " \
            "a positive multiple of 32 (got 100). Nothing was queued." in result.stderr
     assert "Queued" not in run(["dvc", "queue", "status"], bare_project).stdout
+
+
+def test_a_bad_grid_yaml_is_refused_before_the_store_or_a_queue_entry_is_created(bare_project: Path):
+    grid = bare_project / "grid.yaml"
+    committed = grid.read_text()
+    grid.write_text("train.nope: [1, 2]\n")  # read from the working tree
+    try:
+        course_error(bare_project, ["run"], {}, "grid.yaml: 'train.nope' is not a single-valued key of params.yaml")
+    finally:
+        grid.write_text(committed)
+
+
+def test_already_run_counts_finished_experiments_only_and_names_the_others():
+    """Queued and running experiments have no results yet: the plan line names them, not as already run."""
+    def entry(name: str, lr0: float, state: str | None, failed: bool = False) -> dict:
+        shown = exp_show_entry(name, name, {"train": {"lr0": lr0}}, None, failed=failed)
+        if state:
+            shown["executor"] = {"state": state, "local": {"pid": 2**22 + 1, "root": "/nowhere"}}
+        return shown
+
+    entries = [{"rev": "base", "experiments": [entry("done-exp", 0.1, None), entry("bad-exp", 0.2, None, True),
+                                                entry("busy-exp", 0.3, "running"), entry("wait-exp", 0.4, "queued")]}]
+    listed = experiments.parse_exp_show(entries)
+    busy = next(experiment for experiment in listed if experiment.name == "busy-exp")
+    assert busy.running and busy.queued and busy.stale  # its process is gone: the next driver repairs it
+    grid = {"train.lr0": (0.1, 0.2, 0.3, 0.4, 0.5)}
+    every = points.combinations(grid)
+    plan = Plan("b" * 40, grid, {}, every, points.missing_combinations(every, {}, listed), listed)
+    assert plan_line(plan, "queue") == ("grid: 5 experiment(s), 1 already run, 1 failed (bad-exp), 1 running "
+                                        "(busy-exp), 1 queued (wait-exp) from commit bbbbbbb, 1 to queue")

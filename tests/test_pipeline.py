@@ -269,3 +269,21 @@ def test_pretrained_weights_offline_fail_within_the_train_stage(tmp_path: Path) 
     assert "train.model=yolov8n.yaml" in result.stderr and not (project / "models").exists()
     assert subprocess.run(["git", "status", "--porcelain", "params.yaml"], cwd=project,
                           capture_output=True, text=True).stdout == ""
+
+
+def test_a_run_deleted_in_mlflow_stays_the_experiments_one_run(project: Path) -> None:
+    """Exactly once: MLflow can restore a deleted run, so the log stage does not log a second one beside it; it
+    says in one line how to restore it, or to purge it and log the experiment anew. Restored, it is complete."""
+    store = client(project)
+    [logged] = runs(project)
+    store.delete_run(logged.info.run_id)
+    refused = run(["dvc", "repro", "--force", "--single-item", "log"], project, check=False)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    [line] = [text for text in refused.stderr.splitlines() if text.startswith("error: ")]
+    assert line.startswith(f"error: MLflow run {logged.info.run_id} of this experiment is deleted in MLflow")
+    assert f"`mlflow runs restore --run-id {logged.info.run_id}`" in line and "--single-item log" in line
+    assert runs(project) == []  # no second run
+    store.restore_run(logged.info.run_id)
+    restored = run(["dvc", "repro", "--force", "--single-item", "log"], project)
+    assert f"unchanged MLflow run {logged.info.run_id}" in restored.stdout
+    assert [found.info.run_id for found in runs(project)] == [logged.info.run_id]

@@ -6,6 +6,8 @@ MLflow 3.17's UI chooses an experiment's view from its own GenAI / Model trainin
 by the browser, or `?workflowType=` in the address), not from the experiment's kind tag: the plain
 address opens the GenAI overview, the Model training one the runs table (README, "What reaches MLflow")."""
 
+import contextlib
+import json
 import re
 import shutil
 import subprocess
@@ -23,6 +25,8 @@ from yolo_mlops.core.params import PromoteParams
 from yolo_mlops.core.paths import DECISION_FILE
 from yolo_mlops.grid.ranking import RunSummary
 from yolo_mlops.grid.registry import promote
+from yolo_mlops.tracking.courier import send_evaluation
+from yolo_mlops.tracking.model import log_model
 from yolo_mlops.tracking.record import RunHeader
 from yolo_mlops.tracking.run import log_metrics, metric_points, open_run
 from yolo_mlops.tracking.store import experiment_id, experiment_page, open_client
@@ -44,6 +48,7 @@ class Ui:
     url: str
     experiment_id: str
     run_ids: dict[str, str]  # run name → run id
+    evaluated: tuple[str, str]  # (experiment id, model id) of a model logged and evaluated as evaluate does it
     classes_experiment: str = ""  # runs sent as the stages send them, on a 3-class dataset
     classes_runs: tuple[str, ...] = ()
 
@@ -114,14 +119,31 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ui]:
         client.log_artifact(best.run_id, str(report), names.DECISION_ARTIFACTS)  # as `grid promote` logs it
         classes_experiment = experiment_id(client, CLASSES_EXPERIMENT)
         classes_runs = log_stage_like_runs(client, classes_experiment)
+        evaluated = evaluated_model(client, folder)
     port = free_port(HOST)
     server = Service.start([str(BIN / "mlflow"), "server", "--backend-store-uri", uri, "--host", HOST,
                             "--port", str(port), "--workers", "1"], project_env(), folder / "mlflow.log")
     try:
         wait_for(lambda: answers(f"http://{HOST}:{port}/health"), "mlflow server", server)
-        yield Ui(f"http://{HOST}:{port}/", exp, run_ids, classes_experiment, classes_runs)
+        yield Ui(f"http://{HOST}:{port}/", exp, run_ids, evaluated, classes_experiment, classes_runs)
     finally:
         server.stop()
+
+
+def evaluated_model(client: MlflowClient, folder: Path) -> tuple[str, str]:
+    """A run whose model is logged, then evaluated, by the evaluate stage's courier (its jobs, in its order),
+    in an experiment of its own: (experiment id, model id)."""
+    (folder / "metrics").mkdir()
+    (folder / "metrics" / "eval.json").write_text(json.dumps({split: {"mAP50": 0.5, "recall": 0.25}
+                                                              for split in ("val", "test")}))
+    (folder / "plots").mkdir()
+    (folder / "best.pt").write_bytes(b"weights")  # logged, never loaded here
+    exp = experiment_id(client, "evaluated")
+    run = client.create_run(exp, run_name="evaluated")
+    with contextlib.chdir(folder):
+        model = log_model(client, run, folder / "best.pt", 64)
+        send_evaluation(client, run.info.run_id, None)  # type: ignore[arg-type]
+    return exp, model
 
 
 def test_the_address_the_grid_prints_opens_the_training_runs(ui: Ui, tmp_path: Path):
@@ -170,3 +192,11 @@ def test_a_run_opens_on_training_and_evaluation_and_compare_plots_a_metric_that_
     default = re.search(r"Metrics:(?:<[^>]+>)+([^<]+)<", page).group(1)
     values = {MlflowClient(ui.url.rstrip("/")).get_run(run).data.metrics[default] for run in ui.classes_runs}
     assert not default.startswith(f"{names.PREPARE}/") and len(values) == len(ui.classes_runs)
+
+
+def test_the_logged_model_page_shows_the_evaluation_metrics(ui: Ui, tmp_path: Path):
+    """evaluate's courier logs the model while the stage evaluates, then the metrics, linked to the model."""
+    exp, model = ui.evaluated
+    page = dom(f"{ui.url}#/experiments/{exp}/models/{model}", tmp_path / "model")
+    assert "Metrics (0)" not in page and "Metrics (4)" in page, re.findall(r"Metrics[^<]{0,20}", page)
+    assert "evaluate/val_mAP50" in page

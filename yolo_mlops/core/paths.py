@@ -55,6 +55,8 @@ ULTRALYTICS_CONFIG_DIR = Path(".ultralytics")
 WEIGHTS_DIR = Path("weights")  # pretrained weights, downloaded once
 DOWNLOAD_CACHE_DIR = Path("data/cache")  # COCO128 downloaded once
 SCRATCH_DIR = Path(".scratch")  # each stage's scratch space, .scratch/<stage>/ (core/scratch.py)
+DVC_TMP_DIR = Path(".dvc/tmp")  # DVC's own temporary state (git-ignored by DVC)
+GRID_LOCK = DVC_TMP_DIR / "grid.lock"  # the running grid driver's pid (grid/lock.py)
 
 
 def project_root() -> Path:

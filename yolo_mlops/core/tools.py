@@ -1,5 +1,6 @@
 """The command-line tools the project drives (git, dvc): run one, get its output or one clear error."""
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -8,10 +9,12 @@ from yolo_mlops.core.errors import PipelineError
 INSTALL_HINT = "run from the project's virtualenv (make setup), with git installed"
 
 
-def run_tool(root: Path, program: str, *args: str) -> str:
-    """`<program> <args>` in `root`: its standard output, or a PipelineError with the tool's message."""
+def run_tool(root: Path, program: str, *args: str, env: dict[str, str] | None = None) -> str:
+    """`<program> <args>` in `root` (with `env` added to the environment): its standard output, or a
+    PipelineError with the tool's message."""
     try:
-        result = subprocess.run([program, *args], cwd=root, capture_output=True, text=True)
+        result = subprocess.run([program, *args], cwd=root, capture_output=True, text=True,
+                                env=None if env is None else os.environ | env)
     except OSError as error:
         raise PipelineError(f"{program} is not available ({error}); {INSTALL_HINT}") from None
     if result.returncode != 0:

@@ -21,6 +21,7 @@ MLFLOW_COMMIT_TAG = "mlflow.source.git.commit"  # MLflow's own, shown in the UI
 LOG_STATUS_TAG = "yolo_mlops.log_status"  # `complete` once the log stage sent everything; `failed`
 FAILURE_KEY_TAG = "yolo_mlops.failure_key"  # identity of a failed experiment's FAILED run
 ERROR_TAG = "yolo_mlops.error"  # the failed experiment's error line
+EVALUATION_UPLOADED_TAG = "yolo_mlops.evaluation_uploaded"  # sha256 of the metrics/eval.json whose files are uploaded
 PREVIOUS_ATTEMPT_TAG = "yolo_mlops.previous_attempt_of"  # on an interrupted run: the id of the run that retried it
 # MLflow's own source tags: the runs table's "Source" column shows `<project folder>:dvc.yaml`.
 SOURCE_TYPE_TAG, SOURCE_TYPE = "mlflow.source.type", "PROJECT"

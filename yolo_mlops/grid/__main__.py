@@ -2,10 +2,13 @@
 `python -m yolo_mlops.grid --help` lists the commands."""
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -15,15 +18,21 @@ from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.params import Params, load_params
 from yolo_mlops.core.paths import CONFIG_CHART, CURVES_CHART, DECISION_FILE, DVC_PLOTS_DIR, RUNS_CSV
 from yolo_mlops.core.vocabulary import CHALLENGER, CHAMPION, DECISION_ARTIFACTS, RAY_NODE_IP_TAG
-from yolo_mlops.grid import commands
+from yolo_mlops.grid import commands, experiments
+from yolo_mlops.grid.experiments import DvcExperiment
+from yolo_mlops.grid.lock import driver_lock
 from yolo_mlops.grid.registry import rollback
 from yolo_mlops.grid.report import per_class, table
-from yolo_mlops.grid.sync import SyncResult
+from yolo_mlops.grid.sync import SyncResult, deleted_note
 from yolo_mlops.tracking.store import connect, pipeline_permission, public_uri, sign_in_error, tracking_uri
 
 
 def plan_line(plan: commands.Plan, where: str) -> str:
-    return (f"grid: {len(plan.points)} experiment(s), {len(plan.points) - len(plan.missing)} already run from commit "
+    """How many points of the grid are done ("already run"), failed, running and queued, and how many not."""
+    states = plan.states()
+    others = "".join(f", {len(found)} {state} ({', '.join(found)})" for state, found in states.items()
+                     if state != "done" and found)
+    return (f"grid: {len(plan.points)} experiment(s), {len(states['done'])} already run{others} from commit "
             f"{plan.baseline[:7]}, {len(plan.missing)} to {where}")
 
 
@@ -37,10 +46,27 @@ RAY_RETRY = "fix the cause, then run again (a point that failed on the Ray clust
 # With several workers DVC 3.67's queue can leave one running after the last experiment: `run_queue`
 # does not wait for it, and stops it. `--jobs 1` runs one experiment at a time.
 QUEUE_JOBS = 2
+INTERRUPTED, AGAIN = "grid: interrupted", "Ctrl-C again kills them at once; the next run repairs that"
+INTERRUPTED_STATUS = 130  # a shell's status for a command ended by Ctrl-C (128 + SIGINT)
 
 
-def queue(root: Path, params: Params, overrides: list[str]) -> commands.Plan:
+def planned(root: Path, params: Params, overrides: list[str], here: bool = True) -> commands.Plan:
+    """The grid, refused before anything is created (store, queue entry) when a point would fail."""
     plan = commands.plan_grid(root, params, overrides)
+    commands.check_before_queueing(plan.missing, plan.overrides, here)
+    return commands.plan_grid(root, params, overrides) if repair(root, plan.experiments) else plan
+
+
+def repair(root: Path, listed: list[DvcExperiment]) -> list[str]:
+    """Repair DVC's queue after a killed grid (`experiments.repair_queue`); returns what it removed."""
+    repaired = experiments.repair_queue(root, listed)
+    if repaired:
+        print(f"grid: repaired DVC's queue: {', '.join(repaired)} left running by a killed grid, removed to run "
+              "again", file=sys.stderr, flush=True)
+    return repaired
+
+
+def queue(root: Path, plan: commands.Plan) -> commands.Plan:
     print(plan_line(plan, "queue"), flush=True)
     if plan.missing:
         for command, output in commands.queue_plan(root, plan):
@@ -54,10 +80,31 @@ def start(client: MlflowClient, root: Path, params: Params, jobs: int, plan: com
     the grid just planned; when it left nothing to run, its experiments are linked as they were listed."""
     known = plan.experiments if plan is not None and plan.settled else None
     if known is None:
-        for line in commands.run_queued(root, jobs):
-            sys.stdout.write(line)
-            sys.stdout.flush()
+        before = plan.experiments if plan is not None else experiments.list_experiments(root)
+        if plan is None and repair(root, before):
+            before = experiments.list_experiments(root)
+        try:
+            for line in commands.run_queued(root, jobs):
+                sys.stdout.write(line)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            stop(client, root, params, before)
     return print_sync(commands.sync_grid(client, root, params, known=known), LOCAL_RETRY)
+
+
+def stop(client: MlflowClient, root: Path, params: Params, before: list[DvcExperiment]) -> NoReturn:
+    """Ctrl-C or SIGTERM while DVC's queue runs: stop it, say what was finished and what not, exit 130."""
+    print(f"\n{INTERRUPTED}: stopping the experiments DVC's queue is running ({AGAIN})", file=sys.stderr, flush=True)
+    stopped = commands.stop_grid(client, root, params, before)
+    lines = [f"finished: {', '.join(stopped.finished) or 'none'}"]
+    if stopped.stopped:
+        lines.append(f"stopped: {', '.join(stopped.stopped)} (removed from DVC's experiments, their MLflow runs "
+                     "KILLED as previous attempts)" + (" after they were killed" if stopped.killed else ""))
+    if stopped.queued:
+        lines.append(f"not started: {', '.join(stopped.queued)} (still in DVC's queue)")
+    print(f"{INTERRUPTED}. " + "; ".join(lines) + ". Run the same command again to run what is missing.",
+          file=sys.stderr, flush=True)
+    sys.exit(INTERRUPTED_STATUS)
 
 
 def print_sync(result: SyncResult, retry: str) -> list[str]:
@@ -71,13 +118,12 @@ def print_sync(result: SyncResult, retry: str) -> list[str]:
     return result.failed
 
 
-def on_ray(client: MlflowClient, root: Path, params: Params, overrides: list[str],
+def on_ray(client: MlflowClient, root: Path, params: Params, plan: commands.Plan,
            address: str) -> tuple[list[str], str]:
     """The missing grid points as Ray tasks, progress as they finish, then `dvc exp pull` and the sync;
     returns the failed experiments and the hardware they ran on, for the report."""
     from yolo_mlops.grid import cluster  # Ray is imported on this path only
 
-    plan = commands.plan_grid(root, params, overrides)
     fanout, resources = cluster.plan_fanout(root, plan, client.tracking_uri, address)
     size = f" ({resources.get('CPU', 0):g} CPU(s), {resources.get('GPU', 0):g} GPU(s))" if resources else ""
     print(plan_line(plan, f"run on the Ray cluster at {address}{size}"), flush=True)
@@ -101,6 +147,8 @@ def compare(client: MlflowClient, root: Path, params: Params) -> commands.Compar
     print(table(comparison))
     print("\n" + per_class(comparison))
     print("\n" + "\n".join(f"- {line}" for line in compared.insights.lines()))
+    for name, run_id in compared.deleted.items():
+        print(f"- {deleted_note(name, run_id)}")
     written = [str(RUNS_CSV), str(CONFIG_CHART)]
     written += [f"{CURVES_CHART} ({compared.curve_metric} per epoch)"] if compared.curve_metric else []
     written += [] if compared.plots_error else [f"{DVC_PLOTS_DIR}/index.html (dvc plots diff of the experiments)"]
@@ -133,18 +181,19 @@ def refuse_failures(failed: list[str], retry: str) -> None:
 
 
 def cmd_run(root: Path, params: Params, args: argparse.Namespace) -> None:
+    plan = planned(root, params, args.overrides, here=not args.ray)  # a refusal creates nothing
     client, _ = connect()  # before any training: fail now if the tracking server is down
     hardware = None  # this machine's
     if args.ray:
-        failed, hardware = on_ray(client, root, params, args.overrides, args.ray)
+        failed, hardware = on_ray(client, root, params, plan, args.ray)
     else:
-        failed = start(client, root, params, args.jobs, queue(root, params, args.overrides))
+        failed = start(client, root, params, args.jobs, queue(root, plan))
     promote(client, root, params, compare(client, root, params), hardware)
     refuse_failures(failed, RAY_RETRY if args.ray else LOCAL_RETRY)
 
 
 def cmd_queue(root: Path, params: Params, args: argparse.Namespace) -> None:
-    queue(root, params, args.overrides)
+    queue(root, planned(root, params, args.overrides))
     print("Run them with `dvc exp run --run-all` (or `python -m yolo_mlops.grid start`)")
 
 
@@ -154,17 +203,17 @@ def cmd_start(root: Path, params: Params, args: argparse.Namespace) -> None:
 
 
 def cmd_compare(root: Path, params: Params, args: argparse.Namespace) -> None:
-    client, _ = connect()
+    client, _ = connect(create=False)
     compare(client, root, params)
 
 
 def cmd_promote(root: Path, params: Params, args: argparse.Namespace) -> None:
-    client, _ = connect()
+    client, _ = connect(create=False)
     promote(client, root, params, compare(client, root, params))
 
 
 def cmd_rollback(root: Path, params: Params, args: argparse.Namespace) -> None:
-    client, _ = connect()
+    client, _ = connect(create=False)
     previous, target = rollback(client, params.promote.registered_model, args.to)
     print(f"rollback: {params.promote.registered_model}@{CHAMPION} moved from version {previous} to version {target}")
 
@@ -203,6 +252,7 @@ def no_options(parser: argparse.ArgumentParser) -> None:
 
 
 Command = Callable[[Path, Params, argparse.Namespace], None]
+DRIVERS = ("run", "queue", "start")  # the commands that change DVC's queue: one at a time per project
 # name → (what runs, its help, its options): every subcommand, declared once.
 COMMANDS: dict[str, tuple[Command, str, Callable[[argparse.ArgumentParser], None]]] = {
     "run": (cmd_run, "all of it: queue, run, sync, compare, promote (what `make run` does)", run_options),
@@ -222,12 +272,25 @@ def main(argv: list[str] | None = None) -> None:
         sub.set_defaults(func=func)
         add_options(sub)
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, interrupt)  # stops the grid as Ctrl-C does
     root, params = Path.cwd(), load_params()
     try:
-        args.func(root, params, args)
+        with driver_lock(root) if args.command in DRIVERS else contextlib.nullcontext() as left:
+            if left:
+                print(f"grid: taking over the lock of grid driver {left}, which ended without releasing it",
+                      file=sys.stderr)
+            args.func(root, params, args)
     except MlflowException as error:
         refused = sign_in_error(error, pipeline_permission(params.mlflow.experiment_name))
         raise (refused or PipelineError(f"MLflow at {public_uri(tracking_uri())}: {error.message}")) from None
+    except KeyboardInterrupt:  # a second one while the queue stopped, or one before or after the queue ran
+        print(f"\n{INTERRUPTED}; what DVC's queue was still running, if anything, is killed: the next run repairs "
+              "that and runs what is missing", file=sys.stderr)
+        sys.exit(INTERRUPTED_STATUS)
+
+
+def interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from yolo_mlops.grid.insights import Insights, insights
 from yolo_mlops.grid.ranking import Comparison, RunSummary, compare, export_csv, select_best
 from yolo_mlops.grid.registry import Promotion, promote, report_uri
 from yolo_mlops.grid.report import ReportData, render
-from yolo_mlops.grid.sync import SyncResult, sync
+from yolo_mlops.grid.sync import SyncResult, deleted_runs, sync
 from yolo_mlops.tracking.store import experiment_id, experiment_page, public_uri
 from yolo_mlops.yolo.model import resolve_device, resolve_model
 
@@ -53,6 +53,27 @@ class Plan:
         """Nothing to queue, and nothing waiting in DVC's queue."""
         return not self.missing and not any(experiment.queued for experiment in self.experiments)
 
+    def states(self) -> dict[str, list[str]]:
+        """The names of this commit's experiments at a point of the grid, by state: done (finished with
+        results), failed, running (started by a queue worker), queued (waiting)."""
+        found: dict[str, list[str]] = {"done": [], "failed": [], "running": [], "queued": []}
+        for experiment in self.experiments:
+            if any(points.matches(experiment, point | self.overrides) for point in self.points):
+                state = ("running" if experiment.running else "queued" if experiment.queued
+                         else "failed" if experiment.failed else "done")
+                found[state].append(experiment.name)
+        return found
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """What an interrupt left of the grid's experiments, by name."""
+
+    finished: list[str]  # done, in DVC and in their FINISHED MLflow runs
+    stopped: list[str]  # interrupted: removed from DVC (the next run runs them again), their MLflow runs KILLED
+    queued: list[str]  # not started: still in DVC's queue, for the next run
+    killed: bool  # they did not stop in time, or a second interrupt came: killed, the next run repairs
+
 
 @dataclass(frozen=True)
 class Compared:
@@ -62,6 +83,7 @@ class Compared:
     curve_metric: str | None  # the per-epoch metric charted (val), None when training records none
     plots_error: str | None  # why `dvc plots diff` did not update reports/dvc_plots/, if it did not
     page: str  # the experiment's runs in the MLflow UI
+    deleted: dict[str, str]  # experiments whose MLflow run is deleted in MLflow: name → run id
 
 
 @dataclass(frozen=True)
@@ -82,8 +104,8 @@ def plan_grid(root: Path, params: Params, overrides: list[str]) -> Plan:
 
 def queue_plan(root: Path, plan: Plan) -> list[tuple[list[str], str]]:
     """Check, then queue the missing points: the whole grid in one `dvc exp run --queue` (DVC expands
-    `key=a,b`), or one command per point when only some are missing. Returns (command, DVC's output)."""
-    check_before_queueing(plan.missing, plan.overrides)
+    `key=a,b`), or one command per point when only some are missing (checked before: `check_before_queueing`).
+    Returns (command, DVC's output)."""
     whole = len(plan.missing) == len(plan.points)
     return [experiments.queue(root, points.set_args(values | plan.overrides))
             for values in ([plan.grid] if whole else plan.missing)]
@@ -116,10 +138,48 @@ def check_before_queueing(grid_points: list[dict[str, Any]], overrides: dict[str
 
 def run_queued(root: Path, jobs: int) -> Iterator[str]:
     """Run every experiment waiting in DVC's queue (those queued earlier too), `jobs` at once, yielding
-    DVC's output."""
-    waiting = sum(experiment.queued for experiment in experiments.list_experiments(root))
+    DVC's output. What several of them share is computed once first (`run_shared`)."""
+    waiting = [experiment for experiment in experiments.list_experiments(root) if experiment.queued]
     if waiting:
-        yield from experiments.run_queue(root, waiting, min(jobs, waiting))
+        if jobs > 1:
+            yield from run_shared(root, waiting)
+        yield from experiments.run_queue(root, len(waiting), min(jobs, len(waiting)))
+
+
+def run_shared(root: Path, waiting: list[DvcExperiment]) -> Iterator[str]:
+    """The prepare stage of the waiting experiments, once per distinct prepare section, before the queue
+    starts them (see `experiments.run_stage_once`): the experiments restore it from DVC's run-cache."""
+    groups: dict[str, list[DvcExperiment]] = {}
+    for experiment in waiting:
+        section = {key: value for key, value in experiment.params.items() if key.startswith(f"{names.PREPARE}.")}
+        groups.setdefault(repr(sorted(section.items())), []).append(experiment)
+    for group in groups.values():
+        if len(group) > 1:
+            error = experiments.run_stage_once(root, names.PREPARE, group[0])
+            yield (f"grid: {names.PREPARE} of {len(group)} experiment(s) run once before the queue"
+                   + (f"; it failed, and they will report why ({error.splitlines()[-1]})" if error else "") + "\n")
+
+
+def stop_grid(client: MlflowClient, root: Path, params: Params, before: list[DvcExperiment]) -> Stopped:
+    """After an interrupt: stop DVC's queue (`experiments.interrupt_queue`); the experiments it stopped
+    are removed from DVC, so that the next run runs them again, and their MLflow runs end KILLED, kept as
+    previous attempts (the retry's train stage tags them so). `before`: the experiments listed when the
+    queue started."""
+    killed = not experiments.interrupt_queue(root)
+    earlier = {experiment.name for experiment in before if not experiment.queued}
+    listed = [experiment for experiment in experiments.list_experiments(root) if experiment.name not in earlier]
+    stopped = [experiment.name for experiment in listed if experiment.failed]
+    stopped += experiments.repair_queue(root, listed)
+    experiments.remove_experiments(root, [experiment.name for experiment in listed if experiment.failed])
+    exp_id = experiment_id(client, params.mlflow.experiment_name)
+    for name in stopped:
+        for run in client.search_runs([exp_id], filter_string=(
+                f"tags.`{names.EXP_NAME_TAG}` = '{name}' and attributes.status != 'FINISHED'")):
+            if run.info.status != "KILLED":
+                client.set_terminated(run.info.run_id, "KILLED")
+    return Stopped([experiment.name for experiment in listed if experiment.done],
+                   stopped, [experiment.name for experiment in listed if experiment.queued and not experiment.running],
+                   killed)
 
 
 def sync_grid(client: MlflowClient, root: Path, params: Params, failed_elsewhere: list[DvcExperiment] | None = None,
@@ -144,7 +204,8 @@ def compare_grid(client: MlflowClient, root: Path, params: Params) -> Compared:
         plots = pool.submit(experiments.plots_diff, root, [run.name for run in comparison.ranked], DVC_PLOTS_DIR)
         found, curves, curve_metric = _charts(client, root, comparison, [exp_id], baseline)
     return Compared(comparison, found, curves, curve_metric, plots.result(),
-                    experiment_page(client.tracking_uri, exp_id))
+                    experiment_page(client.tracking_uri, exp_id),
+                    deleted_runs(client, exp_id, root))
 
 
 def _charts(client: MlflowClient, root: Path, comparison: Comparison, experiment_ids: list[str], baseline: str

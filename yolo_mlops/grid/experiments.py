@@ -3,6 +3,9 @@ the experiments back from `dvc exp show --json`, and what a failed one logged.""
 
 import contextlib
 import json
+import os
+import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -18,7 +21,14 @@ from yolo_mlops.core.entry import ERROR_PREFIX
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.git import git, show
 from yolo_mlops.core.params import PIPELINE_SECTIONS, read_yaml
-from yolo_mlops.core.paths import DVC_CONFIG, DVC_YAML, EVAL_METRICS_FILE, MLFLOW_RUN_FILE, PARAMS_FILE
+from yolo_mlops.core.paths import (
+    DVC_CONFIG,
+    DVC_TMP_DIR,
+    DVC_YAML,
+    EVAL_METRICS_FILE,
+    MLFLOW_RUN_FILE,
+    PARAMS_FILE,
+)
 from yolo_mlops.core.tools import run_tool
 from yolo_mlops.core.vocabulary import RUN_LINK_ID, flatten, numbers
 
@@ -27,7 +37,10 @@ from yolo_mlops.core.vocabulary import RUN_LINK_ID, flatten, numbers
 # experiment's log (`dvc queue logs`, `failure_reason`). Everything else comes from `--json`.
 PROGRESS_MARK = "Reproducing experiment '"
 OUTPUT_POLL_S = 0.2  # how often the output of DVC's queue is read
+OUTPUT_WAIT_S = 10  # how long DVC's command may take to end once the grid stops following the queue
 QUEUE_WORKER = "queue-worker"  # in the command line of a DVC queue worker: dvc exp queue-worker <node>
+EXEC_RUN = "exec-run"  # in the command line of a running queued experiment: dvc exp exec-run --infofile ...
+STOP_TIMEOUT_S = 120  # the longest an interrupted experiment may take to stop, before it is killed
 
 
 @dataclass(frozen=True)
@@ -42,11 +55,29 @@ class DvcExperiment:
     failed: bool
     queued: bool = False  # waiting in DVC's queue (or running): no results yet
     error: str | None = None  # why it failed, when known without `dvc queue logs` (a point run on Ray)
+    running: bool = False  # started by a queue worker, not finished
+    pid: int | None = None  # a running experiment's `dvc exp exec-run` process, as DVC recorded it
+    copy: str | None = None  # a running experiment's temporary copy of the repo (.dvc/tmp/exps/tmp...)
+
+    @property
+    def done(self) -> bool:
+        """Finished with results (not failed, not waiting, not running)."""
+        return not self.failed and not self.queued
+
+    @property
+    def stale(self) -> bool:
+        """Running for DVC, but its process is gone (its worker was killed): DVC never collects it."""
+        if not self.running:
+            return False
+        try:
+            return self.pid is None or EXEC_RUN not in psutil.Process(self.pid).cmdline()
+        except psutil.Error:
+            return True
 
 
-def dvc(root: Path, *args: str) -> str:
+def dvc(root: Path, *args: str, env: dict[str, str] | None = None) -> str:
     """`dvc <args>` in `root`: its standard output, or a PipelineError with DVC's message."""
-    return run_tool(root, "dvc", *args)
+    return run_tool(root, "dvc", *args, env=env)
 
 
 def stage_code(root: Path) -> list[str]:
@@ -94,7 +125,8 @@ def parse_exp_show(entries: list[dict[str, Any]]) -> list[DvcExperiment]:
             data = revision.get("data") or {}
             params = data.get("params", {}).get(str(PARAMS_FILE), {}).get("data", {})
             metrics = data.get("metrics", {}).get(str(EVAL_METRICS_FILE), {}).get("data", {})
-            state = (experiment.get("executor") or revision.get("executor") or {}).get("state")
+            executor = experiment.get("executor") or revision.get("executor") or {}
+            state, local = executor.get("state"), executor.get("local") or {}
             experiments.append(DvcExperiment(
                 name=revision.get("name") or experiment.get("name") or revision["rev"][:7],
                 rev=revision["rev"],
@@ -103,6 +135,9 @@ def parse_exp_show(entries: list[dict[str, Any]]) -> list[DvcExperiment]:
                 metrics=numbers(flatten(metrics)),
                 failed=revision.get("error") is not None or state == "failed",
                 queued=state in ("queued", "running"),
+                running=state == "running",
+                pid=local.get("pid") if state == "running" else None,
+                copy=local.get("root") if state == "running" else None,
             ))
     return experiments
 
@@ -131,17 +166,23 @@ def run_queue(root: Path, total: int, jobs: int) -> Iterator[str]:
             open(output.name, encoding="utf-8", errors="replace") as reader, \
             subprocess.Popen(["dvc", "exp", "run", "--run-all", "--jobs", str(jobs)], cwd=root, stdout=output,
                              stderr=subprocess.STDOUT) as process:
-        while True:
-            ended = process.poll() is not None  # before reading: all DVC wrote is in the file then
-            *lines, pending = (pending + reader.read()).split("\n")
-            for line in lines:
-                if line.startswith(PROGRESS_MARK):
-                    started += 1
-                    line = f"[{started}/{total}] {line}"
-                yield line + "\n"
-            if ended:
-                break
-            time.sleep(OUTPUT_POLL_S)
+        try:
+            while True:
+                ended = process.poll() is not None  # before reading: all DVC wrote is in the file then
+                *lines, pending = (pending + reader.read()).split("\n")
+                for line in lines:
+                    if line.startswith(PROGRESS_MARK):
+                        started += 1
+                        line = f"[{started}/{total}] {line}"
+                    yield line + "\n"
+                if ended:
+                    break
+                time.sleep(OUTPUT_POLL_S)
+        except BaseException:  # an interrupt: DVC's command only follows the queue; it stops following
+            process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):  # so that it starts no worker after this
+                process.wait(OUTPUT_WAIT_S)
+            raise
     if pending:
         yield pending + "\n"
     for pid in stop_leftover_workers(root, since):
@@ -150,18 +191,100 @@ def run_queue(root: Path, total: int, jobs: int) -> Iterator[str]:
         raise PipelineError(f"dvc exp run --run-all exited with {process.returncode}; see its output above")
 
 
+def queue_workers(root: Path, since: float = 0.0) -> list[psutil.Process]:
+    """The DVC queue workers of this project started since `since` (epoch seconds)."""
+    found = []
+    for process in psutil.process_iter(["cmdline", "cwd", "create_time"]):
+        cmdline, cwd = process.info["cmdline"] or [], process.info["cwd"] or ""
+        if QUEUE_WORKER in cmdline and Path(cwd).is_relative_to(root) and process.info["create_time"] >= since:
+            found.append(process)
+    return found
+
+
 def stop_leftover_workers(root: Path, since: float) -> list[int]:
     """Stop the queue workers of this project started since `since` (epoch seconds) that are still running
     once DVC's `--run-all` has ended: every experiment is collected then, so they only wait. Returns their
     process ids."""
     stopped = []
-    for process in psutil.process_iter(["cmdline", "cwd", "create_time"]):
-        cmdline, cwd = process.info["cmdline"] or [], process.info["cwd"] or ""
-        if QUEUE_WORKER in cmdline and Path(cwd).is_relative_to(root) and process.info["create_time"] >= since:
-            with contextlib.suppress(psutil.Error):
-                process.kill()
-                stopped.append(process.pid)
+    for process in queue_workers(root, since):
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+            stopped.append(process.pid)
     return stopped
+
+
+def _signal_groups(workers: list[psutil.Process], sig: int) -> None:
+    """`sig` to each worker's process group: DVC starts each worker in a group of its own (dvc-task), which
+    its experiment's `dvc exp exec-run` and the stage it runs share, as a terminal's Ctrl-C reaches them."""
+    for group in {os.getpgid(worker.pid) for worker in workers if psutil.pid_exists(worker.pid)}:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, sig)
+
+
+def interrupt_queue(root: Path, timeout: float = STOP_TIMEOUT_S) -> bool:
+    """Stop DVC's queue in this project: a Ctrl-C (SIGINT) to each queue worker's process group. The stage
+    an experiment runs stops (its MLflow run ends KILLED); DVC records the experiment as failed and removes
+    its temporary copy; the worker shuts down without taking the next experiment (Celery's warm shutdown),
+    which stays queued. Waits for the workers to end, at most `timeout` s; a second interrupt while it waits,
+    or the timeout, kills them at once (`kill_queue`). Returns True when they stopped cleanly."""
+    workers = queue_workers(root)
+    _signal_groups(workers, signal.SIGINT)
+    try:
+        _, alive = psutil.wait_procs(workers, timeout=timeout)
+    except KeyboardInterrupt:
+        kill_queue(workers)
+        raise
+    if alive:
+        kill_queue(workers)
+    return not alive
+
+
+def kill_queue(workers: list[psutil.Process]) -> None:
+    """SIGKILL to the workers' process groups: nothing is collected; the next grid run repairs the queue
+    (`repair_queue`)."""
+    _signal_groups(workers, signal.SIGKILL)
+
+
+def remove_experiments(root: Path, names: list[str]) -> None:
+    """`dvc exp remove <names>`: finished, failed or queued experiments, by name."""
+    if names:
+        dvc(root, "exp", "remove", *names)
+
+
+def repair_queue(root: Path, listed: list[DvcExperiment]) -> list[str]:
+    """Experiments a killed queue left "running" for good (`stale`): `dvc queue kill` marks each failed (DVC
+    does so for a task whose process is gone), then they are removed with their temporary copies, so that
+    the grid runs them again. Returns their names."""
+    stale = [experiment for experiment in listed if experiment.stale]
+    names = [experiment.name for experiment in stale]
+    if names:
+        with contextlib.suppress(PipelineError):  # DVC kills what it can and marks the rest failed
+            dvc(root, "queue", "kill", *names)
+        remove_experiments(root, names)
+        for experiment in stale:
+            if experiment.copy and Path(experiment.copy).is_relative_to(root / DVC_TMP_DIR):
+                shutil.rmtree(experiment.copy, ignore_errors=True)
+    return names
+
+
+def run_stage_once(root: Path, stage: str, experiment: DvcExperiment) -> str | None:
+    """`dvc repro <stage>` of a queued experiment, before the queue runs it: in a throw-away clone of its
+    commit (DVC's stash of it, params applied), on this project's DVC cache. The stage's outputs land in
+    the cache and its run in DVC's run-cache, from which each experiment with the same stage (same params,
+    same code) restores it instead of running it: two experiments that would run it at the same moment
+    write the same outputs into the shared cache at once, and one fails ("unable to remove ... without a
+    confirmation"). Returns DVC's error when the stage failed (the experiments then fail on it themselves)."""
+    cache = Path(dvc(root, "cache", "dir").strip())
+    with tempfile.TemporaryDirectory(prefix=f"grid-{stage}-") as folder:
+        clone = Path(folder) / "repo"
+        git(root, "clone", "-q", "--shared", "--no-checkout", str(root), str(clone))
+        git(clone, "checkout", "-q", "--detach", experiment.rev)
+        dvc(clone, "cache", "dir", "--local", str(cache if cache.is_absolute() else root / ".dvc" / cache))
+        try:  # DVC_ROOT: the stage's shared state (downloads) is the project's, as in the queue
+            dvc(clone, "repro", "--single-item", stage, env={"DVC_ROOT": str(root)})
+        except PipelineError as error:
+            return str(error)[-500:]
+    return None
 
 
 def plots_diff(root: Path, names: list[str], output: Path) -> str | None:

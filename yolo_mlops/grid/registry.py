@@ -15,6 +15,7 @@ from yolo_mlops.core.params import PromoteParams
 from yolo_mlops.core.paths import DECISION_FILE
 from yolo_mlops.core.vocabulary import CHALLENGER, CHAMPION, MAINTAINER, PREVIOUS_CHAMPION_TAG, STAGE_TAG
 from yolo_mlops.grid.ranking import RunSummary
+from yolo_mlops.tracking.model import model_id
 from yolo_mlops.tracking.store import sign_in_error
 
 METRIC_TAGS = tuple(f"{split}.{metric}" for split in names.REPORTED_SPLITS for metric in names.REPORTED_METRICS)
@@ -129,11 +130,10 @@ def mirror_stages(client: MlflowClient, name: str) -> None:
 
 
 def _model_id(client: MlflowClient, run_id: str) -> str:
-    outputs = client.get_run(run_id).outputs
-    ids = [output.model_id for output in (outputs.model_outputs if outputs else []) if output.model_id]
-    if not ids:
+    found = model_id(client.get_run(run_id))
+    if found is None:
         raise PipelineError(f"run {run_id} has no logged MLflow model to register")
-    return ids[-1]
+    return found
 
 
 def _restore(client: MlflowClient, name: str, before: dict[str, str], created: str | None) -> str:

@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlflow import MlflowClient
-from mlflow.entities import Param, Run
+from mlflow.entities import Param, Run, ViewType
 from mlflow.exceptions import MlflowException
 
 from yolo_mlops.core import vocabulary as names
 from yolo_mlops.core.params import PIPELINE_SECTIONS
-from yolo_mlops.grid.experiments import DvcExperiment, failure_reason, mlflow_run_id
+from yolo_mlops.grid.experiments import DvcExperiment, failure_reason, list_experiments, mlflow_run_id
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,23 @@ def _record_failure(client: MlflowClient, experiment_id: str, root: Path, experi
     return f"experiment {experiment.name} failed ({reason}); recorded as FAILED run {run_id}"
 
 
+def deleted_note(name: str, run_id: str) -> str:
+    """What to say of an experiment whose MLflow run someone deleted (it stays its one run: see tracking/run.py)."""
+    return (f"experiment {name}: its MLflow run {run_id} is deleted in MLflow, and left out of the comparison; "
+            f"restore it with `mlflow runs restore --run-id {run_id}`")
+
+
+def deleted_runs(client: MlflowClient, experiment_id: str, root: Path) -> dict[str, str]:
+    """This commit's finished experiments whose MLflow run is deleted in MLflow (in its trash): name → run id.
+    One search of the trash; DVC's experiments and their links are read only when it holds runs."""
+    trash = {run.info.run_id for run in client.search_runs([experiment_id], run_view_type=ViewType.DELETED_ONLY)}
+    if not trash:
+        return {}
+    linked = {experiment.name: mlflow_run_id(root, experiment) for experiment in list_experiments(root)
+              if experiment.done}
+    return {name: run_id for name, run_id in linked.items() if run_id in trash}
+
+
 def sync(client: MlflowClient, experiment_id: str, root: Path, experiments: list[DvcExperiment],
          extra_tags: dict[str, dict[str, str]] | None = None) -> SyncResult:
     """Idempotent: tags that already hold the right value are not written again. Experiments still
@@ -107,6 +124,10 @@ def sync(client: MlflowClient, experiment_id: str, root: Path, experiments: list
                 f"experiment {experiment.name} logged MLflow run {run_id}, which this tracking store does not hold "
                 f"(another MLFLOW_TRACKING_URI, or a deleted run); left out. To run it again here: "
                 f"`dvc exp remove {experiment.name}`, then queue the grid again")
+            result.unlogged.append(experiment.name)
+            continue
+        if run.info.lifecycle_stage == "deleted":
+            result.notes.append(deleted_note(experiment.name, run_id))
             result.unlogged.append(experiment.name)
             continue
         _set_tags(client, run_id, tags, run.data.tags)

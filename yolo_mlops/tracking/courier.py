@@ -15,9 +15,17 @@ from yolo_mlops.core.entry import quick_exit, show_progress
 from yolo_mlops.core.params import Params, load_params
 from yolo_mlops.core.paths import BEST_WEIGHTS, EVAL_METRICS_FILE
 from yolo_mlops.tracking.live import EPOCHS, EVALUATION, MODEL, NEW_ATTEMPT, STATUS, SYSTEM_METRICS, log, warn
-from yolo_mlops.tracking.model import has_model, log_model
-from yolo_mlops.tracking.record import EVALUATE_ARTIFACTS, run_header, stage_metrics
-from yolo_mlops.tracking.run import find_run, is_complete, log_metrics, metric_points, missing_metrics, open_run, upload
+from yolo_mlops.tracking.model import has_model, log_model, model_id
+from yolo_mlops.tracking.record import run_header, stage_metrics
+from yolo_mlops.tracking.run import (
+    find_run,
+    is_complete,
+    log_metrics,
+    metric_points,
+    missing_metrics,
+    open_run,
+    upload_evaluation,
+)
 from yolo_mlops.tracking.store import connect, experiment_id, pipeline_permission, public_uri, sign_in_error
 
 SYSTEM_METRICS_INTERVAL_S = 5.0  # MLflow's default is 10 s; MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides
@@ -50,10 +58,12 @@ def send_model(client: MlflowClient, run_id: str, params: Params) -> None:
 
 
 def send_evaluation(client: MlflowClient, run_id: str, params: Params) -> None:
+    """metrics/eval.json as the run's metrics, also linked to its model (logged just before), and the files."""
     metrics = stage_metrics(names.EVALUATE, EVAL_METRICS_FILE)
     wanted = [(name, value, 0) for name, value in metrics.items()]
-    log_metrics(client, run_id, missing_metrics(client, client.get_run(run_id), wanted))
-    upload(client, run_id, EVALUATE_ARTIFACTS)
+    run = client.get_run(run_id)
+    log_metrics(client, run_id, missing_metrics(client, run, wanted, model_id(run)))
+    upload_evaluation(client, run)
 
 
 JOBS = {EPOCHS: send_epochs, MODEL: send_model, EVALUATION: send_evaluation}

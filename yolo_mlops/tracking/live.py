@@ -115,10 +115,14 @@ class EpochSender:
 @contextmanager
 def tracked_training() -> Iterator[dict[str, Callable[[Any], None]]]:
     """A new attempt of the experiment's run while the train stage trains; yields Ultralytics' callbacks.
-    The run ends FAILED if training raises (a `kill -9` leaves it RUNNING: the next attempt marks it)."""
+    The run ends KILLED on a Ctrl-C (SIGINT), FAILED if training raises (a `kill -9` leaves it RUNNING: the
+    next attempt marks it)."""
     run = LiveRun(names.TRAIN, NEW_ATTEMPT, SYSTEM_METRICS)
     try:
         yield {"on_fit_epoch_end": EpochSender(run)}
+    except KeyboardInterrupt:
+        run.close("KILLED")
+        raise
     except BaseException:
         run.close("FAILED")
         raise

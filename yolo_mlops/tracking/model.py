@@ -21,9 +21,15 @@ def model_requirements() -> list[str]:
     return [f"{package}=={version(package).split('+')[0]}" for package in MODEL_PACKAGES]
 
 
+def model_id(run: Run) -> str | None:
+    """The id of the run's model (linked once completely logged, see `log_model`); None when it has none."""
+    ids = [output.model_id for output in (run.outputs.model_outputs if run.outputs else []) if output.model_id]
+    return ids[-1] if ids else None
+
+
 def has_model(run: Run) -> bool:
-    """Whether the run holds its model (linked once completely logged, see `log_model`)."""
-    return any(output.model_id for output in (run.outputs.model_outputs if run.outputs else []))
+    """Whether the run holds its model."""
+    return model_id(run) is not None
 
 
 def log_model(client: MlflowClient, run: Run, weights: Path, imgsz: int) -> str:

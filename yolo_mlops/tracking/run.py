@@ -3,6 +3,7 @@ fingerprint, and completed exactly once by the log stage, which sends whatever t
 could not (restored from DVC's run-cache, skipped as unchanged, a tracking store that was down)."""
 
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -11,14 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow import MlflowClient
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run, ViewType
 
 from yolo_mlops.core import vocabulary as names
 from yolo_mlops.core.errors import PipelineError
-from yolo_mlops.core.paths import DATASET_DIR
+from yolo_mlops.core.paths import DATASET_DIR, EVAL_METRICS_FILE
 from yolo_mlops.tracking.hints import SAFE_RESULTS, STORE_IS_BACK, artifact_store_hint, safe_results
-from yolo_mlops.tracking.model import has_model, log_model
-from yolo_mlops.tracking.record import ExperimentRecord, RunHeader
+from yolo_mlops.tracking.model import log_model, model_id
+from yolo_mlops.tracking.record import EVALUATE_ARTIFACTS, ExperimentRecord, RunHeader
 from yolo_mlops.tracking.store import (
     SignInError,
     connect,
@@ -42,10 +43,11 @@ class LoggedRun:
     action: str  # created, completed (opened by a stage before) or unchanged (complete already)
 
 
-def metric_points(values: Iterable[tuple[str, float, int]]) -> list[Metric]:
-    """(name, value, step) → MLflow metrics, stamped now."""
+def metric_points(values: Iterable[tuple[str, float, int]], model: str | None = None) -> list[Metric]:
+    """(name, value, step) → MLflow metrics, stamped now; `model`: the id of the logged model they evaluate
+    (MLflow 3 shows them on the model's page too)."""
     stamp = int(time.time() * 1000)
-    return [Metric(name, value, stamp, step) for name, value, step in values]
+    return [Metric(name, value, stamp, step, model_id=model) for name, value, step in values]
 
 
 def find_run(client: MlflowClient, experiment_id: str, key: str) -> Run | None:
@@ -56,6 +58,22 @@ def find_run(client: MlflowClient, experiment_id: str, key: str) -> Run | None:
         order_by=["attributes.start_time DESC"], max_results=1,
     )
     return runs[0] if runs else None
+
+
+def deleted_run(client: MlflowClient, experiment_id: str, key: str) -> str | None:
+    """The id of the experiment's run if someone deleted it in MLflow (in MLflow's trash, not purged)."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{names.FINGERPRINT_TAG}` = '{key}'",
+                              run_view_type=ViewType.DELETED_ONLY, max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def refuse_deleted(run_id: str) -> PipelineError:
+    """Exactly once: a deleted run, which MLflow can restore, stays the experiment's one run; no second one."""
+    return PipelineError(
+        f"MLflow run {run_id} of this experiment is deleted in MLflow (in its trash, not purged), and stays its one "
+        f"run: restore it (`mlflow runs restore --run-id {run_id}`), or purge it (`mlflow gc --run-ids {run_id}` on "
+        "the tracking store) and run `dvc repro --force --single-item log`, which logs it anew from DVC's outputs"
+    )
 
 
 def is_complete(run: Run) -> bool:
@@ -112,6 +130,20 @@ def retire_attempts(client: MlflowClient, experiment_id: str, key: str, current:
     return retired
 
 
+def evaluation_digest() -> str:
+    """sha256 of metrics/eval.json: which evaluation the run's uploaded evaluate files are of."""
+    return hashlib.sha256(EVAL_METRICS_FILE.read_bytes()).hexdigest()
+
+
+def upload_evaluation(client: MlflowClient, run: Run) -> None:
+    """The evaluate stage's files (metrics/eval.json, plots/), unless the run holds them already, from the
+    same metrics/eval.json: the evaluate stage uploads them, the log stage only if that did not happen."""
+    digest = evaluation_digest()
+    if run.data.tags.get(names.EVALUATION_UPLOADED_TAG) != digest:
+        upload(client, run.info.run_id, EVALUATE_ARTIFACTS)
+        client.set_tag(run.info.run_id, names.EVALUATION_UPLOADED_TAG, digest)
+
+
 def upload(client: MlflowClient, run_id: str, artifacts: Iterable[tuple[Path, str]]) -> None:
     """Files and folders into the run's artifact folders (a second upload replaces the same files)."""
     for path, folder in artifacts:
@@ -122,11 +154,19 @@ def upload(client: MlflowClient, run_id: str, artifacts: Iterable[tuple[Path, st
             client.log_artifact(run_id, str(path), folder)
 
 
-def missing_metrics(client: MlflowClient, run: Run, wanted: list[tuple[str, float, int]]) -> list[Metric]:
-    """The (name, value, step) the run does not hold yet: one value per metric and step, whoever sent it."""
+def missing_metrics(client: MlflowClient, run: Run, wanted: list[tuple[str, float, int]],
+                    model: str | None = None) -> list[Metric]:
+    """The (name, value, step) the run does not hold yet: one value per metric and step, whoever sent it.
+    A metric the project logs at step 0 only (the evaluation's) is there once the run holds
+    it; only the per-epoch histories are read, one request per metric (MLflow reads one metric's history at a
+    time: its bulk reads are of one metric across runs)."""
+    steps: dict[str, set[int]] = {}
+    for name, _, step in wanted:
+        steps.setdefault(name, set()).add(step)
     logged = {name: {metric.step for metric in client.get_metric_history(run.info.run_id, name)}
-              for name in {name for name, _, _ in wanted} & set(run.data.metrics)}
-    return metric_points((name, value, step) for name, value, step in wanted if step not in logged.get(name, set()))
+              if steps[name] != {0} else {0} for name in set(steps) & set(run.data.metrics)}
+    return metric_points(((name, value, step) for name, value, step in wanted if step not in logged.get(name, set())),
+                         model)
 
 
 def _send(client: MlflowClient, run: Run, record: ExperimentRecord) -> None:
@@ -134,19 +174,21 @@ def _send(client: MlflowClient, run: Run, record: ExperimentRecord) -> None:
     run_id = run.info.run_id
     log_params(client, run_id, record.header.params, run.data.params)
     client.log_inputs(run_id, datasets=[dataset_input(record.header)])  # MLflow keeps one input per dataset
-    wanted = [(name, value, 0) for name, value in record.metrics.items()]
-    for step, epoch in enumerate(record.history, start=1):
-        wanted += [(name, value, step) for name, value in epoch.items()]
-    log_metrics(client, run_id, missing_metrics(client, run, wanted))
+    model = model_id(run)
+    if model is None:
+        log.info("log: logging the MLflow model")
+        model = log_model(client, run, record.weights, record.imgsz)
+    wanted = [(name, value, step) for step, epoch in enumerate(record.history, start=1)
+              for name, value in epoch.items()]
+    evaluation = [(name, value, 0) for name, value in record.metrics.items()]
+    log_metrics(client, run_id, missing_metrics(client, run, wanted) + missing_metrics(client, run, evaluation, model))
     for name, value in record.header.tags.items():
         client.set_tag(run_id, name, value)
-    upload(client, run_id, record.artifacts)
+    upload(client, run_id, [artifact for artifact in record.artifacts if artifact not in EVALUATE_ARTIFACTS])
+    upload_evaluation(client, run)
     if names.DATASET_TABLE not in {item.path for item in client.list_artifacts(run_id, names.DATASET_ARTIFACTS)}:
         # once: MLflow appends the rows to a table the run holds already
         client.log_table(run_id, data=record.header.dataset_table, artifact_file=names.DATASET_TABLE)
-    if not has_model(run):
-        log.info("log: logging the MLflow model")
-        log_model(client, run, record.weights, record.imgsz)
 
 
 def _retry(error: PipelineError) -> str:
@@ -161,13 +203,16 @@ def log_record(record: ExperimentRecord, experiment_name: str) -> LoggedRun:
         client, uri = connect()
         exp_id = experiment_id(client, experiment_name)
         found = find_run(client, exp_id, header.fingerprint)
-        run = found or client.get_run(open_run(client, exp_id, header))
-        run_id = run.info.run_id
+        deleted = None if found else deleted_run(client, exp_id, header.fingerprint)
+        run = None if deleted else found or client.get_run(open_run(client, exp_id, header))
     except PipelineError as error:  # the store named, what is wrong and what to do
         raise PipelineError(f"{error}. {safe_results(_retry(error))}") from None
     except Exception as error:  # the server, the database or the network: report, don't trace
         failed = store_error(tracking_uri(), error, "failed", pipeline_permission(experiment_name))
         raise PipelineError(f"{failed}. {safe_results(_retry(failed))}") from None
+    if run is None:
+        raise refuse_deleted(str(deleted))
+    run_id = run.info.run_id
     if is_complete(run):
         return LoggedRun(run_id, exp_id, run.info.run_name, "unchanged")
     if found:

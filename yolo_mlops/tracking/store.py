@@ -207,13 +207,16 @@ def open_client(uri: str) -> MlflowClient:
         raise store_error(uri, error) from None
 
 
-def connect() -> tuple[MlflowClient, str]:
+def connect(create: bool = True) -> tuple[MlflowClient, str]:
     """A client on the tracking store (and its model registry), failing within seconds when a
-    tracking server does not answer."""
+    tracking server does not answer. `create=False` refuses a SQLite store that does not exist yet,
+    rather than create it (reading runs needs runs)."""
     for name, value in (HTTP_DEFAULTS | S3_DEFAULTS).items():
         os.environ.setdefault(name, value)
     uri = tracking_uri()
     check_server(uri)
+    if not create and urlparse(uri).scheme == "sqlite" and not _sqlite_path(uri).exists():
+        raise PipelineError(f"MLflow store {public_uri(uri)} does not exist yet: run the grid first (make run)")
     user_setting = os.environ.get("MLFLOW_TRACKING_URI")
     client = open_client(uri)
     mlflow.set_tracking_uri(uri)
