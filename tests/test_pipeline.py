@@ -141,9 +141,10 @@ def test_one_mlflow_run_carries_params_metrics_history_artifacts_and_model(finis
     listed = {a.path for folder in (dataset, train, weights, evaluate, plots, f"{plots}/test")
               for a in client(finished).list_artifacts(logged.info.run_id, folder)}
     assert {f"{dataset}/data.yaml", f"{dataset}/data.json", names.DATASET_TABLE, f"{train}/results.csv",
-            f"{weights}/best.pt", f"{weights}/last.pt", f"{evaluate}/eval.json", f"{plots}/results.png",
+            f"{weights}/last.pt", f"{evaluate}/eval.json", f"{plots}/results.png",
             f"{plots}/test/confusion_matrix.png",
             f"{plots}/test/PR_curve.png", f"{plots}/test/F1_curve.png"} <= listed
+    assert f"{weights}/best.pt" not in listed  # uploaded once, inside the logged model
     run_record = read_json(finished / "metrics" / "mlflow_run.json")
     assert run_record["run_id"] == logged.info.run_id
 

@@ -134,18 +134,19 @@ def test_rest_api_returns_the_runs_metrics(logged: Logged) -> None:
 def test_artifacts_and_model_are_in_the_s3_bucket(logged: Logged, s3: S3Server) -> None:
     prefix = f"{logged.experiment_id}/{logged.run_id}/artifacts/"
     keys = s3.keys("mlflow", prefix)
-    for name in (f"{names.WEIGHTS_ARTIFACTS}/best.pt", f"{names.EVALUATE_ARTIFACTS}/eval.json",
+    for name in (f"{names.WEIGHTS_ARTIFACTS}/last.pt", f"{names.EVALUATE_ARTIFACTS}/eval.json",
                  f"{names.TRAIN_ARTIFACTS}/results.csv", f"{names.DVC_ARTIFACTS}/dvc.lock",
                  f"{names.PLOTS_ARTIFACTS}/test/confusion_matrix.png"):
         assert prefix + name in keys, f"{name} missing from s3://mlflow/{prefix}"
-    stored = s3.client().get_object(Bucket="mlflow", Key=f"{prefix}{names.WEIGHTS_ARTIFACTS}/best.pt")["Body"].read()
-    assert stored == (logged.project / "models/best.pt").read_bytes()
+    assert prefix + f"{names.WEIGHTS_ARTIFACTS}/best.pt" not in keys  # uploaded once, inside the model
     model_ids = [output["model_id"] for output in
                  rest(logged.server, "runs/get", run_id=logged.run_id)["run"]["outputs"]["model_outputs"]]
     assert len(model_ids) == 1
     model_keys = s3.keys("mlflow", f"{logged.experiment_id}/models/{model_ids[0]}/artifacts/")
     assert any(key.endswith("/MLmodel") for key in model_keys)
-    assert any(key.endswith("/best.pt") for key in model_keys)
+    [weights] = [key for key in model_keys if key.endswith("/best.pt")]
+    stored = s3.client().get_object(Bucket="mlflow", Key=weights)["Body"].read()
+    assert stored == (logged.project / "models/best.pt").read_bytes()
 
 
 def test_model_loads_back_through_the_server(logged: Logged, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -213,11 +213,11 @@ def collect_record(params: Params) -> ExperimentRecord:
         (DATA_YAML, names.DATASET_ARTIFACTS), (DATA_METRICS_FILE, names.DATASET_ARTIFACTS),
         (RESULTS_CSV, names.TRAIN_ARTIFACTS), (RESULTS_PLOT, names.TRAIN_ARTIFACTS),
         (TRAIN_ARGS, names.TRAIN_ARTIFACTS), (TRAIN_LIVE_METRICS, names.DVCLIVE_ARTIFACTS),
-        (BEST_WEIGHTS, names.WEIGHTS_ARTIFACTS), (LAST_WEIGHTS, names.WEIGHTS_ARTIFACTS),
+        (LAST_WEIGHTS, names.WEIGHTS_ARTIFACTS),  # best.pt goes to MLflow once: inside the logged model
         *EVALUATE_ARTIFACTS,
         (PARAMS_FILE, names.DVC_ARTIFACTS), (DVC_LOCK_FILE, names.DVC_ARTIFACTS),
     ]
-    absent = [str(path) for path, _ in artifacts if not path.exists()]
+    absent = [str(path) for path in (BEST_WEIGHTS, *(path for path, _ in artifacts)) if not path.exists()]
     if absent:
         raise PipelineError(f"log: missing output(s) {', '.join(absent)}; run the upstream stages with `dvc repro`")
     return ExperimentRecord(
