@@ -1,7 +1,7 @@
-"""End to end on data that is not the course's: the tests' own 3-class dataset (a zip holding a data.yaml) through
-one real `dvc repro` at the tiny settings, and COCO128 with classes [person, car, dog] through a 2-point grid:
-per-class results in DVC and MLflow, class names from the pyfunc model, the per-class table of the comparison
-and of the report."""
+"""End to end on data that is not the course's: the tests' own 3-class dataset in each layout (first a zip
+holding a data.yaml) through real `dvc repro` runs at the tiny settings, and COCO128 with classes [person, car,
+dog] through a 2-point grid: per-class results in DVC and MLflow, class names from the pyfunc model, the
+per-class table of the comparison and of the report."""
 
 import json
 from pathlib import Path
@@ -10,14 +10,25 @@ from typing import Any
 import mlflow
 import pandas as pd
 import pytest
+import yaml
 from mlflow import MlflowClient
 
-from tests.conftest import FRUIT, TINY_PARAMS, copy_project, make_dataset, needs_coco128, run, tracking_uri
+from tests.conftest import (
+    FRUIT,
+    TINY_PARAMS,
+    copy_project,
+    make_dataset,
+    needs_coco128,
+    run,
+    tracking_uri,
+    write_params,
+)
 from yolo_mlops.core import vocabulary as names
 
 pytestmark = pytest.mark.e2e
 EXPERIMENT, MODEL = "cv_yolo_tiny", "yolo_tiny_person"
 COCO_CLASSES = ["person", "car", "dog"]
+LAYOUTS = ("zip", "images_split", "split_images", "data_yaml")  # tests/conftest.py: make_dataset
 
 
 def only_run(project: Path) -> Any:
@@ -27,13 +38,42 @@ def only_run(project: Path) -> Any:
 
 
 @pytest.fixture(scope="module")
-def fruit_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def fruit_repros(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, tuple[str, str]]]:
+    """The 3-class dataset through a real `dvc repro` as a zip, then as each of the other layouts in the same
+    project: (project, layout → (DVC's md5 of data/tiny_coco, the repro's output))."""
     root = tmp_path_factory.mktemp("own-data")
-    source = make_dataset(root, "zip")
+    sources = {}
+    for layout in LAYOUTS:
+        (root / layout).mkdir()
+        sources[layout] = str(make_dataset(root / layout, layout))
     project = copy_project(root / "project", TINY_PARAMS | {
-        "prepare.source": str(source), "prepare.classes": list(FRUIT), "prepare.split": "keep"})
-    run(["dvc", "repro"], project)
-    return project
+        "prepare.source": sources["zip"], "prepare.classes": list(FRUIT), "prepare.split": "keep"})
+    repros = {}
+    for layout in LAYOUTS:
+        write_params(project, {"prepare.source": sources[layout]})
+        output = run(["dvc", "repro"], project).stdout
+        lock = yaml.safe_load((project / "dvc.lock").read_text())
+        repros[layout] = lock["stages"]["prepare"]["outs"][0]["md5"], output
+    return project, repros
+
+
+@pytest.fixture(scope="module")
+def fruit_project(fruit_repros: tuple[Path, dict[str, tuple[str, str]]]) -> Path:
+    return fruit_repros[0]
+
+
+def test_every_layout_through_dvc_repro_is_the_same_dataset_and_the_same_run(
+        fruit_repros: tuple[Path, dict[str, tuple[str, str]]]) -> None:
+    """After the zip, the other layouts prepare the same data/tiny_coco (DVC's md5): DVC trains and evaluates
+    nothing again, and the log stage finds the experiment's one run complete."""
+    project, repros = fruit_repros
+    assert len({md5 for md5, _ in repros.values()}) == 1, repros
+    for layout in LAYOUTS[1:]:
+        output = repros[layout][1]
+        assert "Running stage 'prepare'" in output, output[-2000:]
+        for stage in ("train", "evaluate"):
+            assert f"Stage '{stage}' didn't change, skipping" in output, output[-2000:]
+    assert only_run(project).info.status == "FINISHED"
 
 
 def test_per_class_results_in_eval_json_and_in_dvc(fruit_project: Path) -> None:
