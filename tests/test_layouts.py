@@ -196,6 +196,36 @@ def test_a_folder_whose_link_points_outside_is_refused_naming_it(tmp_path: Path)
     prepare_dataset(source, params(("person",), "draw"), tmp_path / "out")
 
 
+def test_a_zip_link_to_a_member_it_lacks_is_refused_naming_it(tmp_path: Path) -> None:
+    member = "coco128/images/train2017/gone.jpg"
+    source = hostile_zip(tmp_path, member, link="missing.jpg")
+    message = refused(source, params(("person",), "draw"), tmp_path / "out")
+    assert message == f"prepare.source: {source}!{member}: a link to missing.jpg, which is not in the archive; " \
+                      "refused (a hostile or broken source)"
+
+
+def test_a_folder_link_loop_is_refused_naming_it(tmp_path: Path) -> None:
+    source = make_source(tmp_path, person_labels(8), as_zip=False)
+    os.symlink("loop", source / "images" / "train2017" / "loop")  # a link to itself
+    message = refused(source, params(("person",), "draw"), tmp_path / "out")
+    assert message == f"prepare.source: {source / 'images/train2017/loop'}: a link to loop, which leads to no file " \
+                      "or folder; refused (a hostile or broken source)"
+
+
+def test_a_data_yaml_beside_other_files_reads_only_its_splits(tmp_path: Path, reference: tuple[Path, dict]) -> None:
+    """A data.yaml at the top of a project (no `path`: its own folder is the root) reads the folders its splits
+    name, with their labels, and nothing else there (a virtualenv's links out of it, say)."""
+    project = tmp_path / "project"
+    make_dataset(project, "images_split")
+    (project / "venv" / "bin").mkdir(parents=True)
+    (project / "venv" / "bin" / "python").symlink_to(sys.executable)
+    source = project / "data.yaml"
+    source.write_text(yaml.safe_dump({"train": "fruit/images/train", "val": "fruit/images/val",
+                                      "test": "fruit/images/test", "names": list(FRUIT)}))
+    prepare_dataset(source, params(), tmp_path / "out")
+    assert tree_digest(tmp_path / "out") == tree_digest(reference[0])
+
+
 def test_the_stage_refuses_a_hostile_zip_with_exit_1_and_writes_nothing(tmp_path: Path) -> None:
     source = hostile_zip(tmp_path, "/tmp/x.txt")
     project = tmp_path / "project"

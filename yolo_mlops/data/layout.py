@@ -38,39 +38,56 @@ LAYOUT_A, LAYOUT_B, LAYOUT_FLAT = "images/<split>/ + labels/<split>/", "<split>/
 
 class SourceTree:
     """Read-only view of a zip or a folder, as `relative/posix/path` → bytes. A member with an absolute path or
-    a `..` component, or a link leaving the source, is refused, naming it."""
+    a `..` component, or a link leaving the source or pointing nowhere, is refused, naming it. `parts`: of a
+    folder, only these files and folders (relative to it) are read."""
 
-    def __init__(self, location: Path):
+    def __init__(self, location: Path, parts: Iterable[str] = ()):
         self.location = location
-        self.members: dict[str, Any] = self._folder(location) if location.is_dir() else self._zip(location)
+        self.members: dict[str, Any] = (self._folder(location, tuple(parts)) if location.is_dir()
+                                        else self._zip(location))
         self.folders = {str(parent) for member in self.members for parent in PurePosixPath(member).parents}
 
     def _refuse(self, member: str, why: str) -> PipelineError:
         return PipelineError(f"prepare.source: {self.describe(member)}: {why}; refused (a hostile or broken source)")
 
-    def _folder(self, root: Path) -> dict[str, Path]:
-        real_root, members, seen = root.resolve(), {}, set()
-        for folder, subfolders, files in os.walk(root, followlinks=True):
-            here = Path(folder)
-            if here.resolve() in seen:  # a link back to a folder already walked
-                subfolders.clear()
-                continue
-            seen.add(here.resolve())
-            for name in [*subfolders, *files]:
-                path = here / name
-                if path.is_symlink() and not path.resolve().is_relative_to(real_root):
-                    raise self._refuse(path.relative_to(root).as_posix(),
-                                       f"a link to {os.readlink(path)}, outside the source")
-            for name in files:
-                path = here / name
-                if path.is_file():
-                    members[path.relative_to(root).as_posix()] = path
+    def _resolved(self, root: Path, path: Path) -> Path:
+        """Where a link leads: inside the source, or refused."""
+        try:
+            target = path.resolve(strict=True)
+        except (OSError, RuntimeError):  # a link to nothing, or a loop of links
+            raise self._refuse(path.relative_to(root).as_posix(),
+                               f"a link to {os.readlink(path)}, which leads to no file or folder") from None
+        if not target.is_relative_to(root.resolve()):
+            raise self._refuse(path.relative_to(root).as_posix(), f"a link to {os.readlink(path)}, outside the source")
+        return target
+
+    def _folder(self, root: Path, parts: tuple[str, ...]) -> dict[str, Path]:
+        members, seen = {}, set()
+        for start in [root / part for part in parts] or [root]:
+            if start.is_symlink():
+                self._resolved(root, start)
+            if start.is_file():
+                members[start.relative_to(root).as_posix()] = start
+            for folder, subfolders, files in os.walk(start, followlinks=True):
+                here = Path(folder)
+                if here.resolve() in seen:  # a link back to a folder already walked
+                    subfolders.clear()
+                    continue
+                seen.add(here.resolve())
+                for name in [*subfolders, *files]:
+                    if (here / name).is_symlink():
+                        self._resolved(root, here / name)
+                for name in files:
+                    path = here / name
+                    if path.is_file():
+                        members[path.relative_to(root).as_posix()] = path
         return members
 
     def _zip(self, location: Path) -> dict[str, Any]:
         archive = zipfile.ZipFile(location)
         self._archive = archive
         members: dict[str, Any] = {}
+        written = {info.filename for info in archive.infolist()}
         for info in archive.infolist():
             name = info.filename
             if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
@@ -82,6 +99,8 @@ class SourceTree:
                 resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
                 if target.startswith("/") or resolved == ".." or resolved.startswith("../"):
                     raise self._refuse(name, f"a link to {target}, outside the archive")
+                if resolved not in written:
+                    raise self._refuse(name, f"a link to {target}, which is not in the archive")
                 members[name] = resolved  # read as the member it points to
             elif not info.is_dir():
                 members[name] = name
@@ -233,7 +252,12 @@ def from_yaml_file(path: Path) -> Layout:
                          lambda base, entry: str((Path(base) / entry).resolve()))
     targets = [Path(target) for split in splits.values() for target in split]
     common = Path(os.path.commonpath([root.resolve(), *(t if t.is_dir() else t.parent for t in targets)]))
-    tree = SourceTree(common)
+    # Only what the splits name is read (a data.yaml beside other files, or far from its data, walks no more):
+    # each split folder with its labels/ counterpart, and the folder of each list file.
+    parts = {_relative(folder, common) for target in targets
+             for folder in ((target, Path(label_member_for(f"{target}/x.jpg")).parent) if target.is_dir()
+                            else (target.parent,)) if folder.is_relative_to(common)}
+    tree = SourceTree(common, sorted(parts))
     relative = {split: [_relative(Path(target), common) for target in entries] for split, entries in splits.items()}
     names = read_names(data.get("names"), str(path))
     return Layout(tree, names, str(path), {split: _members_of(tree, t) for split, t in relative.items()})
