@@ -57,6 +57,7 @@ DOWNLOAD_CACHE_DIR = Path("data/cache")  # COCO128 downloaded once
 SCRATCH_DIR = Path(".scratch")  # each stage's scratch space, .scratch/<stage>/ (core/scratch.py)
 DVC_TMP_DIR = Path(".dvc/tmp")  # DVC's own temporary state (git-ignored by DVC)
 GRID_LOCK = DVC_TMP_DIR / "grid.lock"  # the running grid driver's pid (grid/lock.py)
+GRID_STOPPING = DVC_TMP_DIR / "grid-stopping.json"  # the experiments an interrupted grid stops (grid/experiments.py)
 
 
 def project_root() -> Path:

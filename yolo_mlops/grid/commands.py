@@ -165,12 +165,13 @@ def stop_grid(client: MlflowClient, root: Path, params: Params, before: list[Dvc
     are removed from DVC, so that the next run runs them again, and their MLflow runs end KILLED, kept as
     previous attempts (the retry's train stage tags them so). `before`: the experiments listed when the
     queue started."""
+    experiments.record_stopping(root, [experiment.name for experiment in before if experiment.queued])
+    waiting = [experiment.name for experiment in experiments.list_experiments(root) if experiment.queued]
+    experiments.record_stopping(root, waiting)  # those that failed on their own before the interrupt left out
     killed = not experiments.interrupt_queue(root)
     earlier = {experiment.name for experiment in before if not experiment.queued}
     listed = [experiment for experiment in experiments.list_experiments(root) if experiment.name not in earlier]
-    stopped = [experiment.name for experiment in listed if experiment.failed]
-    stopped += experiments.repair_queue(root, listed)
-    experiments.remove_experiments(root, [experiment.name for experiment in listed if experiment.failed])
+    stopped = experiments.repair_queue(root, listed)
     exp_id = experiment_id(client, params.mlflow.experiment_name)
     for name in stopped:
         for run in client.search_runs([exp_id], filter_string=(

@@ -17,6 +17,7 @@ from typing import Any
 import psutil
 import yaml
 
+from yolo_mlops.core.atomic import write_json
 from yolo_mlops.core.entry import ERROR_PREFIX
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.git import git, show
@@ -26,6 +27,7 @@ from yolo_mlops.core.paths import (
     DVC_TMP_DIR,
     DVC_YAML,
     EVAL_METRICS_FILE,
+    GRID_STOPPING,
     MLFLOW_RUN_FILE,
     PARAMS_FILE,
 )
@@ -251,20 +253,35 @@ def remove_experiments(root: Path, names: list[str]) -> None:
         dvc(root, "exp", "remove", *names)
 
 
+def record_stopping(root: Path, names: list[str]) -> None:
+    """Before an interrupt stops DVC's queue: the experiments it may stop (running or waiting). Whichever of
+    them ends failed was stopped, not failed on its own: `repair_queue` removes it to run again, in this driver
+    or, after a second Ctrl-C or a kill, in the next one. A failure from before the interrupt is not named."""
+    write_json(root / GRID_STOPPING, sorted(names))
+
+
 def repair_queue(root: Path, listed: list[DvcExperiment]) -> list[str]:
-    """Experiments a killed queue left "running" for good (`stale`): `dvc queue kill` marks each failed (DVC
-    does so for a task whose process is gone), then they are removed with their temporary copies, so that
-    the grid runs them again. Returns their names."""
+    """Experiments a stopped or killed queue left behind: those left "running" for good (`stale`), which
+    `dvc queue kill` marks failed (DVC does so for a task whose process is gone), and those an interrupt
+    stopped (`record_stopping`), which DVC holds as failed. They are removed, with their temporary copies, so
+    that the grid runs them again. Returns their names."""
+    record = root / GRID_STOPPING
+    stopping: set[str] = set()
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        stopping = set(json.loads(record.read_text()))
     stale = [experiment for experiment in listed if experiment.stale]
     names = [experiment.name for experiment in stale]
     if names:
         with contextlib.suppress(PipelineError):  # DVC kills what it can and marks the rest failed
             dvc(root, "queue", "kill", *names)
-        remove_experiments(root, names)
-        for experiment in stale:
-            if experiment.copy and Path(experiment.copy).is_relative_to(root / DVC_TMP_DIR):
-                shutil.rmtree(experiment.copy, ignore_errors=True)
-    return names
+    stopped = [experiment.name for experiment in listed
+               if experiment.failed and experiment.name in stopping and experiment.name not in names]
+    remove_experiments(root, names + stopped)
+    for experiment in stale:
+        if experiment.copy and Path(experiment.copy).is_relative_to(root / DVC_TMP_DIR):
+            shutil.rmtree(experiment.copy, ignore_errors=True)
+    record.unlink(missing_ok=True)
+    return names + stopped
 
 
 def run_stage_once(root: Path, stage: str, experiment: DvcExperiment) -> str | None:
