@@ -181,6 +181,10 @@ def refuse_failures(failed: list[str], retry: str) -> None:
 
 
 def cmd_run(root: Path, params: Params, args: argparse.Namespace) -> None:
+    if args.ray:
+        from yolo_mlops.grid.cluster import refuse_embedded_store  # Ray is imported on this path only
+
+        refuse_embedded_store(tracking_uri())
     plan = planned(root, params, args.overrides, here=not args.ray)  # a refusal creates nothing
     client, _ = connect()  # before any training: fail now if the tracking server is down
     hardware = None  # this machine's

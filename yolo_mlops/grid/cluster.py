@@ -104,12 +104,18 @@ def gpus_needed(device: str, cluster_gpus: float) -> int:
     return 1 if device == "auto" else len(device.split(","))
 
 
-def refuse_unshared(root: Path, tracking_uri: str) -> str:
-    """Refuse what the workers cannot share with this machine; returns the git remote's URL."""
+def refuse_embedded_store(tracking_uri: str) -> None:
+    """The workers log to the driver's tracking store: an embedded one is refused first, before the grid is
+    planned (which may download COCO128)."""
     if urlparse(tracking_uri).scheme not in ("http", "https"):
         raise PipelineError(
             "the embedded SQLite store cannot be shared with Ray workers: set MLFLOW_TRACKING_URI to the team's "
             f"MLflow server (make up). {NOTHING_RAN}")
+
+
+def refuse_unshared(root: Path, tracking_uri: str) -> str:
+    """Refuse what the workers cannot share with this machine; returns the git remote's URL."""
+    refuse_embedded_store(tracking_uri)
     try:
         url = git(root, "remote", "get-url", GIT_REMOTE).strip()
     except PipelineError:
