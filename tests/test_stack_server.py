@@ -108,8 +108,7 @@ def rest(server: MlflowServer, endpoint: str, **query: str) -> dict:
 
 def flat_eval_metrics(project: Path) -> dict[str, float]:
     evaluation = json.loads((project / "metrics/eval.json").read_text())
-    return {names.eval_metric(f"{split}.{name}"): value
-            for split, values in evaluation.items() for name, value in values.items()}
+    return {names.eval_metric(name): value for name, value in names.numbers(names.flatten(evaluation)).items()}
 
 
 def test_with_only_the_tracking_uri_set_the_log_stage_sends_the_run_to_the_server(logged: Logged) -> None:
