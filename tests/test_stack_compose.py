@@ -29,9 +29,9 @@ def interpolate(text: str) -> str:
 
 def test_every_service_of_the_docs_exists() -> None:
     assert set(SERVICES) == {"minio", "minio-init", "postgres", "mlflow"}
-    readme = (PROJECT_ROOT / "README.md").read_text().split("## Team stack", 1)[1].split("\n## ", 1)[0]
+    overview = (PROJECT_ROOT / "docs" / "team-stack.md").read_text().split("\n## ", 1)[0]
     for name in SERVICES:
-        assert f"`{name}`" in readme, f"README's team section does not describe service {name}"
+        assert f"`{name}`" in overview, f"docs/team-stack.md's overview does not describe service {name}"
 
 
 def test_published_ports_are_bound_to_loopback_by_default() -> None:

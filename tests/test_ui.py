@@ -4,7 +4,7 @@ and a promoted version's description, whose link opens the decision report.
 
 MLflow 3.17's UI chooses an experiment's view from its own GenAI / Model training switch (remembered
 by the browser, or `?workflowType=` in the address), not from the experiment's kind tag: the plain
-address opens the GenAI overview, the Model training one the runs table (README, "What reaches MLflow")."""
+address opens the GenAI overview, the Model training one the runs table (docs/pipeline.md, "What reaches MLflow")."""
 
 import contextlib
 import json
@@ -158,7 +158,7 @@ def test_the_address_the_grid_prints_opens_the_training_runs(ui: Ui, tmp_path: P
 
 
 def test_without_the_switch_the_experiment_opens_on_the_genai_overview(ui: Ui, tmp_path: Path):
-    """What the README says to switch away from: the UI leaves the experiment's kind tag, which the server
+    """What docs/pipeline.md says to switch away from: the UI leaves the experiment's kind tag, which the server
     does hand it, aside."""
     served = MlflowClient(ui.url.rstrip("/")).get_experiment(ui.experiment_id)
     assert served.tags[names.EXPERIMENT_KIND_TAG] == names.EXPERIMENT_KIND
