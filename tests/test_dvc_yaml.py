@@ -94,3 +94,18 @@ def test_top_level_plots_are_files_the_evaluate_stage_writes() -> None:
         name, spec = next(iter(plot.items())) if isinstance(plot, dict) else (plot, None)
         paths |= {Path(path) for path in spec["y"]} if spec else {Path(name)}
     assert paths and paths <= written, sorted(map(str, paths - written))
+
+
+def test_artifacts_are_the_model_and_the_dataset_under_the_names_mlflow_uses() -> None:
+    from dvc.repo import Repo
+
+    from yolo_mlops.core.params import load_params
+
+    with Repo(str(PROJECT_ROOT)) as repo:
+        artifacts = repo.artifacts.read()["dvc.yaml"]  # DVC's own reading, schema included
+    by_type = {artifact.type: (name, Path(artifact.path)) for name, artifact in artifacts.items()}
+    registered_model = load_params(PROJECT_ROOT / paths.PARAMS_FILE).promote.registered_model
+    assert by_type == {"model": (registered_model, paths.BEST_WEIGHTS),
+                       "dataset": (paths.DATASET_DIR.name, paths.DATASET_DIR)}
+    for artifact in artifacts.values():
+        assert artifact.desc and artifact.labels
