@@ -1,5 +1,5 @@
 """The comparison's charts as PNG: the primary metric by configuration (seed spread as error bars
-and dots), and the per-epoch curves of every run overlaid."""
+and dots), and the per-epoch curves of the runs (the best named, the others drawn lightly)."""
 
 from pathlib import Path
 from typing import Any
@@ -34,21 +34,47 @@ def config_chart(insights: Insights, target: Path) -> None:
     _save(plt, figure, target)
 
 
+NAMED_RUNS = 5  # the epoch curves name the best runs; the others are drawn lightly, without a legend entry
+
+
 def curves_chart(curves: dict[str, list[tuple[int, float]]], metric: str, target: Path) -> None:
-    """`curves`: run name → [(epoch, value)], from the runs' MLflow metric history."""
+    """`curves`: run name → [(epoch, value)], from the runs' MLflow metric history, best run first (the
+    ranking's order). The best NAMED_RUNS runs are drawn in colour and named in the legend, the rest in light
+    grey beneath them, so that the chart reads the same at 8 runs and at 100."""
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(7, 4.5))
-    for name, points in sorted(curves.items()):
-        axes.plot([step for step, _ in points], [value for _, value in points], marker="o", markersize=3,
-                  label=name)
-    from matplotlib.ticker import MaxNLocator
-
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+    ranked = list(curves.items())
+    named: list[Any] = []
+    for rank, (name, points) in reversed(list(enumerate(ranked))):  # the best drawn last, on top
+        steps, values = [step for step, _ in points], [value for _, value in points]
+        if rank < NAMED_RUNS:
+            named[:0] = axes.plot(steps, values, marker="o", markersize=4, linewidth=1.8, color=f"C{rank}",
+                                  zorder=3, label=f"{rank + 1}. {name}")
+        else:
+            axes.plot(steps, values, marker="o", markersize=2, linewidth=0.8, color="0.55", alpha=0.35, zorder=2)
+    _whole_epochs(axes, {step for _, points in ranked for step, _ in points})
     axes.set_xlabel("epoch")
     axes.set_ylabel(metric)
-    axes.set_title(f"{metric} per epoch, all runs")
-    axes.legend(loc="best", fontsize=7)
+    shown = f"the best {NAMED_RUNS} of {len(ranked)} runs named" if len(ranked) > NAMED_RUNS else "all runs"
+    axes.set_title(f"{metric} per epoch, {shown}")
+    if named:
+        axes.legend(handles=named, loc="best", fontsize=7, title="rank. run", title_fontsize=7)
     _save(plt, figure, target)
+
+
+def _whole_epochs(axes: Any, epochs: set[int]) -> None:
+    """Epoch ticks on whole numbers only, one epoch included (matplotlib would tick 0.95 ... 1.05)."""
+    from matplotlib.ticker import MaxNLocator
+
+    if not epochs:
+        return
+    first, last = min(epochs), max(epochs)
+    if last - first < 10:
+        axes.set_xticks(range(first, last + 1))
+    else:
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if first == last:
+        axes.set_xlim(first - 0.5, last + 0.5)  # one epoch: a column of dots on its one tick
 
 
 def _save(plt: Any, figure: Any, target: Path) -> None:
