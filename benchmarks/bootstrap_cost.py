@@ -100,6 +100,7 @@ def main() -> None:
             recording.append(elapsed)
             stats = results.image_stats
             bootstrap.append(seconds(lambda: replicates(stats, args.resamples, BOOTSTRAP_SEED))[0])  # noqa: B023
+        os.chdir(PROJECT)  # out of the clone before it is deleted
     print(f"10 test images: {len(stats.conf)} predictions, {int(stats.labels.sum())} labelled boxes; "
           f"{args.rounds} alternating rounds")
     base = statistics.median(plain)

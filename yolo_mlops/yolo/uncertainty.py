@@ -268,6 +268,7 @@ def _class_curves(weights: np.ndarray, tp: np.ndarray, conf: np.ndarray,
     level = np.floor(_RECALL_GRID * safe_labels)  # the recall level of each grid point: max t with t / n <= x
     level += (level + 1) / safe_labels <= _RECALL_GRID
     level -= level / safe_labels > _RECALL_GRID
+    level = level.astype(np.int64)
     found_at_50 = np.zeros((len(weights), 0), dtype=np.int32)
     for threshold in range(IOU_THRESHOLDS):
         positions = np.flatnonzero(tp[:, threshold])
