@@ -2,6 +2,7 @@
 built by hand: no training. The reference is Ultralytics' own ap_per_class / DetMetrics called on the explicitly
 resampled arrays, and numpy's percentile."""
 
+import io
 import zipfile
 from pathlib import Path
 
@@ -209,6 +210,14 @@ def test_foreign_or_hostile_files_are_refused_naming_them(tmp_path: Path):
             np.savez(path, **arrays)
         with pytest.raises(PipelineError, match=f"{path}: not per-image statistics"):
             load_image_stats(path)
+    forged = tmp_path / "forged.npz"  # a header announcing 10¹³ true-positive flags: refused, not allocated
+    np.savez(forged, **{key: value for key, value in fields.items() if key != "tp"})
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|b1", "fortran_order": False, "shape": (10**12, 10)})
+    with zipfile.ZipFile(forged, "a") as archive:
+        archive.writestr("tp.npy", header.getvalue() + b"\0" * 100)
+    with pytest.raises(PipelineError, match="forged.npz: not per-image statistics"):
+        load_image_stats(forged)
     escaping = tmp_path / "escaping.npz"
     np.savez(escaping, **fields)
     with zipfile.ZipFile(escaping, "a") as archive:

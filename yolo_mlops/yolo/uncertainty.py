@@ -39,7 +39,7 @@ _FIELDS = ("images", "names", "tp", "conf", "pred_cls", "pred_image", "labels")
 _MAX_UNPACKED = 1 << 31  # bytes: a per-image statistics file that unpacks to more is refused
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays: compared field by field where needed (paired_test)
 class ImageStats:
     """One model's matching statistics on one split, image by image (P predictions, I images, C classes)."""
 
@@ -109,7 +109,7 @@ def load_image_stats(path: Path) -> ImageStats:
                 raise ValueError(f"{field} is not a list of names")
         return ImageStats(images=tuple(str(x) for x in arrays["images"]), names=tuple(str(x) for x in arrays["names"]),
                           **{field: arrays[field] for field in _FIELDS[2:]})
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+    except (OSError, ValueError, MemoryError, zipfile.BadZipFile, EOFError) as error:  # MemoryError: a forged shape
         raise PipelineError(f"{path}: not per-image statistics written by the evaluate stage ({error})") from error
 
 
