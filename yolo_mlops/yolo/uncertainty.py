@@ -293,7 +293,9 @@ def _confidence_curves(drawn: np.ndarray, found_at_50: np.ndarray, tp50: np.ndar
     rows = np.arange(len(drawn))[:, None]
     xp = -conf.astype(np.float64)
     above = np.searchsorted(xp, -_CONF_GRID, side="right")  # predictions at or above each grid confidence
-    count = np.where(above > 0, drawn[:, np.maximum(above - 1, 0)], 0)  # (R, grid): copies drawn at or above
+    # Grid points with the same predictions above them share everything but their x: computed once, then spread.
+    distinct, spread = np.unique(above, return_inverse=True)
+    count = np.where(distinct > 0, drawn[:, np.maximum(distinct - 1, 0)], 0)  # copies drawn at or above
     total = drawn[:, -1:]
     last = np.minimum(_row_searchsorted(drawn, np.maximum(count, 1)), len(conf) - 1)
     after = np.minimum(_row_searchsorted(drawn, count + 1), len(conf) - 1)
@@ -301,14 +303,16 @@ def _confidence_curves(drawn: np.ndarray, found_at_50: np.ndarray, tp50: np.ndar
     found_last = np.pad(found_at_50, ((0, 0), (1, 0)))[rows, positives_to]
     drawn_last = drawn[rows, last]
     found_next = found_last + tp50[after]
-    exact = (count == total) | (xp[last] == -_CONF_GRID)
+    x_last = xp[last][:, spread]
+    exact = (count == total)[:, spread] | (x_last == -_CONF_GRID)
+    none_above = (count == 0)[:, spread]
     curves = []
     for y_last, y_next, left in ((found_last / np.maximum(drawn_last, 1), found_next / (drawn_last + 1), 1.0),
                                  (found_last / (labels[:, None] + _EPS), found_next / (labels[:, None] + _EPS), 0.0)):
         with np.errstate(invalid="ignore", divide="ignore"):
-            slope = (y_next - y_last) / (xp[after] - xp[last])
-            between = slope * (-_CONF_GRID - xp[last]) + y_last
-        curve = np.where(count == 0, left, np.where(exact, y_last, between))
+            slope = ((y_next - y_last) / (xp[after] - xp[last]))[:, spread]
+            between = slope * (-_CONF_GRID - x_last) + y_last[:, spread]
+        curve = np.where(none_above, left, np.where(exact, y_last[:, spread], between))
         curves.append(np.where(total > 0, curve, 0.0))
     return curves[0], curves[1]
 
