@@ -34,7 +34,7 @@ BOOTSTRAP_SEED = 0
 _EPS = 1e-16  # as ap_per_class
 _RECALL_GRID = np.linspace(0, 1, 101)  # compute_ap's COCO interpolation points
 _CONF_GRID = np.linspace(0, 1, 1000)  # ap_per_class' confidence axis of the P, R and F1 curves
-_CHUNK = 4_000_000  # elements of one working array: the draws are processed in chunks of this size
+_CHUNK = 16_000_000  # elements of one working array (64 MB of int32): the draws are processed in chunks
 _FIELDS = ("images", "names", "tp", "conf", "pred_cls", "pred_image", "labels")
 _MAX_UNPACKED = 1 << 31  # bytes: a per-image statistics file that unpacks to more is refused
 
