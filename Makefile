@@ -12,6 +12,15 @@ OVERRIDES := $(if $(COCO128),-S prepare.source=$(COCO128)) $(if $(MODEL),-S trai
 RAY ?=
 # Experiments at once in DVC's queue: make run JOBS=1 (default 2: python -m yolo_mlops.grid run --help)
 JOBS ?=
+# Test files run side by side in pytest-xdist workers: make test TEST_WORKERS=1 for one (pytest alone runs them in turn)
+TEST_WORKERS ?= 2
+
+# `make user` without its arguments is refused before `setup` builds anything.
+ifneq ($(filter user,$(MAKECMDGOALS)),)
+ifeq ($(and $(NAME),$(ROLE)),)
+$(error error: give the user and the role: make user NAME=<name> ROLE=viewer|member|maintainer)
+endif
+endif
 
 .PHONY: help setup run rollback test lint ui up down user remote ray-head ray-worker clean-venv
 
@@ -66,7 +75,7 @@ lint: $(VENV)/.installed-dev
 	ruff check .
 
 test: lint
-	pytest
+	pytest -n $(TEST_WORKERS) --dist loadgroup
 
 ui: setup
 	@if [ -n "$$MLFLOW_TRACKING_URI" ]; then echo "MLFLOW_TRACKING_URI is set: open $$MLFLOW_TRACKING_URI"; \
@@ -95,8 +104,6 @@ up:
 # A team member's account on the stack's MLflow server (tracking/team.py), as its admin (password from .env);
 # the server is $$MLFLOW_TRACKING_URI, else the stack on this machine. RESET=1 gives an existing user a new password.
 user: setup
-	@test -n "$(NAME)" && test -n "$(ROLE)" || \
-		{ echo "error: give the user and the role: make user NAME=<name> ROLE=viewer|member|maintainer"; exit 1; }
 	@test -f .env || { echo "error: .env is missing: make user signs in with the stack's MLFLOW_AUTH_ADMIN_PASSWORD"; exit 1; }
 	@. ./.env && [ -n "$${MLFLOW_AUTH_ADMIN_PASSWORD:-}" ] || \
 		{ echo "error: .env: MLFLOW_AUTH_ADMIN_PASSWORD is not set (see .env.example)"; exit 1; }; \
