@@ -1,7 +1,7 @@
 """End to end: the real `dvc repro` of prepare → train → evaluate → log at tiny settings,
 checked on the DVC side (dvc.lock, metrics, plots) and the MLflow side (MlflowClient).
 
-One real pipeline run (`finished`) is shared, read-only; every test that changes a project works
+One real pipeline run (`finished`, tests/conftest.py) is shared, read-only; every test that changes a project works
 on its own copy of it (`project`), so the tests pass alone and in any order."""
 
 import json
@@ -35,14 +35,6 @@ from yolo_mlops.yolo.model import _online
 
 pytestmark = [pytest.mark.e2e, needs_coco128]
 EXPERIMENT = "cv_yolo_tiny"
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One real pipeline run, shared by the tests of this module: they only read it."""
-    project = copy_project(tmp_path_factory.mktemp("pipeline") / "project", TINY_PARAMS)
-    run(["dvc", "repro"], project)
-    return project
 
 
 @pytest.fixture
