@@ -262,6 +262,6 @@ def test_already_run_counts_finished_experiments_only_and_names_the_others():
     assert busy.running and busy.queued and busy.stale  # its process is gone: the next driver repairs it
     grid = {"train.lr0": (0.1, 0.2, 0.3, 0.4, 0.5)}
     every = points.combinations(grid)
-    plan = Plan("b" * 40, grid, {}, every, points.missing_combinations(every, {}, listed), listed)
+    plan = Plan("b" * 40, {}, every, points.missing_combinations(every, {}, listed), listed)
     assert plan_line(plan, "queue") == ("grid: 5 experiment(s), 1 already run, 1 failed (bad-exp), 1 running "
                                         "(busy-exp), 1 queued (wait-exp) from commit bbbbbbb, 1 to queue")

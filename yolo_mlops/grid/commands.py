@@ -42,7 +42,6 @@ class Plan:
     """The grid of this commit: every point, and those no experiment has run yet."""
 
     baseline: str
-    grid: dict[str, tuple[Any, ...]]
     overrides: dict[str, Any]  # -S values for every point
     points: list[dict[str, Any]]
     missing: list[dict[str, Any]]
@@ -99,7 +98,7 @@ def plan_grid(root: Path, params: Params, overrides: list[str]) -> Plan:
     experiments.refuse_uncommitted(root)
     every = points.combinations(grid)
     known = experiments.list_experiments(root)
-    return Plan(head_rev(root), grid, extra, every, points.missing_combinations(every, extra, known), known)
+    return Plan(head_rev(root), extra, every, points.missing_combinations(every, extra, known), known)
 
 
 def queue_plan(root: Path, plan: Plan) -> list[tuple[list[str], str]]:
