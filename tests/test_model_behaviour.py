@@ -70,12 +70,14 @@ def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
 
 def test_a_mirrored_image_gives_mirrored_boxes_the_same_count_and_close_confidences(model, tmp_path: Path) -> None:
     """Each box of an image, mirrored (x → width − x), matches a box of the mirrored image (IoU ≥ 0.9), with as
-    many boxes and close confidences. Asked with no threshold (conf 0), so that the tiny model gives boxes.
+    many boxes and close confidences. Asked with no threshold (conf 0): the tiny model gives no box above 0.02.
 
     Weak for the tiny model: its boxes cover nearly the whole image whatever the image, so a mirrored box is
-    nearly itself and the check holds almost by construction (a trained model, with Ultralytics' fliplr
-    augmentation, is what it tests for real). What the tiny model does check: the boxes are in the pixels of
-    each image as given (they span its own width and height, 640 × 480 or 640 × 426), not the 64-px input."""
+    nearly itself and the check holds almost by construction. A trained model (Ultralytics' fliplr augmentation
+    teaches it the symmetry) is what it tests for real, asked at its default conf: the low-confidence boxes a
+    threshold of 0 keeps are not expected to mirror. What the tiny model does check: the boxes are in the
+    pixels of each image as given (within its own width and height, 640 × 480 or 640 × 426), not the 64-px
+    input the model sees."""
     sizes = set()
     for path in coco128_images(tmp_path, person=True, count=3):
         with Image.open(path) as image:
@@ -116,7 +118,8 @@ def test_an_image_without_a_person_gives_no_box_above_conf(model, tmp_path: Path
     raw = predict(model, images, RAW)
     assert set(raw["image"]) == set(range(len(images)))  # every image gives boxes without a threshold
     assert raw["confidence"].max() < DEFAULT_PARAMS["conf"]
-    threshold = float(raw["confidence"].median())
+    top, second = sorted(set(raw["confidence"]))[-2:]
+    threshold = (top + second) / 2  # between the two highest confidences: only the top boxes pass
     above = predict(model, images, {"conf": threshold})
     assert 0 < len(above) < len(raw) and (above["confidence"] >= threshold).all()
 
