@@ -96,23 +96,22 @@ def test_two_queue_workers_on_a_new_store_run_the_whole_grid(grid_runs):
     assert points == {(i, lr, s) for i in (64, 96) for lr in (0.005, 0.01) for s in (1, 42)}
 
 
-def value_names(experiments: list) -> dict[str, str]:
-    """The name each experiment should have (`points.experiment_name` of its grid point), by DVC's name."""
-    return {e.name: experiment_name(e.baseline_rev, {key: e.params[key] for key in yaml.safe_load(GRID)}, {})
-            for e in experiments}
+def value_name(experiment: Any) -> str:
+    """The name the experiment should have: `points.experiment_name` of its grid point and commit."""
+    return experiment_name(experiment.baseline_rev, {key: experiment.params[key] for key in yaml.safe_load(GRID)}, {})
 
 
 def test_experiments_are_named_after_their_values_in_dvc_mlflow_csv_and_report(grid_runs):
     """`dvc exp show`, MLflow's run names, reports/runs.csv and the report carry the names of the values."""
     after = grid_runs["after_first"]
-    expected = value_names(after["experiments"])
-    assert list(expected) == list(expected.values())  # as DVC shows them
-    assert {name.rsplit("-", 1)[0] for name in expected} == {
+    shown = [e.name for e in after["experiments"]]  # as `dvc exp show --json` names them
+    assert shown == [value_name(e) for e in after["experiments"]]
+    assert {name.rsplit("-", 1)[0] for name in shown} == {
         f"imgsz_{i}-lr0_{lr}-seed_{s}-epochs_1" for i in (64, 96) for lr in (0.005, 0.01) for s in (1, 42)}
-    assert sorted(r.info.run_name for r in after["runs"]) == sorted(expected)  # MLflow's run names
-    assert sorted(row["tags.mlflow.runName"] for row in after["csv"]) == sorted(expected)
-    assert sorted(row["tags.dvc.exp_name"] for row in after["csv"]) == sorted(expected)
-    assert all(f"| {name} |" in after["decision"] for name in expected)  # the report's table of every run
+    assert sorted(r.info.run_name for r in after["runs"]) == sorted(shown)  # MLflow's run names
+    assert sorted(row["tags.mlflow.runName"] for row in after["csv"]) == sorted(shown)
+    assert sorted(row["tags.dvc.exp_name"] for row in after["csv"]) == sorted(shown)
+    assert all(f"| {name} |" in after["decision"] for name in shown)  # the report's table of every run
 
 
 def test_one_mlflow_run_per_experiment_with_the_same_numbers(grid_runs):

@@ -1,8 +1,8 @@
 """End to end: the real `dvc repro` of prepare → train → evaluate → log at tiny settings,
 checked on the DVC side (dvc.lock, metrics, plots) and the MLflow side (MlflowClient).
 
-One real pipeline run (`finished`, tests/conftest.py) is shared, read-only; every test that changes a project works
-on its own copy of it (`project`), so the tests pass alone and in any order."""
+One real pipeline run (`finished`, tests/conftest.py) is shared, read-only; every test that changes a
+project works on its own copy of it (`project`), so the tests pass alone and in any order."""
 
 import json
 import shutil
