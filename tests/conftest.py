@@ -165,6 +165,17 @@ def offline_results(tmp_path_factory: pytest.TempPathFactory) -> "Offline":
     return run_without_server(tmp_path_factory.mktemp("offline") / "project")
 
 
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real `dvc repro` at the tiny settings on the embedded store (mlflow.db), its model logged: shared,
+    read-only, by the pipeline tests and the model's behaviour tests."""
+    if not COCO128_ZIP.is_file():
+        pytest.skip(f"needs the real COCO128 at {COCO128_ZIP} (or set COCO128_ZIP)")
+    project = copy_project(tmp_path_factory.mktemp("pipeline") / "project", TINY_PARAMS)
+    run(["dvc", "repro"], project)
+    return project
+
+
 @contextmanager
 def tracking_uri(uri: str) -> Iterator[None]:
     """MLflow's global tracking URI (and MLFLOW_TRACKING_URI, which MLflow sets with it) set to `uri`,

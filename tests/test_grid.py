@@ -1,10 +1,15 @@
 """The grid on DVC's side without running it: grid.yaml and the new params sections, -S arguments,
 `dvc exp show --json` parsing, what is left to queue, and the refusal of uncommitted changes."""
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
+from dvc.exceptions import InvalidArgumentError
+from dvc.repo import Repo
+from dvc.repo.experiments.refs import ExpRefInfo
+from dvc.repo.experiments.utils import check_ref_format
 
 from tests.conftest import COCO128_ZIP, copy_project, free_port, needs_coco128, project_env, run
 from yolo_mlops.core.errors import PipelineError
@@ -27,8 +32,49 @@ def test_project_grid_is_the_course_grid():
     grid = load_grid(PROJECT / "grid.yaml", load_params(PROJECT / "params.yaml"))
     assert grid == {"train.imgsz": (320, 416), "train.lr0": (0.005, 0.01), "train.seed": (1, 42), "train.epochs": (3,)}
     assert len(points.combinations(grid)) == 8
-    assert points.set_args(grid) == ["-S", "train.imgsz=320,416", "-S", "train.lr0=0.005,0.01",
-                                          "-S", "train.seed=1,42", "-S", "train.epochs=3"]
+    first = points.combinations(grid)[0]
+    assert points.set_args(first) == ["-S", "train.imgsz=320", "-S", "train.lr0=0.005", "-S", "train.seed=1",
+                                      "-S", "train.epochs=3"]
+    assert points.experiment_name("a" * 40, first, {}).startswith("imgsz_320-lr0_0.005-seed_1-epochs_3-")
+
+
+# Values a user can write in grid.yaml (as YAML reads them: `1e-4` is text to YAML 1.1, `1.0e-4` a float).
+AWKWARD_VALUES = {"train.lr0": [0.001, 1.0e-4, "1e-4", -0.5], "train.model": ["yolov8n.yaml", "my models/v1.pt",
+                                                                             "../up", "a..b", "x@{y}", "~/m^:?*[\\"]}
+
+
+def test_experiment_names_say_the_values_and_dvc_accepts_them():
+    """One name per point of the grid, readable, and valid to DVC's own check (a git ref, and no "/")."""
+    scm, baseline = Repo(str(PROJECT)).scm, "b" * 40
+    every = points.combinations({key: tuple(values) for key, values in AWKWARD_VALUES.items()})
+    made = [points.experiment_name(baseline, point, {}) for point in every]
+    assert len(set(made)) == len(every) == 24
+    for name in made:
+        check_ref_format(scm, ExpRefInfo(baseline, name))  # raises on a name DVC refuses
+    with pytest.raises(InvalidArgumentError):  # the check is no formality: the raw values fail it
+        check_ref_format(scm, ExpRefInfo(baseline, "lr0_0.001-model_../up"))
+    by_point = dict(zip(map(repr, every), made, strict=True))
+    assert by_point[repr({"train.lr0": 0.001, "train.model": "yolov8n.yaml"})].startswith(
+        "lr0_0.001-model_yolov8n.yaml-")
+    assert by_point[repr({"train.lr0": 1.0e-4, "train.model": "my models/v1.pt"})].startswith(
+        "lr0_0.0001-model_my_models_v1.pt-")
+    assert by_point[repr({"train.lr0": -0.5, "train.model": "a..b"})].startswith("lr0_-0.5-model_a_.b-")
+    assert by_point[repr({"train.lr0": "1e-4", "train.model": "../up"})].startswith("lr0_1e-4-model__._up-")
+
+
+def test_an_experiment_name_is_the_same_for_a_retry_and_apart_for_anything_else():
+    point, baseline = {"train.lr0": 0.005, "train.seed": 1}, "c" * 40
+    name = points.experiment_name(baseline, point, {"train.epochs": 1})
+    assert name == points.experiment_name(baseline, dict(point), {"train.epochs": 1})  # a point run again
+    assert re.fullmatch(r"lr0_0\.005-seed_1-[0-9a-f]{6}", name)
+    others = [points.experiment_name("d" * 40, point, {"train.epochs": 1}),  # the same point on another commit
+              points.experiment_name(baseline, point, {"train.epochs": 2}),  # other -S values
+              points.experiment_name(baseline, {"train.lr0": 0.005, "train.seed": 2}, {"train.epochs": 1})]
+    assert len({name, *others}) == 4
+    alike = [points.experiment_name(baseline, {"train.model": model}, {}) for model in ("a b", "a_b", "a/b")]
+    assert len(set(alike)) == 3 and all(found.startswith("model_a_b-") for found in alike)
+    long = points.experiment_name(baseline, {"train.model": "m" * 300}, {})
+    assert len(long) == points.NAME_LABEL_CHARS + 1 + points.NAME_DIGEST_CHARS
 
 
 @pytest.mark.parametrize(("content", "message"), [
@@ -216,6 +262,6 @@ def test_already_run_counts_finished_experiments_only_and_names_the_others():
     assert busy.running and busy.queued and busy.stale  # its process is gone: the next driver repairs it
     grid = {"train.lr0": (0.1, 0.2, 0.3, 0.4, 0.5)}
     every = points.combinations(grid)
-    plan = Plan("b" * 40, grid, {}, every, points.missing_combinations(every, {}, listed), listed)
+    plan = Plan("b" * 40, {}, every, points.missing_combinations(every, {}, listed), listed)
     assert plan_line(plan, "queue") == ("grid: 5 experiment(s), 1 already run, 1 failed (bad-exp), 1 running "
                                         "(busy-exp), 1 queued (wait-exp) from commit bbbbbbb, 1 to queue")

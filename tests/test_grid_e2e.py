@@ -14,11 +14,13 @@ from typing import Any
 import mlflow
 import pandas as pd
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from tests.conftest import COCO128_ZIP, TINY_PARAMS, copy_project, needs_coco128, run, tracking_uri
 from yolo_mlops.core import vocabulary as names
 from yolo_mlops.grid.experiments import parse_exp_show, stop_leftover_workers
+from yolo_mlops.grid.points import experiment_name
 from yolo_mlops.tracking.pyfunc_model import BOX_COLUMNS
 
 pytestmark = [pytest.mark.e2e, needs_coco128]
@@ -69,7 +71,9 @@ def grid_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     failed_names = [e.name for e in after_failing["experiments"] if e.failed]
     run(["dvc", "exp", "remove", *failed_names], project)
     requeued = run(["python", "-m", "yolo_mlops.grid", "queue"], project)
+    after_requeue = parse_exp_show(json.loads(run(["dvc", "exp", "show", "--json"], project).stdout))
     return {"project": project, "queued": queued, "new_store": new_store, "parallel": parallel,
+            "after_requeue": after_requeue,
             "workers_left": workers_left,
             "first": first, "after_first": after_first, "again": again,
             "after_again": after_again, "failing": failing, "after_failing": after_failing, "requeued": requeued}
@@ -78,7 +82,9 @@ def grid_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_two_queue_workers_on_a_new_store_run_the_whole_grid(grid_runs):
     out = grid_runs["queued"].stdout
     assert "grid: 8 experiment(s), 0 already run" in out and "8 to queue" in out
-    assert "dvc exp run --queue -S train.imgsz=64,96 -S train.lr0=0.005,0.01 -S train.seed=1,42" in out
+    assert out.count("$ dvc exp run --queue --name ") == 8  # one command per point, named after its values
+    assert "$ dvc exp run --queue --name imgsz_64-lr0_0.005-seed_1-epochs_1-" in out
+    assert "-S train.imgsz=64 -S train.lr0=0.005 -S train.seed=1 -S train.epochs=1\n" in out
     assert grid_runs["new_store"] and "Traceback" not in grid_runs["parallel"].stdout + grid_runs["parallel"].stderr
     assert "[8/8] Reproducing experiment" in grid_runs["parallel"].stdout
     assert "sync: 8 experiment(s) linked to their MLflow run" in grid_runs["parallel"].stdout
@@ -90,6 +96,24 @@ def test_two_queue_workers_on_a_new_store_run_the_whole_grid(grid_runs):
     assert points == {(i, lr, s) for i in (64, 96) for lr in (0.005, 0.01) for s in (1, 42)}
 
 
+def value_name(experiment: Any) -> str:
+    """The name the experiment should have: `points.experiment_name` of its grid point and commit."""
+    return experiment_name(experiment.baseline_rev, {key: experiment.params[key] for key in yaml.safe_load(GRID)}, {})
+
+
+def test_experiments_are_named_after_their_values_in_dvc_mlflow_csv_and_report(grid_runs):
+    """`dvc exp show`, MLflow's run names, reports/runs.csv and the report carry the names of the values."""
+    after = grid_runs["after_first"]
+    shown = [e.name for e in after["experiments"]]  # as `dvc exp show --json` names them
+    assert shown == [value_name(e) for e in after["experiments"]]
+    assert {name.rsplit("-", 1)[0] for name in shown} == {
+        f"imgsz_{i}-lr0_{lr}-seed_{s}-epochs_1" for i in (64, 96) for lr in (0.005, 0.01) for s in (1, 42)}
+    assert sorted(r.info.run_name for r in after["runs"]) == sorted(shown)  # MLflow's run names
+    assert sorted(row["tags.mlflow.runName"] for row in after["csv"]) == sorted(shown)
+    assert sorted(row["tags.dvc.exp_name"] for row in after["csv"]) == sorted(shown)
+    assert all(f"| {name} |" in after["decision"] for name in shown)  # the report's table of every run
+
+
 def test_one_mlflow_run_per_experiment_with_the_same_numbers(grid_runs):
     experiments, runs = grid_runs["after_first"]["experiments"], grid_runs["after_first"]["runs"]
     assert len(runs) == 8 and all(r.info.status == "FINISHED" for r in runs)
@@ -97,6 +121,7 @@ def test_one_mlflow_run_per_experiment_with_the_same_numbers(grid_runs):
     assert set(by_name) == {e.name for e in experiments}
     for experiment in experiments:
         mlflow_run = by_name[experiment.name]
+        assert mlflow_run.info.run_name == experiment.name
         assert mlflow_run.data.tags[names.EXP_REV_TAG] == experiment.rev
         assert mlflow_run.data.tags[names.BASELINE_TAG] == experiment.baseline_rev
         for key in ("train.imgsz", "train.lr0", "train.seed", "train.epochs", "train.model", "prepare.source"):
@@ -184,5 +209,8 @@ def test_failed_experiments_are_visible_and_do_not_stop_the_comparison(grid_runs
     assert listed and set(listed.groups()) == {e.name for e in failed}
     assert "grid: 2 experiment(s), 0 already run" in grid_runs["requeued"].stdout
     assert "2 to queue" in grid_runs["requeued"].stdout
+    requeued = [e for e in grid_runs["after_requeue"] if e.queued]
+    assert sorted(e.name for e in requeued) == sorted(e.name for e in failed)  # a point run again keeps its name
+    assert all(name.startswith("train_500-imgsz_64-lr0_0.01-seed_") for name in failed_runs)
     assert all(f"not ranked: {e.name}: FAILED" in after["decision"] for e in failed)
     assert len(after["csv"]) == 10 and after["registry"] == grid_runs["after_first"]["registry"]

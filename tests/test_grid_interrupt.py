@@ -121,6 +121,10 @@ def test_ctrl_c_stops_the_queue_cleanly_and_the_next_run_completes_it(store, tmp
     previous = [found for found in runs if names.PREVIOUS_ATTEMPT_TAG in found.data.tags]
     assert {found.info.run_id for found in previous} == interrupted_runs
     assert all(found.info.status == "KILLED" for found in previous)
+    # The points run again keep their names (named after their values): the attempts' runs carry them too.
+    assert sorted(found.info.run_name for found in previous) == sorted(e.name for e in done)
+    assert sorted(found.data.tags[names.EXP_NAME_TAG] for found in previous) == sorted(e.name for e in done)
+    assert all(e.name.startswith(f"seed_{e.params['train.seed']}-") for e in done)
 
     # A run deleted in the MLflow UI: the comparison names its experiment, and how to restore it.
     deleted = current[0]
@@ -164,7 +168,7 @@ def test_a_driver_killed_with_kill_9_leaves_a_lock_and_a_queue_the_next_run_repa
     assert "grid: 1 experiment(s), 0 already run from commit" in again.stdout and "1 to queue" in again.stdout
     assert not list((project / ".dvc" / "tmp" / "exps").glob("tmp*")) and project_processes(project) == []
     [done] = [e for e in experiments(project, env) if e.params["train.seed"] == 3]
-    assert done.done
+    assert done.done and done.name == stuck.name  # the point run again keeps its name
 
 
 def test_sigterm_to_the_driver_alone_stops_the_queue_too(tmp_path: Path) -> None:

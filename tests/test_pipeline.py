@@ -1,8 +1,8 @@
 """End to end: the real `dvc repro` of prepare → train → evaluate → log at tiny settings,
 checked on the DVC side (dvc.lock, metrics, plots) and the MLflow side (MlflowClient).
 
-One real pipeline run (`finished`) is shared, read-only; every test that changes a project works
-on its own copy of it (`project`), so the tests pass alone and in any order."""
+One real pipeline run (`finished`, tests/conftest.py) is shared, read-only; every test that changes a
+project works on its own copy of it (`project`), so the tests pass alone and in any order."""
 
 import json
 import shutil
@@ -37,14 +37,6 @@ from yolo_mlops.yolo.uncertainty import load_image_stats, point_estimates
 
 pytestmark = [pytest.mark.e2e, needs_coco128]
 EXPERIMENT = "cv_yolo_tiny"
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One real pipeline run, shared by the tests of this module: they only read it."""
-    project = copy_project(tmp_path_factory.mktemp("pipeline") / "project", TINY_PARAMS)
-    run(["dvc", "repro"], project)
-    return project
 
 
 @pytest.fixture

@@ -48,3 +48,26 @@ def test_a_failed_experiment_is_recorded_in_the_run_its_training_opened(
     assert run.info.run_id == opened and run.info.status == "FAILED"
     assert run.data.tags[names.ERROR_TAG] == "error: train: CUDA out of memory"
     assert run.data.tags[names.LOG_STATUS_TAG] == names.FAILED
+
+
+def test_a_retry_that_fails_before_training_leaves_the_interrupted_attempt_killed(
+        mlflow_store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A point stopped by Ctrl-C (its run KILLED) and run again keeps its name; when the retry fails before its
+    training opens a run (no previous-attempt tag then), its failure is a FAILED run of its own, and the
+    interrupted attempt stays KILLED, with its epochs."""
+    experiment_id = mlflow_store.create_experiment("sync-failed-retry")
+    name = "lr0_0.01-seed_1-3f2a1c"
+    interrupted = mlflow_store.create_run(experiment_id, run_name=name, tags={
+        names.EXP_NAME_TAG: name, names.BASELINE_TAG: "base"}).info.run_id
+    mlflow_store.set_terminated(interrupted, "KILLED")
+    monkeypatch.setattr(sync, "failure_reason", lambda root, exp: "error: prepare: no such file")
+    retry = DvcExperiment(name=name, rev="", baseline_rev="base", params={"train.lr0": 0.01}, metrics={}, failed=True)
+
+    result = sync.sync(mlflow_store, experiment_id, Path("."), [retry])
+
+    assert result.failed == [name]
+    runs = {run.info.status: run for run in mlflow_store.search_runs([experiment_id])}
+    assert set(runs) == {"KILLED", "FAILED"} and runs["KILLED"].info.run_id == interrupted
+    assert names.ERROR_TAG not in runs["KILLED"].data.tags
+    assert runs["FAILED"].info.run_name == name
+    assert runs["FAILED"].data.tags[names.ERROR_TAG] == "error: prepare: no such file"

@@ -7,11 +7,8 @@ pulls the experiments (`dvc exp pull`), and the local path's sync, comparison an
 What cannot work across machines is refused before anything runs."""
 
 import ctypes
-import hashlib
-import json
 import logging
 import os
-import re
 import shutil
 import signal
 import socket
@@ -54,8 +51,8 @@ NEEDS_TOKEN = (f"set {TOKEN_VARIABLE} to the cluster's token (the head's .env RA
 
 @dataclass(frozen=True)
 class Task:
-    """One grid point to run on the cluster: its experiment name (chosen here), `-S` arguments and the
-    resources it reserves."""
+    """One grid point to run on the cluster: its experiment name (`points.experiment_name`), `-S` arguments and
+    the resources it reserves."""
 
     name: str
     point: dict[str, Any]
@@ -86,14 +83,6 @@ class PointResult:
     @property
     def node(self) -> str:
         return f"node {self.node_id[:8]} ({self.node_ip})" if self.node_id else "no node"
-
-
-def experiment_name(baseline: str, point: dict[str, Any], overrides: dict[str, Any]) -> str:
-    """The DVC experiment name of a grid point: its values, readable, and a short hash of the baseline,
-    point and -S values, so that a task run again (after its node died) keeps its name."""
-    label = "-".join(f"{key.rsplit('.', 1)[-1]}_{value}" for key, value in point.items())
-    digest = hashlib.sha256(json.dumps([baseline, point, overrides], sort_keys=True, default=str).encode())
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label)[:80] + "-" + digest.hexdigest()[:6]
 
 
 def gpus_needed(device: str, cluster_gpus: float) -> int:
@@ -221,7 +210,7 @@ def plan_fanout(root: Path, plan: Plan, tracking_uri: str, address: str) -> tupl
                 f"train.device={params.train.device} asks for {gpus} CUDA GPU(s), and the Ray cluster at {address} "
                 f"has {resources.get('GPU', 0):g}: add GPU machines (ray start --address=...) or set train.device. "
                 f"{NOTHING_RAN}")
-        name = experiment_name(plan.baseline, point, plan.overrides)
+        name = points.experiment_name(plan.baseline, point, plan.overrides)
         tasks.append(Task(name, point, points.set_args(point | plan.overrides), gpus))
         flat[name] = params.flat()
     return Fanout(git_url, plan.baseline, tracking_uri, tasks, flat), resources

@@ -42,7 +42,6 @@ class Plan:
     """The grid of this commit: every point, and those no experiment has run yet."""
 
     baseline: str
-    grid: dict[str, tuple[Any, ...]]
     overrides: dict[str, Any]  # -S values for every point
     points: list[dict[str, Any]]
     missing: list[dict[str, Any]]
@@ -99,16 +98,15 @@ def plan_grid(root: Path, params: Params, overrides: list[str]) -> Plan:
     experiments.refuse_uncommitted(root)
     every = points.combinations(grid)
     known = experiments.list_experiments(root)
-    return Plan(head_rev(root), grid, extra, every, points.missing_combinations(every, extra, known), known)
+    return Plan(head_rev(root), extra, every, points.missing_combinations(every, extra, known), known)
 
 
 def queue_plan(root: Path, plan: Plan) -> list[tuple[list[str], str]]:
-    """Check, then queue the missing points: the whole grid in one `dvc exp run --queue` (DVC expands
-    `key=a,b`), or one command per point when only some are missing (checked before: `check_before_queueing`).
-    Returns (command, DVC's output)."""
-    whole = len(plan.missing) == len(plan.points)
-    return [experiments.queue(root, points.set_args(values | plan.overrides))
-            for values in ([plan.grid] if whole else plan.missing)]
+    """Queue the missing points (checked before: `check_before_queueing`), one `dvc exp run --queue` each,
+    named after its values (`points.experiment_name`; DVC's own `key=a,b` expansion would number one name
+    instead). Returns (command, DVC's output)."""
+    return [experiments.queue(root, points.experiment_name(plan.baseline, values, plan.overrides),
+                              points.set_args(values | plan.overrides)) for values in plan.missing]
 
 
 def check_before_queueing(grid_points: list[dict[str, Any]], overrides: dict[str, Any],

@@ -149,9 +149,10 @@ def list_experiments(root: Path) -> list[DvcExperiment]:
     return parse_exp_show(json.loads(dvc(root, "exp", "show", "--json")))
 
 
-def queue(root: Path, set_args: list[str]) -> tuple[list[str], str]:
-    """`dvc exp run --queue <set_args>`: the command run and DVC's output."""
-    command = ["dvc", "exp", "run", "--queue", *set_args]
+def queue(root: Path, name: str, set_args: list[str]) -> tuple[list[str], str]:
+    """`dvc exp run --queue --name <name> <set_args>`: the command run and DVC's output. DVC refuses a name
+    that an experiment of the same baseline holds already."""
+    command = ["dvc", "exp", "run", "--queue", "--name", name, *set_args]
     return command, dvc(root, *command[1:])
 
 

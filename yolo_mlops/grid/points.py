@@ -1,7 +1,10 @@
 """The grid's points: grid.yaml's axes, their combinations, the -S values given for every point,
-and which points this commit has not run yet."""
+each point's DVC experiment name, and which points this commit has not run yet."""
 
+import hashlib
 import itertools
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +59,24 @@ def combinations(grid: dict[str, tuple[Any, ...]]) -> list[dict[str, Any]]:
     return [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
 
 
+# What git refuses in a ref name (DVC's names are refs, refs/exps/<baseline>/<name>, and DVC refuses a "/" too),
+# turned into "_": every character but letters, digits, "_", "." and "-", and a "." before another (no "..").
+NAME_REFUSED = re.compile(r"[^A-Za-z0-9_.-]+|\.(?=\.)")
+NAME_LABEL_CHARS = 80  # the readable part of a name; the digest after it keeps names apart
+NAME_DIGEST_CHARS = 6
+
+
+def experiment_name(baseline: str, point: dict[str, Any], overrides: dict[str, Any]) -> str:
+    """The DVC experiment name of a grid point, on DVC's local queue and on Ray alike: its values, readable
+    (`lr0_0.005-seed_1`), then a short hash of the baseline, point and -S values (`-3f2a1c`). The same point of
+    the same commit always gets the same name, so a point run again (after an interrupt, a failure removed
+    with `dvc exp remove`, a dead Ray node) keeps its name; two points, or one point on two commits, never
+    share one, even where their values read alike once made valid (`a b` and `a_b`)."""
+    label = "-".join(f"{key.rsplit('.', 1)[-1]}_{value}" for key, value in point.items())
+    digest = hashlib.sha256(json.dumps([baseline, point, overrides], sort_keys=True, default=str).encode())
+    return NAME_REFUSED.sub("_", label)[:NAME_LABEL_CHARS] + "-" + digest.hexdigest()[:NAME_DIGEST_CHARS]
+
+
 def matches(experiment: DvcExperiment, wanted: dict[str, Any]) -> bool:
     return all(experiment.params.get(key) == value for key, value in wanted.items())
 
@@ -68,12 +89,8 @@ def missing_combinations(points: list[dict[str, Any]], overrides: dict[str, Any]
 
 
 def set_args(values: dict[str, Any]) -> list[str]:
-    """DVC's `-S key=value` arguments (a tuple of values becomes DVC's grid syntax `key=a,b`)."""
-    args = []
-    for key, value in values.items():
-        listed = value if isinstance(value, tuple) else (value,)
-        args += ["-S", f"{key}=" + ",".join(_yaml_scalar(item) for item in listed)]
-    return args
+    """DVC's `-S key=value` arguments of one point (values as YAML reads them back)."""
+    return [arg for key, value in values.items() for arg in ("-S", f"{key}={_yaml_scalar(value)}")]
 
 
 def _yaml_scalar(value: Any) -> str:

@@ -44,10 +44,12 @@ def _set_tags(client: MlflowClient, run_id: str, tags: dict[str, str], current: 
 
 
 def _opened_run(client: MlflowClient, experiment_id: str, experiment: DvcExperiment) -> Run | None:
-    """The run a stage of the failed experiment opened before it failed (a training that raised), if any."""
+    """The run a stage of the failed experiment opened before it failed (a training that raised), if any. Not
+    a KILLED run: that is an interrupted attempt of the same point, which its retry keeps the name of."""
     runs = client.search_runs([experiment_id], filter_string=(
         f"tags.`{names.EXP_NAME_TAG}` = '{experiment.name}' and tags.`{names.BASELINE_TAG}` = "
-        f"'{experiment.baseline_rev}' and attributes.status != 'FINISHED'"), order_by=["attributes.start_time DESC"])
+        f"'{experiment.baseline_rev}' and attributes.status != 'FINISHED' and attributes.status != 'KILLED'"),
+        order_by=["attributes.start_time DESC"])
     return next((run for run in runs if names.PREVIOUS_ATTEMPT_TAG not in run.data.tags), None)
 
 

@@ -26,6 +26,8 @@ SIGNATURE = ModelSignature(
     ]),
     params=ParamSchema([ParamSpec(name, "double", value) for name, value in DEFAULT_PARAMS.items()]),
 )
+# The output's column types, as the signature declares them (an image without a box gives an empty frame of them).
+BOX_DTYPES = {spec.name: spec.type.to_pandas() for spec in SIGNATURE.outputs.inputs}
 
 
 def _is_file(value: str) -> bool:
@@ -72,7 +74,7 @@ class YoloDetector(mlflow.pyfunc.PythonModel):
                 result.boxes.xyxy.tolist(), result.boxes.conf.tolist(), result.boxes.cls.tolist(), strict=True
             ):
                 rows.append([index, x1, y1, x2, y2, confidence, int(class_id), result.names[int(class_id)]])
-        return pd.DataFrame(rows, columns=BOX_COLUMNS).astype({"image": "int64", "class_id": "int64"})
+        return pd.DataFrame(rows, columns=BOX_COLUMNS).astype(BOX_DTYPES)
 
 
 # MLflow runs this file under a module name of its own when it logs or loads the model; imported as
