@@ -206,7 +206,7 @@ def course_error(project: Path, command: list[str], env: dict[str, str], message
     (["compare"], {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{CLOSED_PORT}"},
      f"MLflow tracking server http://127.0.0.1:{CLOSED_PORT} (MLFLOW_TRACKING_URI) is unreachable"),
     (["run", "-S", "train.lr0=0.1"], {}, "-S train.lr0=0.1: train.lr0 is an axis of the grid; change it in grid.yaml"),
-])
+], ids=["compare-no-store", "rollback-no-store", "compare-server-down", "run-axis-override"])  # no port in an id
 def test_course_errors_are_clear_and_exit_1(bare_project: Path, command: list[str], env: dict[str, str],
                                             message: str):
     course_error(bare_project, command, env, message)
