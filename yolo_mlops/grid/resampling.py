@@ -91,4 +91,4 @@ def images_to_separate(images: float, gap: float, half_widths: float) -> float:
         return math.nan
     if gap <= 0:
         return math.inf
-    return math.ceil(images * (half_widths / gap) ** 2)
+    return math.ceil(round(images * (half_widths / gap) ** 2, 6))  # rounded: 160.00000000000003 is 160
