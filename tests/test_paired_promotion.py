@@ -34,8 +34,8 @@ def hand_stats(hits: list[bool]) -> ImageStats:
     count = len(hits)
     return ImageStats(images=tuple(f"{index:03d}.jpg" for index in range(count)), names=("person",),
                       tp=np.array([[hit] * 10 for hit in hits], dtype=bool),
-                      conf=np.linspace(0.9, 0.5, count), pred_cls=np.zeros(count), pred_image=np.arange(count),
-                      labels=np.ones((count, 1)))
+                      conf=np.linspace(0.9, 0.5, count, dtype=np.float32), pred_cls=np.zeros(count, dtype=np.int64),
+                      pred_image=np.arange(count), labels=np.ones((count, 1), dtype=np.int64))
 
 
 def logged_run(client: MlflowClient, exp: str, name: str, hits: list[bool] | None, tmp_path: Path,
@@ -52,6 +52,11 @@ def logged_run(client: MlflowClient, exp: str, name: str, hits: list[bool] | Non
         save_image_stats(hand_stats(hits), path)
         client.log_artifact(run_id, str(path), names.EVALUATE_ARTIFACTS)
     return RunSummary.from_run(client.get_run(run_id))
+
+
+def paired_result(difference: float, low: float, high: float, probability: float, needed: int | None) -> PairedTest:
+    return PairedTest(metric="mAP50-95", difference=difference, low=low, high=high, probability=probability,
+                      images_needed=needed, images=IMAGES, resamples=1000)
 
 
 def promote_params(name: str, confidence: float = 0.95) -> PromoteParams:
@@ -77,7 +82,7 @@ def challenger(test_map: float = 0.31) -> RunSummary:
 
 @pytest.mark.parametrize(("probability", "passed"), [(0.95, True), (0.9499, False), (1.0, True)])
 def test_beats_champion_passes_when_the_probability_reaches_min_confidence(probability: float, passed: bool):
-    evidence = Paired(PairedTest(0.01, -0.02, 0.04, probability, 120), IMAGES, 1000)
+    evidence = Paired(paired_result(0.01, -0.02, 0.04, probability, 120), IMAGES, 1000)
     gate = gates(challenger(), champion_version(), promote_params("m"), evidence)[-1]
     assert gate.name == "beats champion" and gate.passed is passed
     assert f"probability {probability:.3f}" in gate.detail and "vs minimum 0.95" in gate.detail
@@ -169,7 +174,7 @@ def test_images_needed_shrink_the_intervals_as_one_over_the_square_root():
 
 def test_the_final_decision_states_the_probability_and_the_gate(tmp_path: Path):
     data = report_data(False, ranked_runs([(0.35, 0.25, 0.45), (0.30, 0.20, 0.40)]))
-    paired = Paired(PairedTest(0.01, -0.03, 0.05, 0.71, 250), IMAGES, 1000)
+    paired = Paired(paired_result(0.01, -0.03, 0.05, 0.71, 250), IMAGES, 1000)
     promotion = Promotion(**{**data.promotion.__dict__, "paired": paired, "judged_against": "1"})
     target = tmp_path / "decision.md"
     render(type(data)(**{**data.__dict__, "promotion": promotion}), TEMPLATE, target)

@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.paths import image_stats_file
 from yolo_mlops.grid.ranking import RunSummary
 from yolo_mlops.yolo.uncertainty import ImageStats, PairedTest, load_image_stats, paired_test, replicates
@@ -32,14 +33,14 @@ def resamples_of(run: RunSummary) -> int:
 
 def image_stats(client: MlflowClient, run_id: str, split: str) -> ImageStats | None:
     """The per-image statistics of one split that the run's evaluate stage logged; None when it logged none
-    (a run evaluated before they were recorded, or a split it did not evaluate)."""
+    (a run evaluated before they were recorded, or a split it did not evaluate) or none that reads as such."""
     path = f"{names.EVALUATE_ARTIFACTS}/{image_stats_file(split).name}"
     with tempfile.TemporaryDirectory() as folder:
         try:
-            local = client.download_artifacts(run_id, path, folder)
-        except (MlflowException, OSError):
+            local = Path(client.download_artifacts(run_id, path, folder))
+            return load_image_stats(local) if local.is_file() else None
+        except (MlflowException, OSError, PipelineError):
             return None
-        return load_image_stats(Path(local)) if Path(local).is_file() else None
 
 
 def run_replicates(client: MlflowClient, runs: Iterable[RunSummary], split: str) -> dict[str, dict[str, np.ndarray]]:
@@ -48,7 +49,7 @@ def run_replicates(client: MlflowClient, runs: Iterable[RunSummary], split: str)
     found = {}
     for run in runs:
         stats = image_stats(client, run.run_id, split)
-        if stats is not None:
+        if stats is not None and stats.images:
             found[run.run_id] = replicates(stats, resamples_of(run), SEED)
     return found
 
@@ -77,11 +78,11 @@ def paired(client: MlflowClient, challenger: RunSummary, champion_run_id: str, c
         whose = "this run" if ours is None else f"champion version {champion_version}"
         return Paired(None, 0, resamples,
                       f"{whose} has no per-image test statistics: it was evaluated before they were recorded")
-    if tuple(ours.images) != tuple(theirs.images):
-        return Paired(None, 0, resamples, f"champion version {champion_version} was tested on other images "
-                                          "(same dataset md5, other image list)")
-    metric = TESTED.split(".", 1)[1]
-    return Paired(paired_test(ours, theirs, metric, resamples, SEED), len(ours.images), resamples)
+    try:
+        test = paired_test(ours, theirs, TESTED.split(".", 1)[1], resamples, SEED)
+    except ValueError as error:  # the same dataset md5, yet other images or labels in the two evaluations
+        return Paired(None, 0, resamples, f"champion version {champion_version} cannot be paired with it: {error}")
+    return Paired(test, len(ours.images), resamples)
 
 
 def images_to_separate(images: float, gap: float, half_widths: float) -> float:
