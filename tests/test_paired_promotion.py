@@ -127,7 +127,7 @@ def test_other_test_images_fall_back_to_the_unpaired_gate(registry, tmp_path):
     other = promote(client, logged_run(client, exp, "other", [True] * 10, tmp_path, **{names.DATASET_TAG: "x.dir"}),
                     promote_params(name))
     assert other.paired.test is None and "tested on other images (dataset md5 abc.dir vs x.dir)" in other.paired.why_not
-    assert not other.approved and "re-evaluate it first" in other.gates[-1].detail
+    assert other.approved and "+ margin 0.0000" in other.gates[-1].detail  # point against point, with the margin
     text = client.get_model_version(name, other.version).description
     assert "No paired test against champion version 1: champion version 1 was tested on other images" in text
 
