@@ -4,6 +4,7 @@ says which, with the gates, the test interval, the paired test against the champ
 report. All or nothing: when the registry fails
 half-way, the aliases are put back as they were."""
 
+import math
 from dataclasses import dataclass
 
 from mlflow import MlflowClient
@@ -63,8 +64,8 @@ def report_uri(run_id: str) -> str:
 
 def interval_text(run: RunSummary, metric: str = TESTED) -> str:
     """`0.3100 (95 % interval 0.2000 to 0.4200)`, or the point alone when the run records no interval."""
-    value, low, high = (run.metrics.get(name, float("nan")) for name in (metric, f"{metric}_low", f"{metric}_high"))
-    if low != low or high != high:  # NaN: evaluated before intervals were recorded
+    value, low, high = (run.metrics.get(name, math.nan) for name in (metric, f"{metric}_low", f"{metric}_high"))
+    if math.isnan(low) or math.isnan(high):  # evaluated before intervals were recorded
         return f"{value:.4f} (no interval recorded)"
     return f"{value:.4f} (95 % interval {low:.4f} to {high:.4f})"
 
@@ -95,8 +96,8 @@ def description(promotion: Promotion, run: RunSummary, replaced: str | None, exp
     rows = "\n".join(f"| {gate.name} | {'pass' if gate.passed else 'FAIL'} | {gate.detail} |"
                      for gate in promotion.gates)
     path = f"{names.DECISION_ARTIFACTS}/{DECISION_FILE.name}"
-    images = run.metrics.get("data.test_images", float("nan"))
-    evidence = (f"{TESTED} {interval_text(run)}" + ("" if images != images else f" over {int(images)} test images")
+    images = run.metrics.get("data.test_images", math.nan)
+    evidence = (f"{TESTED} {interval_text(run)}" + ("" if math.isnan(images) else f" over {int(images)} test images")
                 + ". " + paired_text(promotion.paired, promotion.judged_against, min_confidence))
     return (f"**{promotion.decision}**: {outcome}.\n\n{evidence}\n\n| gate | outcome | detail |\n|---|---|---|\n"
             f"{rows}\n\n"

@@ -240,8 +240,9 @@ def risks(data: ReportData) -> str:
         ("Tiny test set",
          f"{int(_m(best, 'data.test_images')) if not math.isnan(_m(best, 'data.test_images')) else '?'} test images, "
          f"{int(boxes) if not math.isnan(boxes) else '?'} boxes: test recall {_fmt(recall)} could be anywhere in "
-         f"[{_fmt(low)}, {_fmt(high)}] (95 % Wilson interval over the boxes).",
-         "Evaluate on a larger held-out set before relying on the figures; report intervals, not points."),
+         f"[{_fmt(low)}, {_fmt(high)}] (95 % Wilson interval over the boxes); test mAP50-95 "
+         f"{interval_text(best)} over the test images.",
+         "Evaluate on a larger held-out set before relying on the figures; read the intervals, not the points."),
         ("Seed variance",
          f"typical seed std {insights.seed_std:.4f} {insights.metric}; winner's margin "
          + (f"{insights.margin:.4f}" if insights.margin is not None else "n/a")
