@@ -24,11 +24,13 @@ TESTED = "test.mAP50-95"  # what the paired test compares, as the gates do
 
 
 def resamples_of(run: RunSummary) -> int:
-    """The run's `evaluate.bootstrap` (the resamples its intervals were drawn with)."""
+    """The run's `evaluate.bootstrap` (the resamples its intervals were drawn with); DEFAULT_RESAMPLES when it
+    records none, or 0 (no intervals in metrics/eval.json: the comparison still resamples its images)."""
     try:
-        return max(1, int(run.params.get("evaluate.bootstrap", DEFAULT_RESAMPLES)))
+        resamples = int(run.params.get("evaluate.bootstrap", DEFAULT_RESAMPLES))
     except ValueError:
         return DEFAULT_RESAMPLES
+    return resamples if resamples > 0 else DEFAULT_RESAMPLES
 
 
 def image_stats(client: MlflowClient, run_id: str, split: str) -> ImageStats | None:
