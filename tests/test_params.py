@@ -50,6 +50,9 @@ def test_project_params_load_with_the_documented_defaults() -> None:
                          "(got train=40, val=0.1, test=10)"),
     ("evaluate.splits", ["val", "holdout"], "evaluate.splits must be a non-empty list"),
     ("evaluate.conf", 1.5, "evaluate.conf must be in [0, 1)"),
+    ("evaluate.bootstrap", 50, "evaluate.bootstrap must be 0 (no intervals) or 200 to 100000 resamples (got 50)"),
+    ("evaluate.bootstrap", -1, "evaluate.bootstrap must be 0 (no intervals) or 200"),
+    ("evaluate.bootstrap", 1000.5, "evaluate.bootstrap must be of type int"),
     ("mlflow.experiment_name", "", "mlflow.experiment_name must not be empty"),
 ])
 def test_bad_values_are_refused_naming_file_and_key(params_dir: Path, key: str, value: object, expected: str) -> None:

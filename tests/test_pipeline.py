@@ -30,8 +30,10 @@ from tests.conftest import (
     write_params,
 )
 from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core.paths import PER_IMAGE_DIR, per_image_stats
 from yolo_mlops.tracking.pyfunc_model import BOX_COLUMNS
 from yolo_mlops.yolo.model import _online
+from yolo_mlops.yolo.uncertainty import load_image_stats, point_estimates
 
 pytestmark = [pytest.mark.e2e, needs_coco128]
 EXPERIMENT = "cv_yolo_tiny"
@@ -98,8 +100,12 @@ def test_outputs_metrics_and_plots(finished: Path, tmp_path: Path) -> None:
     labels = list((finished / "data" / "tiny_coco" / "labels").rglob("*.txt"))
     assert len(labels) == 60 and all(line.startswith("0 ") for f in labels for line in f.read_text().splitlines())
     evaluation = read_json(finished / "metrics" / "eval.json")
+    intervals = {names.interval_key(metric, bound) for metric in names.CLASS_METRICS for bound in names.INTERVAL_BOUNDS}
     for split in ("val", "test"):
-        assert set(evaluation[split]) == {"mAP50", "mAP50-95", "precision", "recall", "f1", "classes"}
+        assert set(evaluation[split]) == {"mAP50", "mAP50-95", "precision", "recall", "f1", "classes"} | intervals
+        for metric in names.CLASS_METRICS:
+            low, high = (evaluation[split][names.interval_key(metric, bound)] for bound in names.INTERVAL_BOUNDS)
+            assert low <= evaluation[split][metric] <= high, (split, metric)
         assert set(evaluation[split]["classes"]) == {"person"}
         assert set(evaluation[split]["classes"]["person"]) == set(names.CLASS_METRICS)
         assert all(0.0 <= value <= 1.0 for value in names.numbers(names.flatten(evaluation[split])).values())
@@ -111,9 +117,30 @@ def test_outputs_metrics_and_plots(finished: Path, tmp_path: Path) -> None:
     assert {p.name for p in (finished / "models").iterdir()} >= {"best.pt", "last.pt", "results.csv"}
     assert read_json(finished / "dvclive" / "metrics.json")["step"] == 1
     shown = run(["dvc", "exp", "show", "--json"], finished)
-    assert "mAP50-95" in shown.stdout
+    assert "mAP50-95" in shown.stdout and "mAP50-95_low" in shown.stdout
     run(["dvc", "plots", "show", "-o", str(tmp_path / "plots_html")], finished)
     assert (tmp_path / "plots_html" / "index.html").is_file()
+
+
+def test_per_image_statistics_are_small_declared_and_give_ultralytics_figures(finished: Path) -> None:
+    """metrics/per_image/<split>.npz: the evaluate stage's output (dvc.yaml, dvc.lock), a few kB for 10 images,
+    from which the bootstrap recomputes exactly the figures Ultralytics reported in metrics/eval.json."""
+    stages = yaml.safe_load((finished / "dvc.yaml").read_text())["stages"]
+    assert str(PER_IMAGE_DIR) in stages["evaluate"]["outs"] and str(PER_IMAGE_DIR) in stages["log"]["deps"]
+    lock = yaml.safe_load((finished / "dvc.lock").read_text())["stages"]["evaluate"]
+    assert str(PER_IMAGE_DIR) in [out["path"] for out in lock["outs"]]
+    evaluation = read_json(finished / "metrics" / "eval.json")
+    assert sorted(path.name for path in (finished / PER_IMAGE_DIR).iterdir()) == ["test.npz", "val.npz"]
+    for split in ("val", "test"):
+        path = finished / per_image_stats(split)
+        assert path.stat().st_size < 20_000
+        stats = load_image_stats(path)
+        assert len(stats.images) == 10 and stats.names == ("person",) and stats.labels.sum() >= 10
+        assert all(name.endswith(".jpg") and "/" not in name for name in stats.images)
+        assert len(stats.conf) > 0  # an untrained model still predicts (many false positives)
+        point = point_estimates(stats)
+        for metric in names.CLASS_METRICS:
+            assert point[metric] == pytest.approx(evaluation[split][metric], abs=1e-6), (split, metric)
 
 
 def test_one_mlflow_run_carries_params_metrics_history_artifacts_and_model(finished: Path) -> None:
@@ -137,11 +164,12 @@ def test_one_mlflow_run_carries_params_metrics_history_artifacts_and_model(finis
     history = client(finished).get_metric_history(logged.info.run_id, names.history_metric("val/mAP50-95"))
     assert [metric.step for metric in history] == [1]  # one entry per epoch
     dataset, train, weights = names.DATASET_ARTIFACTS, names.TRAIN_ARTIFACTS, names.WEIGHTS_ARTIFACTS
-    evaluate, plots = names.EVALUATE_ARTIFACTS, names.PLOTS_ARTIFACTS
-    listed = {a.path for folder in (dataset, train, weights, evaluate, plots, f"{plots}/test")
+    evaluate, plots, per_image = names.EVALUATE_ARTIFACTS, names.PLOTS_ARTIFACTS, names.PER_IMAGE_ARTIFACTS
+    listed = {a.path for folder in (dataset, train, weights, evaluate, plots, f"{plots}/test", per_image)
               for a in client(finished).list_artifacts(logged.info.run_id, folder)}
     assert {f"{dataset}/data.yaml", f"{dataset}/data.json", names.DATASET_TABLE, f"{train}/results.csv",
             f"{weights}/last.pt", f"{evaluate}/eval.json", f"{plots}/results.png",
+            f"{per_image}/val.npz", f"{per_image}/test.npz",
             f"{plots}/test/confusion_matrix.png",
             f"{plots}/test/PR_curve.png", f"{plots}/test/F1_curve.png"} <= listed
     assert f"{weights}/best.pt" not in listed  # uploaded once, inside the logged model

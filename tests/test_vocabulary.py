@@ -28,6 +28,20 @@ def test_per_class_metrics_go_to_mlflow_and_back(class_name: str, metric: str) -
         safe: {metric: 0.5}}
 
 
+@pytest.mark.parametrize("metric", names.CLASS_METRICS)
+@pytest.mark.parametrize("bound", names.INTERVAL_BOUNDS)
+def test_interval_bounds_go_to_mlflow_and_back(metric: str, bound: str) -> None:
+    """metrics/eval.json's `test.mAP50-95_low` and `test.classes.car.mAP50_high`, as `dvc exp show` flattens them."""
+    split_name = f"test.{names.interval_key(metric, bound)}"
+    assert split_name == f"test.{metric}_{bound}"
+    assert names.eval_metric(split_name) == f"evaluate/test_{metric}_{bound}"
+    assert names.comparison_metric(names.eval_metric(split_name)) == split_name
+    class_name = names.class_metric("test", "car", names.interval_key(metric, bound))
+    assert names.eval_metric(class_name) == f"evaluate.test.classes.car.{metric}_{bound}"
+    assert names.comparison_metric(names.eval_metric(class_name)) == class_name
+    assert names.class_results({class_name: 0.25}, "test") == {"car": {f"{metric}_{bound}": 0.25}}
+
+
 def test_the_dataset_profile_reads_as_data_values_in_the_comparison() -> None:
     profile = {"classes": ["person"], "test": {"images": 10, "classes": {"person": {"boxes": 61}}}}
     assert names.profile_metrics(profile) == {"data.test_images": 10.0, "data.test_classes_person_boxes": 61.0}

@@ -19,6 +19,8 @@ _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|\d+(,\d+)*)$")
 
 ALL_CLASSES = "all"  # prepare.classes: every class of the source, in its order
 SPLIT_MODES = ("draw", "keep")  # prepare.split: new splits drawn with prepare.seed, or the source's own
+# evaluate.bootstrap: fewer resamples leave too few in the tails for a 95 % interval; more only cost time.
+MIN_BOOTSTRAP, MAX_BOOTSTRAP = 200, 100_000
 REPLACED_KEYS = {"class_id": "classes", "class_name": "classes"}  # older params.yaml keys → their successor
 
 
@@ -60,6 +62,7 @@ class EvaluateParams:
     conf: float
     iou: float
     splits: tuple[str, ...]
+    bootstrap: int  # resamples of the images for the intervals in metrics/eval.json; 0: no intervals
 
 
 @dataclass(frozen=True)
@@ -215,7 +218,10 @@ def _evaluate(section: _Section) -> EvaluateParams:
     splits = section.get("splits", list)
     if not splits or any(split not in SPLITS for split in splits) or len(set(splits)) != len(splits):
         raise section.fail("splits", f"must be a non-empty list of distinct splits among {', '.join(SPLITS)}")
-    return section.build(EvaluateParams, conf=conf, iou=iou, splits=tuple(splits))
+    bootstrap = section.get("bootstrap", int)
+    if bootstrap != 0 and not MIN_BOOTSTRAP <= bootstrap <= MAX_BOOTSTRAP:
+        raise section.fail("bootstrap", f"must be 0 (no intervals) or {MIN_BOOTSTRAP} to {MAX_BOOTSTRAP} resamples")
+    return section.build(EvaluateParams, conf=conf, iou=iou, splits=tuple(splits), bootstrap=bootstrap)
 
 
 def _mlflow(section: _Section) -> MlflowParams:

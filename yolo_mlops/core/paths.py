@@ -30,12 +30,13 @@ EVAL_METRICS_FILE = Path("metrics/eval.json")
 PLOTS_DIR = Path("plots")
 PLOTS_RESULTS = PLOTS_DIR / "results.png"  # the training curves, beside each split's plots
 PR_CURVE_CSV = "precision_recall.csv"  # in each split's folder, for `dvc plots`
+PER_IMAGE_DIR = Path("metrics/per_image")  # each split's per-image matching statistics, <split>.npz
 MLFLOW_RUN_FILE = Path("metrics/mlflow_run.json")
 
 STAGE_OUTPUTS: dict[str, dict[str, tuple[Path, ...]]] = {
     "prepare": {"outs": (DATASET_DIR,), "metrics": (DATA_METRICS_FILE,)},
     "train": {"outs": (MODELS_DIR,), "metrics": (TRAIN_LIVE_METRICS,), "plots": (TRAIN_LIVE_PLOTS,)},
-    "evaluate": {"outs": (PLOTS_DIR,), "metrics": (EVAL_METRICS_FILE,)},
+    "evaluate": {"outs": (PLOTS_DIR, PER_IMAGE_DIR), "metrics": (EVAL_METRICS_FILE,)},
     "log": {"outs": (MLFLOW_RUN_FILE,)},
 }
 
@@ -69,6 +70,11 @@ def project_root() -> Path:
 def split_plots(split: str) -> Path:
     """The evaluate stage's plots of one split: plots/<split>/."""
     return PLOTS_DIR / split
+
+
+def per_image_stats(split: str) -> Path:
+    """The evaluate stage's per-image statistics of one split (yolo/uncertainty.py): metrics/per_image/<split>.npz."""
+    return PER_IMAGE_DIR / f"{split}.npz"
 
 
 def shared(path: Path) -> Path:

@@ -21,7 +21,7 @@ MLFLOW_COMMIT_TAG = "mlflow.source.git.commit"  # MLflow's own, shown in the UI
 LOG_STATUS_TAG = "yolo_mlops.log_status"  # `complete` once the log stage sent everything; `failed`
 FAILURE_KEY_TAG = "yolo_mlops.failure_key"  # identity of a failed experiment's FAILED run
 ERROR_TAG = "yolo_mlops.error"  # the failed experiment's error line
-EVALUATION_UPLOADED_TAG = "yolo_mlops.evaluation_uploaded"  # sha256 of the metrics/eval.json whose files are uploaded
+EVALUATION_UPLOADED_TAG = "yolo_mlops.evaluation_uploaded"  # sha256 of the evaluation whose files are uploaded
 PREVIOUS_ATTEMPT_TAG = "yolo_mlops.previous_attempt_of"  # on an interrupted run: the id of the run that retried it
 # MLflow's own source tags: the runs table's "Source" column shows `<project folder>:dvc.yaml`.
 SOURCE_TYPE_TAG, SOURCE_TYPE = "mlflow.source.type", "PROJECT"
@@ -58,6 +58,7 @@ DVCLIVE_ARTIFACTS = f"{TRAIN}/dvclive"
 WEIGHTS_ARTIFACTS = "weights"
 EVALUATE_ARTIFACTS = EVALUATE
 PLOTS_ARTIFACTS = f"{EVALUATE}/plots"
+PER_IMAGE_ARTIFACTS = f"{EVALUATE}/per_image"  # metrics/per_image/<split>.npz
 DVC_ARTIFACTS = "dvc"  # params.yaml and dvc.lock
 DECISION_ARTIFACTS = "decision"
 MODEL_NAME = "model"
@@ -69,6 +70,9 @@ EVAL_METRICS = ("mAP50", "mAP50-95", "precision", "recall", "f1")
 # `val.classes.person.mAP50-95` (DVC) ↔ `evaluate.val.classes.person.mAP50-95` (MLflow, `mlflow_metric`).
 CLASSES_KEY = "classes"
 CLASS_METRICS = ("mAP50-95", "mAP50", "precision", "recall")
+# The 95 % interval over the test images of each of CLASS_METRICS, beside it: `test.mAP50-95_low`,
+# `test.classes.car.mAP50_high` (DVC) ↔ `evaluate/test_mAP50-95_low`, `evaluate.test.classes.car.mAP50_high` (MLflow).
+INTERVAL_BOUNDS = ("low", "high")
 
 # metrics/mlflow_run.json, the DVC side's link to the MLflow run: the key of the run id.
 RUN_LINK_ID = "run_id"
@@ -116,6 +120,11 @@ def eval_metric(name: str) -> str:
 def class_metric(split: str, class_name: str, metric: str) -> str:
     """A per-class result's DVC name (metrics/eval.json, `dvc exp show`): `val.classes.person.mAP50-95`."""
     return f"{split}.{CLASSES_KEY}.{class_name}.{metric}"
+
+
+def interval_key(metric: str, bound: str) -> str:
+    """The name of one bound of a metric's interval, beside the metric: (`mAP50-95`, `low`) → `mAP50-95_low`."""
+    return f"{metric}_{bound}"
 
 
 def class_results(metrics: dict[str, float], split: str) -> dict[str, dict[str, float]]:

@@ -23,6 +23,7 @@ from yolo_mlops.core.paths import (
     EVAL_METRICS_FILE,
     LAST_WEIGHTS,
     PARAMS_FILE,
+    PER_IMAGE_DIR,
     PLOTS_DIR,
     RESULTS_CSV,
     RESULTS_PLOT,
@@ -34,7 +35,8 @@ from yolo_mlops.core.paths import (
 from yolo_mlops.yolo.history import read_history
 
 # What the evaluate stage sends when it finishes, and the log stage again if it could not.
-EVALUATE_ARTIFACTS = ((EVAL_METRICS_FILE, names.EVALUATE_ARTIFACTS), (PLOTS_DIR, names.PLOTS_ARTIFACTS))
+EVALUATE_ARTIFACTS = ((EVAL_METRICS_FILE, names.EVALUATE_ARTIFACTS), (PLOTS_DIR, names.PLOTS_ARTIFACTS),
+                      (PER_IMAGE_DIR, names.PER_IMAGE_ARTIFACTS))
 
 RESULT_STAGES = ("train", "evaluate")  # the stages that make the results, after prepare
 RESULT_SECTIONS = ("train", "evaluate", "mlflow")  # the params they run with (prepare's: see the dataset)

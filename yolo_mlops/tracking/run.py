@@ -16,7 +16,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run,
 
 from yolo_mlops.core import vocabulary as names
 from yolo_mlops.core.errors import PipelineError
-from yolo_mlops.core.paths import DATASET_DIR, EVAL_METRICS_FILE
+from yolo_mlops.core.paths import DATASET_DIR, EVAL_METRICS_FILE, PER_IMAGE_DIR
 from yolo_mlops.tracking.hints import SAFE_RESULTS, STORE_IS_BACK, artifact_store_hint, safe_results
 from yolo_mlops.tracking.model import log_model, model_id
 from yolo_mlops.tracking.record import EVALUATE_ARTIFACTS, ExperimentRecord, RunHeader
@@ -131,13 +131,17 @@ def retire_attempts(client: MlflowClient, experiment_id: str, key: str, current:
 
 
 def evaluation_digest() -> str:
-    """sha256 of metrics/eval.json: which evaluation the run's uploaded evaluate files are of."""
-    return hashlib.sha256(EVAL_METRICS_FILE.read_bytes()).hexdigest()
+    """sha256 of metrics/eval.json and the per-image statistics (metrics/per_image/): which evaluation the run's
+    uploaded evaluate files are of."""
+    digest = hashlib.sha256(EVAL_METRICS_FILE.read_bytes())
+    for path in sorted(PER_IMAGE_DIR.glob("*.npz")):
+        digest.update(f"\0{path.name}\0".encode() + path.read_bytes())
+    return digest.hexdigest()
 
 
 def upload_evaluation(client: MlflowClient, run: Run) -> None:
-    """The evaluate stage's files (metrics/eval.json, plots/), unless the run holds them already, from the
-    same metrics/eval.json: the evaluate stage uploads them, the log stage only if that did not happen."""
+    """The evaluate stage's files (metrics/eval.json, plots/, metrics/per_image/), unless the run holds them already,
+    from the same evaluation: the evaluate stage uploads them, the log stage only if that did not happen."""
     digest = evaluation_digest()
     if run.data.tags.get(names.EVALUATION_UPLOADED_TAG) != digest:
         upload(client, run.info.run_id, EVALUATE_ARTIFACTS)

@@ -28,6 +28,9 @@ from yolo_mlops.yolo.model import ultralytics
 
 IOU_THRESHOLDS = 10  # Ultralytics' 0.50:0.95 in steps of 0.05
 LEVEL = 0.95  # of every interval
+# The seed of the evaluate stage's resamples: fixed, so that every experiment draws the same resamples of the same
+# test images, and intervals (and the paired test) change only when the predictions do.
+BOOTSTRAP_SEED = 0
 _EPS = 1e-16  # as ap_per_class
 _RECALL_GRID = np.linspace(0, 1, 101)  # compute_ap's COCO interpolation points
 _CONF_GRID = np.linspace(0, 1, 1000)  # ap_per_class' confidence axis of the P, R and F1 curves
