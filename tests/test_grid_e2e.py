@@ -20,8 +20,8 @@ from mlflow.entities import LoggedModelOutput, Metric, Param
 
 from tests.conftest import COCO128_ZIP, TINY_PARAMS, copy_project, needs_coco128, run, tracking_uri
 from yolo_mlops.core import vocabulary as names
-from yolo_mlops.core.paths import image_stats_file
 from yolo_mlops.grid.experiments import parse_exp_show, stop_leftover_workers
+from yolo_mlops.grid.resampling import artifact_path
 from yolo_mlops.tracking.model import model_id
 from yolo_mlops.tracking.pyfunc_model import BOX_COLUMNS
 
@@ -64,9 +64,8 @@ def copy_run(project: Path, run_id: str, name: str, scratch: Path) -> str:
     client.log_batch(copied, metrics=[Metric(key, value, 0, 0) for key, value in original.data.metrics.items()],
                      params=[Param(key, value) for key, value in original.data.params.items()])
     client.log_inputs(copied, datasets=list(original.inputs.dataset_inputs))
-    stats = client.download_artifacts(run_id, f"{names.EVALUATE_ARTIFACTS}/{image_stats_file('test').name}",
-                                      str(scratch))
-    client.log_artifact(copied, stats, names.EVALUATE_ARTIFACTS)
+    stats = client.download_artifacts(run_id, artifact_path("test"), str(scratch))
+    client.log_artifact(copied, stats, str(Path(artifact_path("test")).parent))
     client.log_outputs(copied, [LoggedModelOutput(model_id(original), step=0)])
     client.set_terminated(copied, "FINISHED")
     return copied

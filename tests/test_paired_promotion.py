@@ -15,13 +15,12 @@ from tests.test_report import TEMPLATE, report_data
 from tests.test_report import run as report_run
 from yolo_mlops.core import vocabulary as names
 from yolo_mlops.core.params import PromoteParams
-from yolo_mlops.core.paths import image_stats_file
 from yolo_mlops.grid import charts
 from yolo_mlops.grid.insights import FactorEffect, insights
 from yolo_mlops.grid.ranking import Comparison, RunSummary
 from yolo_mlops.grid.registry import Promotion, gates, promote
 from yolo_mlops.grid.report import render, separation
-from yolo_mlops.grid.resampling import Paired, images_to_separate
+from yolo_mlops.grid.resampling import Paired, artifact_path, images_to_separate
 from yolo_mlops.yolo.uncertainty import ImageStats, PairedTest, save_image_stats
 
 IMAGES = 10
@@ -47,10 +46,10 @@ def logged_run(client: MlflowClient, exp: str, name: str, hits: list[bool] | Non
                "test.mAP50-95_low": max(0.0, share - 0.2), "test.mAP50-95_high": min(1.0, share + 0.2)}
     run_id = log_synthetic_run(client, exp, name, metrics, PARAMS | params, model=True)
     if hits is not None:
-        path = tmp_path / name / image_stats_file("test").name
+        path = tmp_path / name / artifact_path("test")
         path.parent.mkdir(parents=True)
         save_image_stats(hand_stats(hits), path)
-        client.log_artifact(run_id, str(path), names.EVALUATE_ARTIFACTS)
+        client.log_artifact(run_id, str(path), str(Path(artifact_path("test")).parent))
     return RunSummary.from_run(client.get_run(run_id))
 
 

@@ -80,7 +80,3 @@ def per_image_stats(split: str) -> Path:
 def shared(path: Path) -> Path:
     """`path` at the project root, shared by every experiment (never inside DVC's temporary copy)."""
     return project_root() / path
-
-
-def image_stats_file(split: str) -> Path:  # PLACEHOLDER until PART A lands
-    return Path("metrics") / f"images_{split}.npz"

@@ -131,8 +131,7 @@ def effect_interval(level: list[RunSummary], base: list[RunSummary], replicates:
 
 def images_interval(runs: list[RunSummary], metric: str) -> tuple[float, float, float] | None:
     """The runs' `metric` and its interval bounds (`<metric>_low`, `_high`), each averaged over the runs."""
-    triples = [tuple(run.metrics.get(name, math.nan) for name in (metric, f"{metric}_low", f"{metric}_high"))
-               for run in runs]
+    triples = [run.interval(metric) for run in runs]
     if any(math.isnan(value) for triple in triples for value in triple):
         return None
     means = tuple(statistics.fmean(triple[index] for triple in triples) for index in range(3))

@@ -64,7 +64,7 @@ def report_uri(run_id: str) -> str:
 
 def interval_text(run: RunSummary, metric: str = TESTED) -> str:
     """`0.3100 (95 % interval 0.2000 to 0.4200)`, or the point alone when the run records no interval."""
-    value, low, high = (run.metrics.get(name, math.nan) for name in (metric, f"{metric}_low", f"{metric}_high"))
+    value, low, high = run.interval(metric)
     if math.isnan(low) or math.isnan(high):  # evaluated before intervals were recorded
         return f"{value:.4f} (no interval recorded)"
     return f"{value:.4f} (95 % interval {low:.4f} to {high:.4f})"

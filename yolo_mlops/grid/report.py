@@ -175,8 +175,8 @@ def top3(data: ReportData) -> str:
 
 
 def _overlap(first: RunSummary, second: RunSummary, metric: str) -> bool:
-    return _m(first, f"{metric}_low") <= _m(second, f"{metric}_high") and \
-        _m(second, f"{metric}_low") <= _m(first, f"{metric}_high")
+    (_, low, high), (_, other_low, other_high) = first.interval(metric), second.interval(metric)
+    return low <= other_high and other_low <= high
 
 
 def separation(top: list[RunSummary], metric: str = TESTED) -> str:
@@ -185,8 +185,7 @@ def separation(top: list[RunSummary], metric: str = TESTED) -> str:
     best, others = top[0], top[1:]
     if not others:
         return "Only one run is ranked: there is nothing to tell it apart from."
-    bounds = [_m(run, f"{metric}_{end}") for run in top for end in ("low", "high")]
-    if any(math.isnan(value) for value in bounds):
+    if any(math.isnan(value) for run in top for value in run.interval(metric)):
         return (f"Some of these runs record no 95 % interval of {metric} (evaluated before intervals were recorded): "
                 "the report cannot say whether the test set tells them apart.")
     close = [run for run in others if _overlap(best, run, metric)]
@@ -195,7 +194,7 @@ def separation(top: list[RunSummary], metric: str = TESTED) -> str:
                 "overlaps none of theirs.")
     nearest = min(close, key=lambda run: abs(_m(best, metric) - _m(run, metric)))
     images = _m(best, "data.test_images")
-    half_widths = sum((_m(run, f"{metric}_high") - _m(run, f"{metric}_low")) / 2 for run in (best, nearest))
+    half_widths = sum((high - low) / 2 for _, low, high in (best.interval(metric), nearest.interval(metric)))
     needed = images_to_separate(images, abs(_m(best, metric) - _m(nearest, metric)), half_widths)
     count = "?" if math.isnan(images) else str(int(images))
     if math.isinf(needed):

@@ -14,7 +14,7 @@ from mlflow.exceptions import MlflowException
 
 from yolo_mlops.core import vocabulary as names
 from yolo_mlops.core.errors import PipelineError
-from yolo_mlops.core.paths import image_stats_file
+from yolo_mlops.core.paths import per_image_stats
 from yolo_mlops.grid.ranking import RunSummary
 from yolo_mlops.yolo.uncertainty import ImageStats, PairedTest, load_image_stats, paired_test, replicates
 
@@ -33,10 +33,15 @@ def resamples_of(run: RunSummary) -> int:
     return resamples if resamples > 0 else DEFAULT_RESAMPLES
 
 
+def artifact_path(split: str) -> str:
+    """Where the evaluate stage logs a split's per-image statistics in its MLflow run."""
+    return f"{names.PER_IMAGE_ARTIFACTS}/{per_image_stats(split).name}"
+
+
 def image_stats(client: MlflowClient, run_id: str, split: str) -> ImageStats | None:
     """The per-image statistics of one split that the run's evaluate stage logged; None when it logged none
     (a run evaluated before they were recorded, or a split it did not evaluate) or none that reads as such."""
-    path = f"{names.EVALUATE_ARTIFACTS}/{image_stats_file(split).name}"
+    path = artifact_path(split)
     with tempfile.TemporaryDirectory() as folder:
         try:
             local = Path(client.download_artifacts(run_id, path, folder))
