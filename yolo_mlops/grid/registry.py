@@ -1,8 +1,8 @@
 """Promotion in the MLflow Model Registry with aliases: the selected run's model becomes a version
-with alias `challenger`, and `champion` only when it passes the gates; the version's description
-says which, with the gates, the test interval, the paired test against the champion and the decision
-report. All or nothing: when the registry fails
-half-way, the aliases are put back as they were."""
+with alias `challenger`, and `champion` only when it passes the gates (beating the champion: a paired
+test on the same test images, grid/resampling.py); the version's description says which, with the
+test interval, the paired test, the gates and the decision report. All or nothing: when the registry
+fails half-way, the aliases are put back as they were."""
 
 import math
 from dataclasses import dataclass
