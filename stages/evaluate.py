@@ -36,5 +36,6 @@ def _figures(metrics: dict[str, Any]) -> str:
             figures.append(f"{name} {value:.4f}" + (" [{:.4f}, {:.4f}]".format(*bounds) if None not in bounds else ""))
     return ", ".join(figures)
 
+
 if __name__ == "__main__":
     run_main(main)

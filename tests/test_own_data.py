@@ -80,7 +80,11 @@ def test_per_class_results_in_eval_json_and_in_dvc(fruit_project: Path) -> None:
     evaluation = json.loads((fruit_project / "metrics" / "eval.json").read_text())
     for split in ("val", "test"):
         assert list(evaluation[split]["classes"]) == list(FRUIT)
-        assert all(set(values) == set(names.CLASS_METRICS) for values in evaluation[split]["classes"].values())
+        for values in evaluation[split]["classes"].values():  # several classes: each with its 95 % intervals
+            assert set(values) == {*names.CLASS_METRICS, *(names.interval_key(metric, bound) for bound in
+                                                           names.INTERVAL_BOUNDS for metric in names.CLASS_METRICS)}
+            assert all(values[names.interval_key(metric, "low")] <= values[names.interval_key(metric, "high")]
+                       for metric in names.CLASS_METRICS)
     shown = json.loads(run(["dvc", "exp", "show", "--json"], fruit_project).stdout)
     workspace = shown[0]["data"]["metrics"]["metrics/eval.json"]["data"]
     assert workspace["test"]["classes"]["cherry"] == evaluation["test"]["classes"]["cherry"]

@@ -21,9 +21,11 @@ EVALUATION = {"val": {"mAP50": 0.5, "recall": 0.25}, "test": {"mAP50": 0.4, "rec
 
 @pytest.fixture
 def evaluated(tmp_path: Path) -> Any:
-    """A folder with the evaluate stage's outputs (metrics/eval.json, plots/), as the working directory."""
-    (tmp_path / "metrics").mkdir()
+    """A folder with the evaluate stage's outputs (metrics/eval.json, plots/, metrics/per_image/), as the working
+    directory."""
+    (tmp_path / "metrics" / "per_image").mkdir(parents=True)
     (tmp_path / "metrics" / "eval.json").write_text(json.dumps(EVALUATION))
+    (tmp_path / "metrics" / "per_image" / "val.npz").write_bytes(b"statistics of the first evaluation")
     (tmp_path / "plots" / "val").mkdir(parents=True)
     (tmp_path / "plots" / "val" / "precision_recall.csv").write_text("recall,precision\n0,1\n")
     with contextlib.chdir(tmp_path):
@@ -60,6 +62,28 @@ def test_the_evaluation_files_are_uploaded_once_per_evaluation(mlflow_store: Mlf
     (evaluated / "metrics" / "eval.json").write_text(json.dumps({"val": {"mAP50": 0.9}}))  # another evaluation
     upload_evaluation(client, client.get_run(run_id))
     assert uploaded() == "changed, but of the same evaluation\n"
+
+
+def test_the_per_image_statistics_are_part_of_the_evaluation_uploaded_once(mlflow_store: MlflowClient,
+                                                                            evaluated: Path) -> None:
+    client = mlflow_store
+    run_id = client.create_run(experiment_id(client, "sending-per-image")).info.run_id
+    statistics = evaluated / "metrics" / "per_image" / "val.npz"
+
+    def uploaded() -> bytes:
+        folder = evaluated / f"download-{len(list(evaluated.glob('download-*')))}"
+        return Path(client.download_artifacts(run_id, f"{names.PER_IMAGE_ARTIFACTS}/val.npz", str(folder))).read_bytes()
+
+    upload_evaluation(client, client.get_run(run_id))
+    assert uploaded() == b"statistics of the first evaluation"
+    tag = client.get_run(run_id).data.tags[names.EVALUATION_UPLOADED_TAG]
+    upload_evaluation(client, client.get_run(run_id))  # the log stage: nothing new
+    assert client.get_run(run_id).data.tags[names.EVALUATION_UPLOADED_TAG] == tag
+    # The same metrics/eval.json, other per-image statistics (the figures rounded alike): another evaluation.
+    statistics.write_bytes(b"statistics of a second evaluation")
+    upload_evaluation(client, client.get_run(run_id))
+    assert uploaded() == b"statistics of a second evaluation"
+    assert client.get_run(run_id).data.tags[names.EVALUATION_UPLOADED_TAG] != tag
 
 
 class CountingClient:

@@ -2,6 +2,7 @@
 built by hand: no training. The reference is Ultralytics' own ap_per_class / DetMetrics called on the explicitly
 resampled arrays, and numpy's percentile."""
 
+import io
 import zipfile
 from pathlib import Path
 
@@ -10,7 +11,10 @@ import pytest
 from ultralytics.utils.metrics import DetMetrics, ap_per_class
 
 from yolo_mlops.core.errors import PipelineError
+from yolo_mlops.core.vocabulary import CLASS_METRICS, CLASSES_KEY, INTERVAL_BOUNDS, interval_key
+from yolo_mlops.yolo.evaluate import with_intervals
 from yolo_mlops.yolo.uncertainty import (
+    BOOTSTRAP_SEED,
     ImageStats,
     collect,
     images_needed,
@@ -209,9 +213,38 @@ def test_foreign_or_hostile_files_are_refused_naming_them(tmp_path: Path):
             np.savez(path, **arrays)
         with pytest.raises(PipelineError, match=f"{path}: not per-image statistics"):
             load_image_stats(path)
+    forged = tmp_path / "forged.npz"  # a header announcing 10¹³ true-positive flags: refused, not allocated
+    np.savez(forged, **{key: value for key, value in fields.items() if key != "tp"})
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|b1", "fortran_order": False, "shape": (10**12, 10)})
+    with zipfile.ZipFile(forged, "a") as archive:
+        archive.writestr("tp.npy", header.getvalue() + b"\0" * 100)
+    with pytest.raises(PipelineError, match="forged.npz: not per-image statistics"):
+        load_image_stats(forged)
     escaping = tmp_path / "escaping.npz"
     np.savez(escaping, **fields)
     with zipfile.ZipFile(escaping, "a") as archive:
         archive.writestr("../labels.npy", b"")
     with pytest.raises(PipelineError, match="escaping.npz: not per-image statistics"):
         load_image_stats(escaping)
+
+
+def test_intervals_sit_beside_each_figure_of_eval_json():
+    """evaluate's metrics/eval.json layout: `mAP50-95_low` beside `mAP50-95`, per class beside the class's figures
+    (class names may hold dots); evaluate.bootstrap 0 adds nothing."""
+    base = random_stats(12, 3, 10, seed=12)
+    stats = ImageStats(**{**base.__dict__, "names": ("traffic.light", "car", "never")})
+    point = point_estimates(stats)
+    classes = {name: {metric: point[f"classes.{name}.{metric}"] for metric in CLASS_METRICS}
+               for name in ("traffic.light", "car")}
+    metrics = {**{metric: point[metric] for metric in CLASS_METRICS}, "f1": 0.5, CLASSES_KEY: classes}
+    widened = with_intervals(metrics, stats, 200)
+    for figures in (widened, *widened[CLASSES_KEY].values()):
+        for metric in CLASS_METRICS:
+            assert figures[interval_key(metric, "low")] <= figures[interval_key(metric, "high")]
+    assert set(widened) == {*metrics, *(interval_key(metric, bound) for metric in CLASS_METRICS
+                                        for bound in INTERVAL_BOUNDS)}
+    assert widened[CLASSES_KEY]["traffic.light"][interval_key("mAP50", "high")] == pytest.approx(
+        interval(replicates(stats, 200, BOOTSTRAP_SEED)["classes.traffic.light.mAP50"])[1])
+    assert metrics[CLASSES_KEY]["car"] == classes["car"]  # the input is left as it was
+    assert with_intervals(metrics, stats, 0) == metrics

@@ -16,9 +16,15 @@ from yolo_mlops.core import vocabulary as names
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.paths import per_image_stats
 from yolo_mlops.grid.ranking import RunSummary
-from yolo_mlops.yolo.uncertainty import ImageStats, PairedTest, load_image_stats, paired_test, replicates
+from yolo_mlops.yolo.uncertainty import (
+    BOOTSTRAP_SEED,
+    ImageStats,
+    PairedTest,
+    load_image_stats,
+    paired_test,
+    replicates,
+)
 
-SEED = 0  # the resampling seed of the comparison and the promotion: the same runs give the same answer
 DEFAULT_RESAMPLES = 1000  # when a run records no `evaluate.bootstrap`
 TESTED = "test.mAP50-95"  # what the paired test compares, as the gates do
 
@@ -57,7 +63,7 @@ def run_replicates(client: MlflowClient, runs: Iterable[RunSummary], split: str)
     for run in runs:
         stats = image_stats(client, run.run_id, split)
         if stats is not None and stats.images:
-            found[run.run_id] = replicates(stats, resamples_of(run), SEED)
+            found[run.run_id] = replicates(stats, resamples_of(run), BOOTSTRAP_SEED)
     return found
 
 
@@ -86,7 +92,7 @@ def paired(client: MlflowClient, challenger: RunSummary, champion_run_id: str, c
         return Paired(None, 0, resamples,
                       f"{whose} has no per-image test statistics: it was evaluated before they were recorded")
     try:
-        test = paired_test(ours, theirs, TESTED.split(".", 1)[1], resamples, SEED)
+        test = paired_test(ours, theirs, TESTED.split(".", 1)[1], resamples, BOOTSTRAP_SEED)
     except ValueError as error:  # the same dataset md5, yet other images or labels in the two evaluations
         return Paired(None, 0, resamples, f"champion version {champion_version} cannot be paired with it: {error}")
     return Paired(test, len(ours.images), resamples)

@@ -69,8 +69,8 @@ def with_intervals(metrics: dict[str, Any], stats: ImageStats, resamples: int) -
         return metrics
     result = {**metrics, CLASSES_KEY: {name: dict(values) for name, values in metrics[CLASSES_KEY].items()}}
     for name, values in replicates(stats, resamples, BOOTSTRAP_SEED).items():
-        *scope, metric = name.split(".")
-        target = result[CLASSES_KEY][scope[1]] if scope else result
+        class_name, _, metric = name.removeprefix(f"{CLASSES_KEY}.").rpartition(".")  # class names may hold dots
+        target = result[CLASSES_KEY][class_name] if class_name else result
         for bound, value in zip(INTERVAL_BOUNDS, interval(values), strict=True):
             if math.isfinite(value):
                 target[interval_key(metric, bound)] = value

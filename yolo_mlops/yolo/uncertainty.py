@@ -39,7 +39,7 @@ _FIELDS = ("images", "names", "tp", "conf", "pred_cls", "pred_image", "labels")
 _MAX_UNPACKED = 1 << 31  # bytes: a per-image statistics file that unpacks to more is refused
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays: compared field by field where needed (paired_test)
 class ImageStats:
     """One model's matching statistics on one split, image by image (P predictions, I images, C classes)."""
 
@@ -109,7 +109,7 @@ def load_image_stats(path: Path) -> ImageStats:
                 raise ValueError(f"{field} is not a list of names")
         return ImageStats(images=tuple(str(x) for x in arrays["images"]), names=tuple(str(x) for x in arrays["names"]),
                           **{field: arrays[field] for field in _FIELDS[2:]})
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+    except (OSError, ValueError, MemoryError, zipfile.BadZipFile, EOFError) as error:  # MemoryError: a forged shape
         raise PipelineError(f"{path}: not per-image statistics written by the evaluate stage ({error})") from error
 
 
@@ -268,6 +268,7 @@ def _class_curves(weights: np.ndarray, tp: np.ndarray, conf: np.ndarray,
     level = np.floor(_RECALL_GRID * safe_labels)  # the recall level of each grid point: max t with t / n <= x
     level += (level + 1) / safe_labels <= _RECALL_GRID
     level -= level / safe_labels > _RECALL_GRID
+    level = level.astype(np.int64)
     found_at_50 = np.zeros((len(weights), 0), dtype=np.int32)
     for threshold in range(IOU_THRESHOLDS):
         positions = np.flatnonzero(tp[:, threshold])
@@ -292,7 +293,9 @@ def _confidence_curves(drawn: np.ndarray, found_at_50: np.ndarray, tp50: np.ndar
     rows = np.arange(len(drawn))[:, None]
     xp = -conf.astype(np.float64)
     above = np.searchsorted(xp, -_CONF_GRID, side="right")  # predictions at or above each grid confidence
-    count = np.where(above > 0, drawn[:, np.maximum(above - 1, 0)], 0)  # (R, grid): copies drawn at or above
+    # Grid points with the same predictions above them share everything but their x: computed once, then spread.
+    distinct, spread = np.unique(above, return_inverse=True)
+    count = np.where(distinct > 0, drawn[:, np.maximum(distinct - 1, 0)], 0)  # copies drawn at or above
     total = drawn[:, -1:]
     last = np.minimum(_row_searchsorted(drawn, np.maximum(count, 1)), len(conf) - 1)
     after = np.minimum(_row_searchsorted(drawn, count + 1), len(conf) - 1)
@@ -300,14 +303,16 @@ def _confidence_curves(drawn: np.ndarray, found_at_50: np.ndarray, tp50: np.ndar
     found_last = np.pad(found_at_50, ((0, 0), (1, 0)))[rows, positives_to]
     drawn_last = drawn[rows, last]
     found_next = found_last + tp50[after]
-    exact = (count == total) | (xp[last] == -_CONF_GRID)
+    x_last = xp[last][:, spread]
+    exact = (count == total)[:, spread] | (x_last == -_CONF_GRID)
+    none_above = (count == 0)[:, spread]
     curves = []
     for y_last, y_next, left in ((found_last / np.maximum(drawn_last, 1), found_next / (drawn_last + 1), 1.0),
                                  (found_last / (labels[:, None] + _EPS), found_next / (labels[:, None] + _EPS), 0.0)):
         with np.errstate(invalid="ignore", divide="ignore"):
-            slope = (y_next - y_last) / (xp[after] - xp[last])
-            between = slope * (-_CONF_GRID - xp[last]) + y_last
-        curve = np.where(count == 0, left, np.where(exact, y_last, between))
+            slope = ((y_next - y_last) / (xp[after] - xp[last]))[:, spread]
+            between = slope * (-_CONF_GRID - x_last) + y_last[:, spread]
+        curve = np.where(none_above, left, np.where(exact, y_last[:, spread], between))
         curves.append(np.where(total > 0, curve, 0.0))
     return curves[0], curves[1]
 
