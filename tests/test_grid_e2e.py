@@ -128,7 +128,8 @@ def test_one_mlflow_run_per_experiment_with_the_same_numbers(grid_runs):
         assert mlflow_run.data.tags[names.BASELINE_TAG] == experiment.baseline_rev
         for key in ("train.imgsz", "train.lr0", "train.seed", "train.epochs", "train.model", "prepare.source"):
             assert mlflow_run.data.params[key] == str(experiment.params[key])
-        assert len(experiment.metrics) == 18  # val and test: mAP50, mAP50-95, precision, recall, f1; 4 of person
+        # val and test: mAP50, mAP50-95, precision, recall, f1, the 4 of person, and the _low / _high of 4 of them
+        assert len(experiment.metrics) == 34
         for name, value in experiment.metrics.items():
             assert mlflow_run.data.metrics[names.eval_metric(name)] == value
 
