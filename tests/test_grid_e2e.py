@@ -55,7 +55,7 @@ def state(project: Path) -> dict[str, Any]:
 
 def copy_run(project: Path, run_id: str, name: str, scratch: Path) -> str:
     """A copy of a finished run under another DVC experiment name, as if the same experiment had run twice: its
-    params, metrics, tags, dataset input, per-image test statistics and (the same) logged model."""
+    params, metrics, tags, dataset input, per-image statistics and (the same) logged model."""
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     original = client.get_run(run_id)
     tags = {key: value for key, value in original.data.tags.items() if not key.startswith("mlflow.")}
@@ -64,8 +64,8 @@ def copy_run(project: Path, run_id: str, name: str, scratch: Path) -> str:
     client.log_batch(copied, metrics=[Metric(key, value, 0, 0) for key, value in original.data.metrics.items()],
                      params=[Param(key, value) for key, value in original.data.params.items()])
     client.log_inputs(copied, datasets=list(original.inputs.dataset_inputs))
-    stats = client.download_artifacts(run_id, artifact_path("test"), str(scratch))
-    client.log_artifact(copied, stats, str(Path(artifact_path("test")).parent))
+    folder = str(Path(artifact_path("test")).parent)  # every split's statistics
+    client.log_artifacts(copied, client.download_artifacts(run_id, folder, str(scratch)), folder)
     client.log_outputs(copied, [LoggedModelOutput(model_id(original), step=0)])
     client.set_terminated(copied, "FINISHED")
     return copied

@@ -211,6 +211,10 @@ def test_factor_effects_carry_their_interval_and_say_when_it_includes_zero():
     assert effect.difference[0] < 0 < effect.difference[1]
     assert "the interval includes 0: these val images cannot tell whether imgsz 416 is better or worse than 320" \
         in effect.sentence("val.mAP50-95")
+    partial = {key: value for key, value in effect_replicates(ranked, {}).items() if key != "id-small-b"}
+    [effect] = insights(comparison, partial).effects
+    assert "from resampling the val images of the 3 run(s) that logged per-image statistics" in \
+        effect.sentence("val.mAP50-95")
     [bare] = insights(comparison).effects  # no per-image statistics: said, not a bare +70 %
     assert "+70.0% val.mAP50-95, no interval: the runs logged no per-image statistics" in bare.sentence("val.mAP50-95")
 

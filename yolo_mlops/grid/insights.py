@@ -47,6 +47,7 @@ class FactorEffect:
     baseline_mean: float
     runs: int
     difference: tuple[float, float] | None = None  # 95 % interval of mean − baseline_mean over the images
+    resampled: int | None = None  # runs (of both levels) whose images were resampled, when not all of them
 
     @property
     def relative(self) -> float | None:
@@ -67,7 +68,9 @@ class FactorEffect:
             spread = "no interval: the runs logged no per-image statistics to resample"
         else:
             spread = (f"95 % interval {self._change(self.difference[0])} to {self._change(self.difference[1])} "
-                      f"from resampling the {split} images")
+                      f"from resampling the {split} images"
+                      + (f" of the {self.resampled} run(s) that logged per-image statistics"
+                         if self.resampled is not None else ""))
         text = (f"{name} {self.level} vs {self.baseline_level}: {self._change(self.mean - self.baseline_mean)} "
                 f"{metric}, {spread} ({self.mean:.4f} vs {self.baseline_mean:.4f}, mean of {self.runs} run(s) each)")
         if self.includes_zero:
@@ -111,10 +114,10 @@ def _sort_key(level: str) -> tuple[int, float | str]:
 
 
 def mean_replicates(runs: list[RunSummary], replicates: Replicates, metric: str) -> np.ndarray | None:
-    """The runs' mean, resample by resample (the runs' images are resampled alike); None when one of them has
-    no replicates of `metric`, or they were drawn with different numbers of resamples."""
-    values = [replicates.get(run.run_id, {}).get(metric) for run in runs]
-    if any(value is None for value in values) or len({len(value) for value in values}) != 1:
+    """The mean of the runs with replicates of `metric`, resample by resample (the runs' images are resampled
+    alike); None when none has them, or they were drawn with different numbers of resamples."""
+    values = [found for run in runs if (found := replicates.get(run.run_id, {}).get(metric)) is not None]
+    if not values or len({len(value) for value in values}) != 1:
         return None
     return np.mean(np.stack(values), axis=0)
 
@@ -122,7 +125,8 @@ def mean_replicates(runs: list[RunSummary], replicates: Replicates, metric: str)
 def effect_interval(level: list[RunSummary], base: list[RunSummary], replicates: Replicates,
                     metric: str) -> tuple[float, float] | None:
     """95 % interval of (mean over the level's runs) − (mean over the baseline level's runs), from each run's
-    replicates over the images: the difference of the two means, resample by resample."""
+    replicates over the images: the difference of the two means, resample by resample (over the runs that
+    logged per-image statistics)."""
     ours, theirs = mean_replicates(level, replicates, metric), mean_replicates(base, replicates, metric)
     if ours is None or theirs is None or len(ours) != len(theirs):
         return None
@@ -154,7 +158,8 @@ def insights(comparison: Comparison, replicates: Replicates | None = None) -> In
         base = levels[0]
         effects += [FactorEffect(factor, level, base, _mean(by_level[level], metric), _mean(by_level[base], metric),
                                  len(by_level[level]),
-                                 effect_interval(by_level[level], by_level[base], resampled, measured))
+                                 effect_interval(by_level[level], by_level[base], resampled, measured),
+                                 _partly(by_level[level] + by_level[base], resampled, measured))
                     for level in levels[1:]]
     groups: dict[tuple[tuple[str, str], ...], list[RunSummary]] = defaultdict(list)
     for run in runs:
@@ -167,6 +172,12 @@ def insights(comparison: Comparison, replicates: Replicates | None = None) -> In
     margin = runs[0].metrics[metric] - runs[1].metrics[metric] if len(runs) > 1 else None
     tie = len(comparison.tied_with_winner()) > 1
     return Insights(metric, varying, effects, spreads, margin, statistics.fmean(several) if several else 0.0, tie)
+
+
+def _partly(runs: list[RunSummary], replicates: Replicates, metric: str) -> int | None:
+    """How many of `runs` have replicates of `metric`, when some but not all do."""
+    count = sum(metric in replicates.get(run.run_id, {}) for run in runs)
+    return count if 0 < count < len(runs) else None
 
 
 def _mean(runs: list[RunSummary], metric: str) -> float:
