@@ -34,7 +34,7 @@ BOOTSTRAP_SEED = 0
 _EPS = 1e-16  # as ap_per_class
 _RECALL_GRID = np.linspace(0, 1, 101)  # compute_ap's COCO interpolation points
 _CONF_GRID = np.linspace(0, 1, 1000)  # ap_per_class' confidence axis of the P, R and F1 curves
-_CHUNK = 4_000_000  # elements of one working array: the draws are processed in chunks of this size
+_CHUNK = 16_000_000  # elements of one working array (64 MB of int32): the draws are processed in chunks
 _FIELDS = ("images", "names", "tp", "conf", "pred_cls", "pred_image", "labels")
 _MAX_UNPACKED = 1 << 31  # bytes: a per-image statistics file that unpacks to more is refused
 
@@ -202,7 +202,8 @@ def _metrics(stats: ImageStats, counts: np.ndarray) -> dict[str, np.ndarray]:
     if not classes:  # no labelled box in the split: Ultralytics reports 0 for everything
         return {name: np.zeros(len(counts)) for name in CLASS_METRICS}
     order = np.argsort(-stats.conf, kind="stable")
-    by_class = [order[stats.pred_cls[order] == c] for c in classes]
+    by_class = [(stats.pred_image[chosen], stats.tp[chosen], stats.conf[chosen])  # each class's, by confidence
+                for chosen in (order[stats.pred_cls[order] == c] for c in classes)]
     chunk = max(1, _CHUNK // max(len(stats.conf), len(classes) * len(_CONF_GRID), 1))
     parts = [_chunk_metrics(stats, counts[start:start + chunk], classes, by_class)
              for start in range(0, len(counts), chunk)]
@@ -210,15 +211,15 @@ def _metrics(stats: ImageStats, counts: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _chunk_metrics(stats: ImageStats, counts: np.ndarray, classes: list[int],
-                   by_class: list[np.ndarray]) -> dict[str, np.ndarray]:
+                   by_class: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
     rows = len(counts)
     labels = counts @ stats.labels[:, classes]  # (R, classes): labelled boxes drawn
     ap = np.zeros((rows, len(classes), IOU_THRESHOLDS))
     p_curve, r_curve = np.zeros((rows, len(classes), len(_CONF_GRID))), np.zeros((rows, len(classes), len(_CONF_GRID)))
-    for index, selected in enumerate(by_class):
-        if len(selected):
+    for index, (images, tp, conf) in enumerate(by_class):
+        if len(images):
             ap[:, index], p_curve[:, index], r_curve[:, index] = _class_curves(
-                counts[:, stats.pred_image[selected]], stats.tp[selected], stats.conf[selected], labels[:, index])
+                np.take(counts, images, axis=1), tp, conf, labels[:, index])
     present = labels > 0
     f1_curve = 2 * p_curve * r_curve / (p_curve + r_curve + _EPS)
     best = np.zeros(rows, dtype=int)  # ap_per_class: the confidence of the best smoothed mean F1
