@@ -210,6 +210,7 @@ def test_a_run_promoted_against_itself_under_another_name_is_not_separated(grid_
     best = grid_runs["after_first"]["csv"][0]["tags.dvc.exp_name"]
     assert f"The test set cannot tell `0-copy-of-the-champion` apart from `{best}`" in text
     assert text.count("The test set cannot tell") == 1
+    assert "no interval" not in text and "run(s) that logged per-image statistics" not in text  # the copy's too
     client = MlflowClient(f"sqlite:///{grid_runs['project'] / 'mlflow.db'}")
     version = client.get_model_version(MODEL, "2")
     assert version.run_id == grid_runs["copied"] and "probability 0.500" in version.description
