@@ -105,6 +105,8 @@ def test_a_grid_that_is_not_a_mapping_is_refused(tmp_path: Path):
     ("promote", "registered_model", "bad name!", "must be a name of letters"),
     ("promote", "min_test_recall", 1.5, r"must be in \[0, 1\]"),
     ("promote", "min_margin", "x", "must be of type float"),
+    ("promote", "min_confidence", 0.3, r"must be in \[0.5, 1\]: the probability that the challenger beats"),
+    ("promote", "min_confidence", 1.5, r"must be in \[0.5, 1\]"),
 ])
 def test_bad_compare_and_promote_params_are_refused(tmp_path: Path, section: str, key: str, value: object,
                                                     message: str):
@@ -113,6 +115,12 @@ def test_bad_compare_and_promote_params_are_refused(tmp_path: Path, section: str
     path = write_yaml(tmp_path / "params.yaml", params)
     with pytest.raises(PipelineError, match=f"{section}.{key} {message}"):
         load_params(path)
+
+
+def test_min_confidence_is_095_when_params_yaml_does_not_set_it(tmp_path: Path):
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    assert load_params(PROJECT / "params.yaml").promote.min_confidence == params["promote"].pop("min_confidence")
+    assert load_params(write_yaml(tmp_path / "params.yaml", params)).promote.min_confidence == 0.95
 
 
 def test_course_params_are_not_experiment_params():

@@ -1,8 +1,9 @@
 """End to end through the real DVC queue: a 2 × 2 × 2 grid at tiny settings (yolov8n.yaml, imgsz
 64 / 96, 1 epoch, real COCO128), queued, run by two queue workers at once on a new embedded MLflow
 store (`python -m yolo_mlops.grid start --jobs 2`: `dvc exp run --run-all --jobs 2`), compared and
-promoted in MLflow, then run again unchanged, then with two failing grid points. One grid run is
-shared by every assertion (module-scoped)."""
+promoted in MLflow, then run again unchanged, then with two failing grid points, then the champion's
+run copied under another name (the same model, the same per-image statistics) and promoted against
+itself. One grid run is shared by every assertion (module-scoped)."""
 
 import csv
 import json
@@ -16,11 +17,14 @@ import pandas as pd
 import pytest
 import yaml
 from mlflow import MlflowClient
+from mlflow.entities import LoggedModelOutput, Metric, Param
 
 from tests.conftest import COCO128_ZIP, TINY_PARAMS, copy_project, needs_coco128, run, tracking_uri
 from yolo_mlops.core import vocabulary as names
 from yolo_mlops.grid.experiments import parse_exp_show, stop_leftover_workers
 from yolo_mlops.grid.points import experiment_name
+from yolo_mlops.grid.resampling import artifact_path
+from yolo_mlops.tracking.model import model_id
 from yolo_mlops.tracking.pyfunc_model import BOX_COLUMNS
 
 pytestmark = [pytest.mark.e2e, needs_coco128]
@@ -51,6 +55,24 @@ def state(project: Path) -> dict[str, Any]:
     }
 
 
+def copy_run(project: Path, run_id: str, name: str, scratch: Path) -> str:
+    """A copy of a finished run under another DVC experiment name, as if the same experiment had run twice: its
+    params, metrics, tags, dataset input, per-image statistics and (the same) logged model."""
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    original = client.get_run(run_id)
+    tags = {key: value for key, value in original.data.tags.items() if not key.startswith("mlflow.")}
+    copied = client.create_run(original.info.experiment_id, run_name=name,
+                               tags=tags | {names.EXP_NAME_TAG: name}).info.run_id
+    client.log_batch(copied, metrics=[Metric(key, value, 0, 0) for key, value in original.data.metrics.items()],
+                     params=[Param(key, value) for key, value in original.data.params.items()])
+    client.log_inputs(copied, datasets=list(original.inputs.dataset_inputs))
+    folder = str(Path(artifact_path("test")).parent)  # every split's statistics
+    client.log_artifacts(copied, client.download_artifacts(run_id, folder, str(scratch)), folder)
+    client.log_outputs(copied, [LoggedModelOutput(model_id(original), step=0)])
+    client.set_terminated(copied, "FINISHED")
+    return copied
+
+
 @pytest.fixture(scope="module")
 def grid_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     project = copy_project(tmp_path_factory.mktemp("grid") / "project", TINY_PARAMS | GATES)
@@ -72,11 +94,16 @@ def grid_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     run(["dvc", "exp", "remove", *failed_names], project)
     requeued = run(["python", "-m", "yolo_mlops.grid", "queue"], project)
     after_requeue = parse_exp_show(json.loads(run(["dvc", "exp", "show", "--json"], project).stdout))
+    # The champion against itself: its run copied under a name ranked before it (a tie, broken by the name).
+    champion_run = after_first["csv"][0]["run_id"]
+    copied = copy_run(project, champion_run, "0-copy-of-the-champion", tmp_path_factory.mktemp("copy"))
+    itself = run(["python", "-m", "yolo_mlops.grid", "promote"], project)
     return {"project": project, "queued": queued, "new_store": new_store, "parallel": parallel,
             "after_requeue": after_requeue,
             "workers_left": workers_left,
             "first": first, "after_first": after_first, "again": again,
-            "after_again": after_again, "failing": failing, "after_failing": after_failing, "requeued": requeued}
+            "after_again": after_again, "failing": failing, "after_failing": after_failing, "requeued": requeued,
+            "copied": copied, "itself": itself, "after_itself": state(project)}
 
 
 def test_two_queue_workers_on_a_new_store_run_the_whole_grid(grid_runs):
@@ -126,7 +153,8 @@ def test_one_mlflow_run_per_experiment_with_the_same_numbers(grid_runs):
         assert mlflow_run.data.tags[names.BASELINE_TAG] == experiment.baseline_rev
         for key in ("train.imgsz", "train.lr0", "train.seed", "train.epochs", "train.model", "prepare.source"):
             assert mlflow_run.data.params[key] == str(experiment.params[key])
-        assert len(experiment.metrics) == 18  # val and test: mAP50, mAP50-95, precision, recall, f1; 4 of person
+        # val and test: mAP50, mAP50-95, precision, recall, f1, the 4 of person, and the _low / _high of 4 of them
+        assert len(experiment.metrics) == 34
         for name, value in experiment.metrics.items():
             assert mlflow_run.data.metrics[names.eval_metric(name)] == value
 
@@ -175,8 +203,43 @@ def test_decision_report(grid_runs):
                       for r in runs), reverse=True)
     assert ("TIE:" in text) == (ranking[0] == ranking[1])  # all zero is likely after one epoch from scratch
     client = MlflowClient(f"sqlite:///{grid_runs['project'] / 'mlflow.db'}")
-    logged = client.download_artifacts(best, "decision/decision.md")  # the latest report, after the last run
+    logged = client.download_artifacts(best, "decision/decision.md")  # its latest report, after the last grid run
     assert Path(logged).read_text() == grid_runs["after_failing"]["decision"]
+
+
+def test_first_report_states_the_test_intervals_and_whether_they_separate_the_top_runs(grid_runs):
+    text, runs = grid_runs["after_first"]["decision"], grid_runs["after_first"]["runs"]
+    assert "No champion to compare with yet: no paired test." in text  # the first promotion
+    bounds = {r.data.tags[names.EXP_NAME_TAG]: [r.data.metrics[names.eval_metric(f"test.mAP50-95{end}")]
+                                                for end in ("", "_low", "_high")] for r in runs}
+    top = [row["tags.dvc.exp_name"] for row in grid_runs["after_first"]["csv"][:3]]
+    for name in top:
+        value, low, high = bounds[name]
+        assert low <= value <= high and f"test mAP50-95 {value:.4f} (95 % interval {low:.4f} to {high:.4f})" in text
+    best, others = bounds[top[0]], [bounds[name] for name in top[1:]]
+    overlap = any(low <= best[2] and best[1] <= high for _, low, high in others)
+    assert (f"The test set cannot tell `{top[0]}` apart from" in text) == overlap
+    assert (f"The test set tells `{top[0]}` apart from the other top runs" in text) == (not overlap)
+    assert "no interval: the runs logged no per-image statistics" not in text  # the effects carry intervals
+    assert re.search(r"imgsz 96 vs 64: [^\n]*, 95 % interval [^\n]* from resampling the val images", text)
+
+
+def test_a_run_promoted_against_itself_under_another_name_is_not_separated(grid_runs):
+    out, after = grid_runs["itself"].stdout, grid_runs["after_itself"]
+    text = after["decision"]
+    assert after["aliases"] == {"challenger": "2", "champion": "1"}  # not promoted: no better than itself
+    assert "**Reject**" in text and "fails: beats champion" in text
+    assert ("Paired test against champion version 1 on the same 10 test images (1000 resamples): probability 0.500 "
+            "that this version is better (the gate asks for 0.95)") in text
+    assert "That is not sure enough (below 0.95)" in text and "score the same" in text
+    best = grid_runs["after_first"]["csv"][0]["tags.dvc.exp_name"]
+    assert f"The test set cannot tell `0-copy-of-the-champion` apart from `{best}`" in text
+    assert text.count("The test set cannot tell") == 1
+    assert "no interval" not in text and "run(s) that logged per-image statistics" not in text  # the copy's too
+    client = MlflowClient(f"sqlite:///{grid_runs['project'] / 'mlflow.db'}")
+    version = client.get_model_version(MODEL, "2")
+    assert version.run_id == grid_runs["copied"] and "probability 0.500" in version.description
+    assert "(95 % interval " in version.description and "promote: run " in out
 
 
 def test_running_again_changes_nothing(grid_runs):

@@ -77,7 +77,8 @@ def test_first_promotion_registers_with_provenance_and_becomes_champion(registry
     assert version.tags[STAGE_TAG] == "Production"
     report = f"decision/decision.md](#/experiments/{exp}/runs/{run.run_id}/artifacts/decision/decision.md)"
     assert version.description == (
-        "**Approve**: promoted to `champion`.\n\n| gate | outcome | detail |\n|---|---|---|\n"
+        "**Approve**: promoted to `champion`.\n\ntest.mAP50-95 0.3000 (no interval recorded). No champion to compare "
+        "with yet: no paired test.\n\n| gate | outcome | detail |\n|---|---|---|\n"
         "| min test mAP50-95 | pass | test mAP50-95 0.3000 vs minimum 0.2000 |\n"
         "| min test recall | pass | test recall 0.5000 vs minimum 0.3000 |\n"
         "| beats champion | pass | no champion yet |\n\n"
@@ -98,7 +99,8 @@ def test_challenger_only_when_gates_fail_then_champion_moves_and_rolls_back(regi
     assert [gate.passed for gate in weak.gates] == [True, True, False]
     assert description(client, name, weak.version).startswith("**Reject**: `challenger` only; `champion` stayed "
                                                                "version 1.\n")
-    assert ("| beats champion | FAIL | test mAP50-95 0.3050 vs champion version 1 0.3000 + margin 0.0100 |"
+    assert ("| beats champion | FAIL | no paired test (this run has no per-image test statistics: it was evaluated "
+            "before they were recorded): test mAP50-95 0.3050 vs champion version 1 0.3000 + margin 0.0100 |"
             in description(client, name, weak.version))
     assert description(client, name, first.version).startswith("**Approve**: promoted to `champion`.\n")
     strong = promote(client, candidate(client, exp, "exp-c", 0.40), gate_params(name))
@@ -117,12 +119,16 @@ def test_challenger_only_when_gates_fail_then_champion_moves_and_rolls_back(regi
     assert rollback(client, name, strong.version) == (first.version, strong.version)
 
 
-def test_other_test_split_is_not_comparable(registry):
+def test_other_test_split_falls_back_to_the_margin_and_says_so(registry):
     client, exp, name = registry
     promote(client, candidate(client, exp, "exp-a", 0.30), gate_params(name))
-    other = promote(client, candidate(client, exp, "exp-b", 0.90, **{names.DATASET_TAG: "other.dir"}),
+    other = promote(client, candidate(client, exp, "exp-b", 0.305, **{names.DATASET_TAG: "other.dir"}),
                     gate_params(name))
-    assert not other.approved and "another split" in other.gates[-1].detail
+    assert not other.approved and other.gates[-1].detail == (
+        "no paired test (champion version 1 was tested on other images (dataset md5 abc.dir vs other.dir)): test "
+        "mAP50-95 0.3050 vs champion version 1 0.3000 + margin 0.0100")
+    assert promote(client, candidate(client, exp, "exp-c", 0.90, **{names.DATASET_TAG: "other.dir"}),
+                   gate_params(name)).approved
 
 
 def test_promoting_the_same_run_again_changes_nothing(registry):

@@ -80,7 +80,8 @@ class PromoteParams:
     registered_model: str
     min_test_map50_95: float
     min_test_recall: float
-    min_margin: float  # over the current champion's test mAP50-95, on the same test split
+    min_margin: float  # over the current champion's test mAP50-95: the gate when no paired test is possible
+    min_confidence: float = 0.95  # the paired test's probability that the challenger beats the champion
 
 
 @dataclass(frozen=True)
@@ -259,7 +260,19 @@ def _promote(section: _Section) -> PromoteParams:
         min_test_map50_95=_fraction(section, "min_test_map50_95"),
         min_test_recall=_fraction(section, "min_test_recall"),
         min_margin=_fraction(section, "min_margin"),
+        min_confidence=_confidence(section),
     )
+
+
+def _confidence(section: _Section) -> float:
+    """promote.min_confidence: at least a coin flip (0.5), at most certainty (1); 0.95 when not set."""
+    if "min_confidence" not in section.values:
+        return PromoteParams.min_confidence
+    value = section.get("min_confidence", float)
+    if not 0.5 <= value <= 1:
+        raise section.fail("min_confidence", "must be in [0.5, 1]: the probability that the challenger beats the "
+                                             "champion, e.g. 0.95")
+    return value
 
 
 def read_yaml(path: Path) -> Any:

@@ -32,6 +32,7 @@ from yolo_mlops.grid.insights import Insights, insights
 from yolo_mlops.grid.ranking import Comparison, RunSummary, compare, export_csv, select_best
 from yolo_mlops.grid.registry import Promotion, promote, report_uri
 from yolo_mlops.grid.report import ReportData, render
+from yolo_mlops.grid.resampling import run_replicates
 from yolo_mlops.grid.sync import SyncResult, deleted_runs, sync
 from yolo_mlops.tracking.store import experiment_id, experiment_page, public_uri
 from yolo_mlops.yolo.model import resolve_device, resolve_model
@@ -209,8 +210,9 @@ def compare_grid(client: MlflowClient, root: Path, params: Params) -> Compared:
 
 def _charts(client: MlflowClient, root: Path, comparison: Comparison, experiment_ids: list[str], baseline: str
             ) -> tuple[Insights, dict[str, list[tuple[int, float]]], str | None]:
-    """reports/runs.csv and the charts of the comparison: (insights, per-epoch curves, their metric)."""
-    found = insights(comparison)
+    """reports/runs.csv and the charts of the comparison: (insights, per-epoch curves, their metric). The factor
+    effects' intervals come from each run's per-image statistics of the primary metric's split, resampled."""
+    found = insights(comparison, run_replicates(client, comparison.ranked, comparison.primary.split(".")[0]))
     export_csv(client, experiment_ids, baseline, comparison.rank_by, root / RUNS_CSV)
     charts.config_chart(found, root / CONFIG_CHART)
     # Training records a per-epoch history on val only: the primary metric's, or its val counterpart's.

@@ -52,6 +52,11 @@ class RunSummary:
                    dict(run.data.params), names.profile_metrics(profile) | metrics,
                    run.data.tags.get(names.ERROR_TAG, ""), tuple(profile.get(names.DATASET_PROFILE_CLASSES, ())))
 
+    def interval(self, metric: str) -> tuple[float, float, float]:
+        """`metric` (`test.mAP50-95`) and the bounds of its 95 % interval over the images (NaN where not recorded)."""
+        low, high = (self.metrics.get(names.interval_key(metric, bound), math.nan) for bound in names.INTERVAL_BOUNDS)
+        return self.metrics.get(metric, math.nan), low, high
+
     def config(self) -> tuple[tuple[str, str], ...]:
         """The run's configuration: what it was trained on and with, the seed left out."""
         return tuple((key, self.params[key]) for key in CONFIG_PARAMS if key in self.params)

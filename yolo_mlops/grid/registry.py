@@ -1,8 +1,10 @@
 """Promotion in the MLflow Model Registry with aliases: the selected run's model becomes a version
-with alias `challenger`, and `champion` only when it passes the gates; the version's description
-says which, with the gates and the decision report. All or nothing: when the registry fails
-half-way, the aliases are put back as they were."""
+with alias `challenger`, and `champion` only when it passes the gates (beating the champion: a paired
+test on the same test images, grid/resampling.py); the version's description says which, with the
+test interval, the paired test, the gates and the decision report. All or nothing: when the registry
+fails half-way, the aliases are put back as they were."""
 
+import math
 from dataclasses import dataclass
 
 from mlflow import MlflowClient
@@ -15,6 +17,7 @@ from yolo_mlops.core.params import PromoteParams
 from yolo_mlops.core.paths import DECISION_FILE
 from yolo_mlops.core.vocabulary import CHALLENGER, CHAMPION, MAINTAINER, PREVIOUS_CHAMPION_TAG, STAGE_TAG
 from yolo_mlops.grid.ranking import RunSummary
+from yolo_mlops.grid.resampling import TESTED, Paired, paired
 from yolo_mlops.tracking.model import model_id
 from yolo_mlops.tracking.store import sign_in_error
 
@@ -37,6 +40,8 @@ class Promotion:
     gates: list[Gate]
     champion_before: str | None
     champion: str | None
+    paired: Paired | None = None  # against the champion it was judged against; None without one
+    judged_against: str | None = None  # that champion's version
 
     @property
     def decision(self) -> str:
@@ -57,9 +62,32 @@ def report_uri(run_id: str) -> str:
     return f"runs:/{run_id}/{names.DECISION_ARTIFACTS}/{DECISION_FILE.name}"
 
 
-def description(promotion: Promotion, replaced: str | None, experiment_id: str, run_id: str) -> str:
+def interval_text(run: RunSummary, metric: str = TESTED) -> str:
+    """`0.3100 (95 % interval 0.2000 to 0.4200)`, or the point alone when the run records no interval."""
+    value, low, high = run.interval(metric)
+    if math.isnan(low) or math.isnan(high):  # evaluated before intervals were recorded
+        return f"{value:.4f} (no interval recorded)"
+    return f"{value:.4f} (95 % interval {low:.4f} to {high:.4f})"
+
+
+def paired_text(result: Paired | None, champion: str | None, min_confidence: float) -> str:
+    """One sentence on the paired test against the champion, or why there is none."""
+    if result is None:
+        return "No champion to compare with yet: no paired test."
+    if result.test is None:
+        return f"No paired test against champion version {champion}: {result.why_not}."
+    test = result.test
+    return (f"Paired test against champion version {champion} on the same {result.images} test images "
+            f"({result.resamples} resamples): probability {test.probability:.3f} that this version is better "
+            f"(the gate asks for {min_confidence}); difference in {TESTED} {test.difference:+.4f}, 95 % interval "
+            f"{test.low:+.4f} to {test.high:+.4f}.")
+
+
+def description(promotion: Promotion, run: RunSummary, replaced: str | None, experiment_id: str,
+                min_confidence: float) -> str:
     """The version's description in the MLflow UI (Markdown): the decision (`replaced`: the champion it
-    replaced, if any), the gates, where the decision report is."""
+    replaced, if any), the test interval, the paired test, the gates, where the decision report is."""
+    run_id = run.run_id
     if promotion.approved:
         outcome = f"promoted to `{CHAMPION}`" + (f", replacing version {replaced}" if replaced else "")
     else:
@@ -68,13 +96,19 @@ def description(promotion: Promotion, replaced: str | None, experiment_id: str, 
     rows = "\n".join(f"| {gate.name} | {'pass' if gate.passed else 'FAIL'} | {gate.detail} |"
                      for gate in promotion.gates)
     path = f"{names.DECISION_ARTIFACTS}/{DECISION_FILE.name}"
-    return (f"**{promotion.decision}**: {outcome}.\n\n| gate | outcome | detail |\n|---|---|---|\n{rows}\n\n"
+    images = run.metrics.get("data.test_images", math.nan)
+    evidence = (f"{TESTED} {interval_text(run)}" + ("" if math.isnan(images) else f" over {int(images)} test images")
+                + ". " + paired_text(promotion.paired, promotion.judged_against, min_confidence))
+    return (f"**{promotion.decision}**: {outcome}.\n\n{evidence}\n\n| gate | outcome | detail |\n|---|---|---|\n"
+            f"{rows}\n\n"
             f"Decision report: [{path}](#/experiments/{experiment_id}/runs/{run_id}/artifacts/{path}) of the run "
             f"(`{report_uri(run_id)}`), written to `{DECISION_FILE.as_posix()}` in the project.")
 
 
-def gates(candidate: RunSummary, champion: ModelVersion | None, params: PromoteParams) -> list[Gate]:
-    """The checks a challenger must pass to become champion."""
+def gates(candidate: RunSummary, champion: ModelVersion | None, params: PromoteParams,
+          evidence: Paired | None = None) -> list[Gate]:
+    """The checks a challenger must pass to become champion: beating the champion is the paired test's
+    probability against `min_confidence` when `evidence` has one, else the unpaired margin."""
     test_map, recall = candidate.metrics.get("test.mAP50-95", float("nan")), candidate.metrics.get("test.recall",
                                                                                                   float("nan"))
     result = [
@@ -85,14 +119,21 @@ def gates(candidate: RunSummary, champion: ModelVersion | None, params: PromoteP
     ]
     if champion is None:
         return [*result, Gate("beats champion", True, "no champion yet")]
+    if evidence is not None and evidence.test is not None:
+        test = evidence.test
+        return [*result, Gate("beats champion", test.probability >= params.min_confidence,
+                              f"paired test on the same {evidence.images} test images: probability "
+                              f"{test.probability:.3f} that {TESTED} beats champion version {champion.version}'s vs "
+                              f"minimum {params.min_confidence}; difference {test.difference:+.4f} (95 % interval "
+                              f"{test.low:+.4f} to {test.high:+.4f})")]
+    unpaired = f"no paired test ({evidence.why_not}): " if evidence is not None else ""
     dataset = candidate.params.get(names.DATASET_TAG)
-    if champion.tags.get(names.DATASET_TAG) != dataset:
-        return [*result, Gate("beats champion", False,
-                              f"champion version {champion.version} was tested on another split (dataset md5 "
-                              f"{champion.tags.get(names.DATASET_TAG)} vs {dataset}); re-evaluate it first")]
+    if evidence is None and champion.tags.get(names.DATASET_TAG) != dataset:
+        unpaired = (f"champion version {champion.version} was tested on other images (dataset md5 "
+                    f"{champion.tags.get(names.DATASET_TAG)} vs {dataset}): ")
     best = float(champion.tags.get("test.mAP50-95", "nan"))
     return [*result, Gate("beats champion", test_map >= best + params.min_margin,
-                          f"test mAP50-95 {test_map:.4f} vs champion version {champion.version} {best:.4f} "
+                          f"{unpaired}test mAP50-95 {test_map:.4f} vs champion version {champion.version} {best:.4f} "
                           f"+ margin {params.min_margin:.4f}")]
 
 
@@ -171,7 +212,10 @@ def promote(client: MlflowClient, run: RunSummary, params: PromoteParams) -> Pro
         if champion is not None and str(champion.version) == version:  # promoted before: same gates as then
             previous = champion.tags.get(PREVIOUS_CHAMPION_TAG)
             champion = client.get_model_version(name, previous) if previous else None
-        results = gates(run, champion, params)
+        step = "comparing with the champion on the same test images"
+        evidence = None if champion is None else paired(client, run, champion.run_id,
+                                                        champion.tags.get(names.DATASET_TAG), str(champion.version))
+        results = gates(run, champion, params, evidence)
         approved = all(gate.passed for gate in results)
         step = f"setting alias {CHALLENGER}"
         _set_alias(client, name, CHALLENGER, version, before)
@@ -184,9 +228,11 @@ def promote(client: MlflowClient, run: RunSummary, params: PromoteParams) -> Pro
         mirror_stages(client, name)
         step = "describing the version"
         promotion = Promotion(name, version, created is not None, approved, results, before.get(CHAMPION),
-                              version if approved else before.get(CHAMPION))
+                              version if approved else before.get(CHAMPION), evidence,
+                              None if champion is None else str(champion.version))
         replaced = str(champion.version) if approved and champion is not None else None
-        text = description(promotion, replaced, client.get_run(run.run_id).info.experiment_id, run.run_id)
+        text = description(promotion, run, replaced, client.get_run(run.run_id).info.experiment_id,
+                           params.min_confidence)
         if client.get_model_version(name, version).description != text:
             client.update_model_version(name, version, description=text)
     except PipelineError:

@@ -13,7 +13,8 @@ from yolo_mlops.core.params import Params
 from yolo_mlops.core.vocabulary import CHAMPION
 from yolo_mlops.grid.insights import Insights
 from yolo_mlops.grid.ranking import Comparison, RunSummary
-from yolo_mlops.grid.registry import Promotion
+from yolo_mlops.grid.registry import Promotion, interval_text, paired_text
+from yolo_mlops.grid.resampling import TESTED, images_to_separate
 
 TOP = 3
 IMBALANCE = 0.15  # |precision − recall| above which the detector is called unbalanced
@@ -79,8 +80,9 @@ def objectives(data: ReportData) -> str:
         f"model `{best.params.get('train.model', train.model)}`, batch {best.params.get('train.batch', train.batch)}.",
         f"- Hardware: {data.hardware} (train.device={train.device}).",
         f"- Gates for champion: test mAP50-95 ≥ {data.params.promote.min_test_map50_95}, test recall ≥ "
-        f"{data.params.promote.min_test_recall}, and beat the champion's test mAP50-95 by "
-        f"{data.params.promote.min_margin} on the same test split.",
+        f"{data.params.promote.min_test_recall}, and beat the champion's test mAP50-95: with a probability of at "
+        f"least {data.params.promote.min_confidence} in a paired test on the same test images, or, when the two "
+        f"were tested on different images, by a margin of {data.params.promote.min_margin}.",
     ])
 
 
@@ -166,10 +168,46 @@ def top3(data: ReportData) -> str:
     for rank, run in enumerate(top, start=1):
         pros, cons = pros_cons(run, top)
         lines.append(f"{rank}. `{run.name}` (run `{run.run_id}`): {data.comparison.primary} "
-                     f"{_fmt(_m(run, data.comparison.primary))}, test mAP50-95 {_fmt(_m(run, 'test.mAP50-95'))}, "
-                     f"test recall {_fmt(_m(run, 'test.recall'))}")
+                     f"{_fmt(_m(run, data.comparison.primary))}, test mAP50-95 {interval_text(run)}, "
+                     f"test recall {interval_text(run, 'test.recall')}")
         lines += [f"   - pro: {text}" for text in pros] + [f"   - con: {text}" for text in cons]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n\n" + separation(top)
+
+
+def _overlap(first: RunSummary, second: RunSummary, metric: str) -> bool:
+    (_, low, high), (_, other_low, other_high) = first.interval(metric), second.interval(metric)
+    return low <= other_high and other_low <= high
+
+
+def separation(top: list[RunSummary], metric: str = TESTED) -> str:
+    """One sentence: whether the test set tells the best run apart from the other top runs (their 95 % intervals
+    over the test images overlap or not), and if not, about how many test images would."""
+    best, others = top[0], top[1:]
+    if not others:
+        return "Only one run is ranked: there is nothing to tell it apart from."
+    if any(math.isnan(value) for run in top for value in run.interval(metric)):
+        return (f"Some of these runs record no 95 % interval of {metric} (evaluated before intervals were recorded): "
+                "the report cannot say whether the test set tells them apart.")
+    close = [run for run in others if _overlap(best, run, metric)]
+    if not close:
+        return (f"The test set tells `{best.name}` apart from the other top runs: its 95 % interval of {metric} "
+                "overlaps none of theirs.")
+    nearest = min(close, key=lambda run: abs(_m(best, metric) - _m(run, metric)))
+    images = _m(best, "data.test_images")
+    half_widths = sum((high - low) / 2 for _, low, high in (best.interval(metric), nearest.interval(metric)))
+    needed = images_to_separate(images, abs(_m(best, metric) - _m(nearest, metric)), half_widths)
+    count = "?" if math.isnan(images) else str(int(images))
+    if math.isinf(needed):
+        tail = (f"`{best.name}` and `{nearest.name}` score the same ({_fmt(_m(best, metric))}), so more test images "
+                "alone would not tell which is better")
+    elif math.isnan(needed):
+        tail = "the number of test images is not recorded, so how many more would be needed is unknown"
+    else:
+        tail = (f"about {int(needed)} test images instead of {count} would tell `{best.name}` from `{nearest.name}`, "
+                "if the difference between them stayed as it is")
+    rivals = ", ".join(f"`{run.name}`" for run in close)
+    return (f"The test set cannot tell `{best.name}` apart from {rivals}: their 95 % intervals of {metric} overlap; "
+            f"{tail}.")
 
 
 def insights_text(data: ReportData) -> str:
@@ -201,8 +239,9 @@ def risks(data: ReportData) -> str:
         ("Tiny test set",
          f"{int(_m(best, 'data.test_images')) if not math.isnan(_m(best, 'data.test_images')) else '?'} test images, "
          f"{int(boxes) if not math.isnan(boxes) else '?'} boxes: test recall {_fmt(recall)} could be anywhere in "
-         f"[{_fmt(low)}, {_fmt(high)}] (95 % Wilson interval over the boxes).",
-         "Evaluate on a larger held-out set before relying on the figures; report intervals, not points."),
+         f"[{_fmt(low)}, {_fmt(high)}] (95 % Wilson interval over the boxes); test mAP50-95 "
+         f"{interval_text(best)} over the test images.",
+         "Evaluate on a larger held-out set before relying on the figures; read the intervals, not the points."),
         ("Seed variance",
          f"typical seed std {insights.seed_std:.4f} {insights.metric}; winner's margin "
          + (f"{insights.margin:.4f}" if insights.margin is not None else "n/a")
@@ -254,7 +293,28 @@ def decision(data: ReportData) -> str:
     if data.comparison.excluded:
         conditions.append(f"{len(data.comparison.excluded)} experiment(s) could not be ranked (see section 3)")
     return (f"**{promotion.decision}**\n\n| gate | outcome | detail |\n|---|---|---|\n{gates}\n\n"
-            f"- Justification: {why}\n" + "\n".join(f"- Condition: {text}" for text in conditions))
+            f"- Justification: {why}\n- {evidence(data)}\n"
+            + "\n".join(f"- Condition: {text}" for text in conditions))
+
+
+def evidence(data: ReportData) -> str:
+    """The paired test against the champion in words: the probability and the gate, or why the margin decided."""
+    promotion, params = data.promotion, data.params.promote
+    text = paired_text(promotion.paired, promotion.judged_against, params.min_confidence)
+    result = promotion.paired
+    if result is None:
+        return text
+    if result.test is None:
+        return f"{text} The decision fell back to the margin gate: beat the champion by {params.min_margin}."
+    test, sure = result.test, result.test.probability >= params.min_confidence
+    text += (f" It is sure enough (probability ≥ {params.min_confidence})." if sure else
+             f" That is not sure enough (below {params.min_confidence}): on these test images the two cannot be "
+             "told apart with the confidence the gate asks for")
+    if not sure:
+        needed = test.images_needed
+        text += (f"; about {needed} test images would be needed, if the difference stayed as it is." if needed else
+                 "; they score the same, so more test images alone would not change that.")
+    return text
 
 
 def next_steps(data: ReportData) -> str:
