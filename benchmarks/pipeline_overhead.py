@@ -34,11 +34,11 @@ BARE_TRAINING = """
 import sys
 from yolo_mlops.core.params import load_params
 from yolo_mlops.core.paths import DATASET_DIR
-from yolo_mlops.core.scratch import scratch
+from yolo_mlops.core.tempdir import stage_tempdir
 from yolo_mlops.yolo.dataset import stage_dataset
 from yolo_mlops.yolo.model import ultralytics
 p = load_params().train
-with scratch("benchmark") as folder:
+with stage_tempdir("benchmark") as folder:
     data = stage_dataset(DATASET_DIR, folder)
     model = ultralytics().YOLO(p.model)
     model.train(data=str(data), epochs=p.epochs, imgsz=p.imgsz, lr0=p.lr0, seed=p.seed, batch=p.batch,

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mlflow import MlflowClient
 from mlflow.entities import Metric, RunTag
 
-from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core import vocabulary
 from yolo_mlops.core.params import load_params
 from yolo_mlops.core.paths import EMBEDDED_DB, PARAMS_FILE
 from yolo_mlops.grid.ranking import select_best
@@ -39,10 +39,10 @@ def fill(client: MlflowClient, experiment_id: str, runs: int, rank_by: tuple[str
         value = math.nan if index % 97 == 0 else generator.random()
         client.log_batch(
             run_id,
-            metrics=[Metric(names.eval_metric(name), value if i == 0 else generator.random(), 0, 0)
+            metrics=[Metric(vocabulary.eval_metric(name), value if i == 0 else generator.random(), 0, 0)
                      for i, name in enumerate(rank_by)],
-            tags=[RunTag(names.EXP_NAME_TAG, f"exp-{index:04d}"), RunTag(names.BASELINE_TAG, baseline),
-                  RunTag(names.LOG_STATUS_TAG, names.COMPLETE)],
+            tags=[RunTag(vocabulary.EXP_NAME_TAG, f"exp-{index:04d}"), RunTag(vocabulary.BASELINE_TAG, baseline),
+                  RunTag(vocabulary.LOG_STATUS_TAG, vocabulary.COMPLETE)],
         )
         client.set_terminated(run_id, "FAILED" if index % 50 == 0 else "FINISHED")
 

@@ -7,7 +7,7 @@ from yolo_mlops.core.atomic import atomic_dir, write_json
 from yolo_mlops.core.entry import run_main
 from yolo_mlops.core.params import load_params
 from yolo_mlops.core.paths import BEST_WEIGHTS, DATASET_DIR, EVAL_METRICS_FILE, PER_IMAGE_DIR, PLOTS_DIR, RESULTS_PLOT
-from yolo_mlops.core.scratch import scratch
+from yolo_mlops.core.tempdir import stage_tempdir
 from yolo_mlops.core.vocabulary import CLASSES_KEY, INTERVAL_BOUNDS, interval_key
 from yolo_mlops.tracking.live import tracked_evaluation
 from yolo_mlops.yolo.dataset import stage_dataset
@@ -17,7 +17,8 @@ from yolo_mlops.yolo.evaluate import evaluate_splits
 def main() -> None:
     params = load_params()
     with tracked_evaluation():
-        with scratch("evaluate") as folder, atomic_dir(PLOTS_DIR) as plots, atomic_dir(PER_IMAGE_DIR) as per_image:
+        with stage_tempdir("evaluate") as folder, atomic_dir(PLOTS_DIR) as plots, \
+                atomic_dir(PER_IMAGE_DIR) as per_image:
             data_yaml = stage_dataset(DATASET_DIR, folder)
             results = evaluate_splits(params, BEST_WEIGHTS, data_yaml, RESULTS_PLOT, plots, per_image, folder / "val")
         write_json(EVAL_METRICS_FILE, results)

@@ -4,7 +4,7 @@ sent to the experiment's MLflow run as it ends."""
 from yolo_mlops.core.entry import run_main
 from yolo_mlops.core.params import load_params
 from yolo_mlops.core.paths import DATASET_DIR, MODELS_DIR, TRAIN_LIVE_DIR
-from yolo_mlops.core.scratch import scratch
+from yolo_mlops.core.tempdir import stage_tempdir
 from yolo_mlops.tracking.live import tracked_training
 from yolo_mlops.yolo.dataset import stage_dataset
 from yolo_mlops.yolo.history import read_history, write_dvclive
@@ -15,7 +15,7 @@ from yolo_mlops.yolo.train import RUN_RESULTS, export_run, train
 def main() -> None:
     params = load_params()
     model, device = resolve_model(params.train.model), resolve_device(params.train.device)
-    with scratch("train") as folder, tracked_training() as callbacks:
+    with stage_tempdir("train") as folder, tracked_training() as callbacks:
         run_dir = train(stage_dataset(DATASET_DIR, folder), params.train, model, device, folder / "train", callbacks)
         history = read_history(run_dir / RUN_RESULTS)
         export_run(run_dir, MODELS_DIR)

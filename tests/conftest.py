@@ -19,7 +19,7 @@ import sqlalchemy
 import yaml
 from PIL import Image
 
-from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core import vocabulary
 
 if TYPE_CHECKING:
     from tests.stack import Offline
@@ -220,16 +220,17 @@ def log_synthetic_run(client: Any, experiment_id: str, name: str, metrics: dict[
     import mlflow
     from mlflow.entities import Metric, Param
 
-    tags = {names.EXP_NAME_TAG: name, names.BASELINE_TAG: baseline, names.LOG_STATUS_TAG: names.COMPLETE}
+    tags = {vocabulary.EXP_NAME_TAG: name, vocabulary.BASELINE_TAG: baseline,
+            vocabulary.LOG_STATUS_TAG: vocabulary.COMPLETE}
     run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
     client.log_batch(
         run_id,
-        metrics=[Metric(names.eval_metric(key), value, 0, 0) for key, value in metrics.items()],
+        metrics=[Metric(vocabulary.eval_metric(key), value, 0, 0) for key, value in metrics.items()],
         params=[Param(key, str(value)) for key, value in (params or {}).items()],
     )
     if model:
         with mlflow.start_run(run_id=run_id):
-            mlflow.pyfunc.log_model(name=names.MODEL_NAME, python_model=echo_model(), pip_requirements=["mlflow"])
+            mlflow.pyfunc.log_model(name=vocabulary.MODEL_NAME, python_model=echo_model(), pip_requirements=["mlflow"])
     client.set_terminated(run_id, status)
     return run_id
 

@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from mlflow.entities import LoggedModelOutput, Metric, Param
 
 from tests.conftest import COCO128_ZIP, TINY_PARAMS, copy_project, needs_coco128, run, tracking_uri
-from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core import vocabulary
 from yolo_mlops.grid.experiments import parse_exp_show, stop_leftover_workers
 from yolo_mlops.grid.points import experiment_name
 from yolo_mlops.grid.resampling import artifact_path
@@ -62,7 +62,7 @@ def copy_run(project: Path, run_id: str, name: str, scratch: Path) -> str:
     original = client.get_run(run_id)
     tags = {key: value for key, value in original.data.tags.items() if not key.startswith("mlflow.")}
     copied = client.create_run(original.info.experiment_id, run_name=name,
-                               tags=tags | {names.EXP_NAME_TAG: name}).info.run_id
+                               tags=tags | {vocabulary.EXP_NAME_TAG: name}).info.run_id
     client.log_batch(copied, metrics=[Metric(key, value, 0, 0) for key, value in original.data.metrics.items()],
                      params=[Param(key, value) for key, value in original.data.params.items()])
     client.log_inputs(copied, datasets=list(original.inputs.dataset_inputs))
@@ -144,19 +144,19 @@ def test_experiments_are_named_after_their_values_in_dvc_mlflow_csv_and_report(g
 def test_one_mlflow_run_per_experiment_with_the_same_numbers(grid_runs):
     experiments, runs = grid_runs["after_first"]["experiments"], grid_runs["after_first"]["runs"]
     assert len(runs) == 8 and all(r.info.status == "FINISHED" for r in runs)
-    by_name = {r.data.tags[names.EXP_NAME_TAG]: r for r in runs}
+    by_name = {r.data.tags[vocabulary.EXP_NAME_TAG]: r for r in runs}
     assert set(by_name) == {e.name for e in experiments}
     for experiment in experiments:
         mlflow_run = by_name[experiment.name]
         assert mlflow_run.info.run_name == experiment.name
-        assert mlflow_run.data.tags[names.EXP_REV_TAG] == experiment.rev
-        assert mlflow_run.data.tags[names.BASELINE_TAG] == experiment.baseline_rev
+        assert mlflow_run.data.tags[vocabulary.EXP_REV_TAG] == experiment.rev
+        assert mlflow_run.data.tags[vocabulary.BASELINE_TAG] == experiment.baseline_rev
         for key in ("train.imgsz", "train.lr0", "train.seed", "train.epochs", "train.model", "prepare.source"):
             assert mlflow_run.data.params[key] == str(experiment.params[key])
         # val and test: mAP50, mAP50-95, precision, recall, f1, the 4 of person, and the _low / _high of 4 of them
         assert len(experiment.metrics) == 34
         for name, value in experiment.metrics.items():
-            assert mlflow_run.data.metrics[names.eval_metric(name)] == value
+            assert mlflow_run.data.metrics[vocabulary.eval_metric(name)] == value
 
 
 def test_comparison_outputs(grid_runs):
@@ -178,15 +178,15 @@ def test_best_run_is_registered_champion_and_loads(grid_runs, tmp_path: Path):
     version, run_id, _, tags = after["registry"][0]
     assert version == "1"
     best = grid_runs["after_first"]["csv"][0]
-    assert run_id == best["run_id"] == dict(tags)[names.RUN_ID_TAG]
-    assert {names.DATASET_TAG, names.COMMIT_TAG, names.EXP_NAME_TAG, "train.lr0", "test.mAP50-95", "val.recall"} <= set(
-        dict(tags))
+    assert run_id == best["run_id"] == dict(tags)[vocabulary.RUN_ID_TAG]
+    assert {vocabulary.DATASET_TAG, vocabulary.COMMIT_TAG, vocabulary.EXP_NAME_TAG, "train.lr0", "test.mAP50-95",
+            "val.recall"} <= set(dict(tags))
     with zipfile.ZipFile(COCO128_ZIP) as archive:
         member = next(name for name in archive.namelist() if name.endswith(".jpg"))
         image = tmp_path / "image.jpg"
         image.write_bytes(archive.read(member))
     with tracking_uri(f"sqlite:///{grid_runs['project'] / 'mlflow.db'}"):
-        model = mlflow.pyfunc.load_model(f"models:/{MODEL}@{names.CHAMPION}")
+        model = mlflow.pyfunc.load_model(f"models:/{MODEL}@{vocabulary.CHAMPION}")
     boxes = model.predict(pd.DataFrame({"image": [str(image)]}), params={"conf": 0.0})
     assert list(boxes.columns) == BOX_COLUMNS and (boxes["image"] == 0).all()
 
@@ -199,7 +199,7 @@ def test_decision_report(grid_runs):
     best = grid_runs["after_first"]["csv"][0]["run_id"]
     assert f"MLflow run id `{best}`" in text and "**Approve**" in text
     assert sum(f"(run `{r.info.run_id}`)" in text for r in runs) == 3  # the top 3
-    ranking = sorted((tuple(r.data.metrics[names.eval_metric(f"val.{m}")] for m in ("mAP50-95", "mAP50", "recall"))
+    ranking = sorted((tuple(r.data.metrics[vocabulary.eval_metric(f"val.{m}")] for m in ("mAP50-95", "mAP50", "recall"))
                       for r in runs), reverse=True)
     assert ("TIE:" in text) == (ranking[0] == ranking[1])  # all zero is likely after one epoch from scratch
     client = MlflowClient(f"sqlite:///{grid_runs['project'] / 'mlflow.db'}")
@@ -210,7 +210,7 @@ def test_decision_report(grid_runs):
 def test_first_report_states_the_test_intervals_and_whether_they_separate_the_top_runs(grid_runs):
     text, runs = grid_runs["after_first"]["decision"], grid_runs["after_first"]["runs"]
     assert "No champion to compare with yet: no paired test." in text  # the first promotion
-    bounds = {r.data.tags[names.EXP_NAME_TAG]: [r.data.metrics[names.eval_metric(f"test.mAP50-95{end}")]
+    bounds = {r.data.tags[vocabulary.EXP_NAME_TAG]: [r.data.metrics[vocabulary.eval_metric(f"test.mAP50-95{end}")]
                                                 for end in ("", "_low", "_high")] for r in runs}
     top = [row["tags.dvc.exp_name"] for row in grid_runs["after_first"]["csv"][:3]]
     for name in top:
@@ -256,14 +256,14 @@ def test_failed_experiments_are_visible_and_do_not_stop_the_comparison(grid_runs
         assert f"[{step}/2] Reproducing experiment '" in out
     failed = sorted((e for e in after["experiments"] if e.failed), key=lambda e: e.params["train.seed"])
     assert [(e.params["prepare.train"], e.params["train.seed"]) for e in failed] == [(500, 1), (500, 2)]
-    failed_runs = {r.data.tags[names.EXP_NAME_TAG]: r for r in after["runs"] if r.info.status == "FAILED"}
+    failed_runs = {r.data.tags[vocabulary.EXP_NAME_TAG]: r for r in after["runs"] if r.info.status == "FAILED"}
     assert set(failed_runs) == {e.name for e in failed} and len(after["runs"]) == 10
     for experiment in failed:
         failed_run = failed_runs[experiment.name]
         assert failed_run.data.params["prepare.train"] == "500"
         # The stage's own error line, not DVC's generic "failed to reproduce".
-        assert failed_run.data.tags[names.ERROR_TAG].startswith("error: prepare: only ")
-        assert "but train + val + test = 520 were requested" in failed_run.data.tags[names.ERROR_TAG]
+        assert failed_run.data.tags[vocabulary.ERROR_TAG].startswith("error: prepare: only ")
+        assert "but train + val + test = 520 were requested" in failed_run.data.tags[vocabulary.ERROR_TAG]
     retry = re.search(r"\(to retry: `dvc exp remove ([^`]*)`", out)
     assert retry and set(retry.group(1).split()) == {e.name for e in failed}
     assert grid_runs["failing"].returncode == 1  # the report is written, and the exit status says a point failed

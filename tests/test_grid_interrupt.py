@@ -19,13 +19,13 @@ from mlflow import MlflowClient
 
 from tests.conftest import TINY_PARAMS, copy_project, needs_coco128, project_env, run
 from tests.stack import S3Server, client_env, mlflow_server, s3_server, wait_for
-from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core import vocabulary
 from yolo_mlops.grid.experiments import EXEC_RUN, QUEUE_WORKER, parse_exp_show
 
 pytestmark = [needs_coco128, pytest.mark.e2e]
 GRID = "train.seed: [1, 2]\n"
 EPOCHS = 3  # the interrupt comes after epoch 1 of both experiments reached MLflow
-EPOCH_METRIC = names.history_metric("train/box_loss")
+EPOCH_METRIC = vocabulary.history_metric("train/box_loss")
 GATES = {"promote.min_test_map50_95": 0.0, "promote.min_test_recall": 0.0, "promote.min_margin": 0.0}
 
 
@@ -115,15 +115,15 @@ def test_ctrl_c_stops_the_queue_cleanly_and_the_next_run_completes_it(store, tmp
     done = experiments(project, env)
     assert len(done) == 2 and all(experiment.done for experiment in done)
     runs = client.search_runs([client.get_experiment_by_name("cv_yolo_tiny").experiment_id])
-    current = [found for found in runs if names.PREVIOUS_ATTEMPT_TAG not in found.data.tags]
-    assert sorted(found.data.tags[names.EXP_NAME_TAG] for found in current) == sorted(e.name for e in done)
+    current = [found for found in runs if vocabulary.PREVIOUS_ATTEMPT_TAG not in found.data.tags]
+    assert sorted(found.data.tags[vocabulary.EXP_NAME_TAG] for found in current) == sorted(e.name for e in done)
     assert all(found.info.status == "FINISHED" for found in current)
-    previous = [found for found in runs if names.PREVIOUS_ATTEMPT_TAG in found.data.tags]
+    previous = [found for found in runs if vocabulary.PREVIOUS_ATTEMPT_TAG in found.data.tags]
     assert {found.info.run_id for found in previous} == interrupted_runs
     assert all(found.info.status == "KILLED" for found in previous)
     # The points run again keep their names (named after their values): the attempts' runs carry them too.
     assert sorted(found.info.run_name for found in previous) == sorted(e.name for e in done)
-    assert sorted(found.data.tags[names.EXP_NAME_TAG] for found in previous) == sorted(e.name for e in done)
+    assert sorted(found.data.tags[vocabulary.EXP_NAME_TAG] for found in previous) == sorted(e.name for e in done)
     assert all(e.name.startswith(f"seed_{e.params['train.seed']}-") for e in done)
 
     # A run deleted in the MLflow UI: the comparison names its experiment, and how to restore it.
@@ -133,7 +133,8 @@ def test_ctrl_c_stops_the_queue_cleanly_and_the_next_run_completes_it(store, tmp
         compared = run(["python", "-m", "yolo_mlops.grid", "compare"], project, env=env)
     finally:
         client.restore_run(deleted.info.run_id)
-    assert (f"- experiment {deleted.data.tags[names.EXP_NAME_TAG]}: its MLflow run {deleted.info.run_id} is deleted "
+    assert (f"- experiment {deleted.data.tags[vocabulary.EXP_NAME_TAG]}: "
+            f"its MLflow run {deleted.info.run_id} is deleted "
             f"in MLflow, and left out of the comparison; restore it with `mlflow runs restore --run-id "
             f"{deleted.info.run_id}`") in compared.stdout
 

@@ -15,10 +15,10 @@ from mlflow import MlflowClient
 
 from tests.conftest import TINY_PARAMS, copy_project, free_port, needs_coco128, project_env, run
 from tests.stack import client_env, mlflow_server, ray_cluster, s3_server, team_clone
-from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core import vocabulary
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.params import load_params
-from yolo_mlops.core.paths import SCRATCH_DIR
+from yolo_mlops.core.paths import TEMP_DIR
 from yolo_mlops.grid import cluster, commands
 from yolo_mlops.grid.experiments import parse_exp_show
 from yolo_mlops.grid.sync import sync
@@ -39,7 +39,7 @@ def run_killing_a_node(project: Path, env: dict[str, str], ray: Any,
                        nodes: list) -> tuple[str, int, str, list[str]]:
     """The grid on the cluster; once two points are done, the node that ran the second is killed (it is
     then running another point). Returns the output, the exit status, the killed node's id and the
-    tasks' scratch folders at that moment."""
+    tasks' temporary folders at that moment."""
     killed, working = "", []
     with subprocess.Popen(grid_command(ray.address), cwd=project, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True) as driver:
@@ -51,7 +51,7 @@ def run_killing_a_node(project: Path, env: dict[str, str], ray: Any,
                 time.sleep(KILL_DELAY_S)
                 node = next(node for node in nodes if node.node_id.startswith(line.split(" on node ")[1][:8]))
                 killed = node.node_id
-                working = sorted(path.name for path in (project / SCRATCH_DIR).glob("ray-*"))
+                working = sorted(path.name for path in (project / TEMP_DIR).glob("ray-*"))
                 ray.remove_node(node, allow_graceful=False)
     return "".join(lines), driver.returncode, killed, working
 
@@ -62,9 +62,9 @@ def state(project: Path, server_uri: str) -> dict[str, Any]:
     runs = client.search_runs([experiment.experiment_id], max_results=100)
     return {
         "experiments": parse_exp_show(json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)),
-        "runs": [found for found in runs if names.PREVIOUS_ATTEMPT_TAG not in found.data.tags],
+        "runs": [found for found in runs if vocabulary.PREVIOUS_ATTEMPT_TAG not in found.data.tags],
         # A point whose node died while it trained: the run its training opened there, marked by the retry.
-        "previous_attempts": [found for found in runs if names.PREVIOUS_ATTEMPT_TAG in found.data.tags],
+        "previous_attempts": [found for found in runs if vocabulary.PREVIOUS_ATTEMPT_TAG in found.data.tags],
         "versions": client.search_model_versions(f"name = '{MODEL}'"),
     }
 
@@ -89,8 +89,8 @@ def ray_grid(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         (project / "grid.yaml").write_text(FAILING_GRID)
         failing = run(grid_command(ray.address), project, env=env, check=False)
         # The workers run the driver's clone's code (Ray passes them its sys.path), so their tasks' clones were
-        # under its .scratch/: every one is gone, the killed task's included (its retry emptied it first).
-        leftovers = [path.name for path in (project / SCRATCH_DIR).glob("*")]
+        # under its .tmp/: every one is gone, the killed task's included (its retry emptied it first).
+        leftovers = [path.name for path in (project / TEMP_DIR).glob("*")]
         return {"working": working, "leftovers": leftovers, "project": project, "output": output, "status": status,
                 "killed": killed, "first": first, "removed": removed, "again": again.stdout, "after_again": after_again,
                 "failing": failing,
@@ -112,18 +112,18 @@ def test_every_point_is_one_experiment_and_one_finished_run_despite_a_dead_node(
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)  # none doubled by the retry
     previous = ray_grid["first"]["previous_attempts"]  # none if the node died before or after a training
     assert len(previous) <= 1 and all(found.info.status == "FAILED" for found in previous)
-    assert {found.data.tags[names.PREVIOUS_ATTEMPT_TAG] for found in previous} <= {r.info.run_id for r in runs}
-    by_name = {r.data.tags[names.EXP_NAME_TAG]: r for r in runs}
+    assert {found.data.tags[vocabulary.PREVIOUS_ATTEMPT_TAG] for found in previous} <= {r.info.run_id for r in runs}
+    by_name = {r.data.tags[vocabulary.EXP_NAME_TAG]: r for r in runs}
     assert set(by_name) == {e.name for e in experiments}
     for experiment in experiments:
         mlflow_run = by_name[experiment.name]
         assert mlflow_run.info.run_name == experiment.name
-        assert mlflow_run.data.tags[names.EXP_REV_TAG] == experiment.rev
+        assert mlflow_run.data.tags[vocabulary.EXP_REV_TAG] == experiment.rev
         assert len(experiment.metrics) == 18  # val and test: 5 all-class metrics, 4 of person
         for name, value in experiment.metrics.items():
-            assert mlflow_run.data.metrics[names.eval_metric(name)] == value
-        assert f"{experiment.name} on node {mlflow_run.data.tags[names.RAY_NODE_TAG][:8]}" in out
-    # The tasks cloned under the clone's .scratch/, not /tmp, and left nothing there.
+            assert mlflow_run.data.metrics[vocabulary.eval_metric(name)] == value
+        assert f"{experiment.name} on node {mlflow_run.data.tags[vocabulary.RAY_NODE_TAG][:8]}" in out
+    # The tasks cloned under the clone's .tmp/, not /tmp, and left nothing there.
     assert ray_grid["working"] and ray_grid["leftovers"] == []
 
 
@@ -131,7 +131,7 @@ def test_every_point_is_one_experiment_and_one_finished_run_despite_a_dead_node(
 @pytest.mark.e2e
 def test_both_worker_nodes_ran_points_and_the_best_is_promoted(ray_grid):
     runs = ray_grid["first"]["runs"]
-    nodes = [r.data.tags[names.RAY_NODE_TAG] for r in runs]
+    nodes = [r.data.tags[vocabulary.RAY_NODE_TAG] for r in runs]
     assert set(nodes) == set(ray_grid["workers"])
     assert nodes.count(ray_grid["killed"]) == 1  # its point in progress at the kill was finished by the other node
     assert len(ray_grid["first"]["versions"]) == 1
@@ -139,7 +139,7 @@ def test_both_worker_nodes_ran_points_and_the_best_is_promoted(ray_grid):
     report = (ray_grid["project"] / "reports" / "decision.md").read_text()
     assert f"MLflow run id `{ray_grid['first']['versions'][0].run_id}`" in report
     # Where the runs trained: the cluster, not the driver (its last run had a point to run, so it joined it).
-    assert "- Hardware: Ray cluster at " in report and f"tag {names.RAY_NODE_IP_TAG} names" in report
+    assert "- Hardware: Ray cluster at " in report and f"tag {vocabulary.RAY_NODE_IP_TAG} names" in report
 
 
 @needs_coco128
@@ -161,10 +161,11 @@ def test_a_point_failing_on_a_worker_is_a_failed_run_and_exit_1_after_the_compar
     assert "grid: 1 experiment(s), 0 already run" in result.stdout and ": FAILED (error: " in result.stdout
     failed = [r for r in after["runs"] if r.info.status == "FAILED"]
     assert len(failed) == 1 and len(after["runs"]) == 5 and len(after["experiments"]) == 4
-    assert failed[0].data.params["prepare.train"] == "500" and failed[0].data.tags[names.RAY_NODE_TAG]
-    assert "but train + val + test = 520 were requested" in failed[0].data.tags[names.ERROR_TAG]
+    assert failed[0].data.params["prepare.train"] == "500" and failed[0].data.tags[vocabulary.RAY_NODE_TAG]
+    assert "but train + val + test = 520 were requested" in failed[0].data.tags[vocabulary.ERROR_TAG]
     assert "Runs ranked by" in result.stdout and "promote: run" in result.stdout
-    assert f"error: 1 experiment(s) of this commit failed: {failed[0].data.tags[names.EXP_NAME_TAG]}" in result.stderr
+    failed_name = failed[0].data.tags[vocabulary.EXP_NAME_TAG]
+    assert f"error: 1 experiment(s) of this commit failed: {failed_name}" in result.stderr
     assert "a point that failed on the Ray cluster is run again" in result.stderr
 
 
@@ -252,5 +253,5 @@ def test_a_point_that_failed_on_a_worker_is_a_failed_run_naming_its_node(mlflow_
                       cluster.node_tags(results))
     assert result.failed == ["lr0_1-abc"]
     (failed,) = mlflow_store.search_runs([experiment_id])
-    assert failed.info.status == "FAILED" and failed.data.tags[names.ERROR_TAG] == "error: train.lr0 too high"
-    assert failed.data.tags[names.RAY_NODE_TAG] == "f" * 56 and failed.data.params["train.lr0"] == "1.0"
+    assert failed.info.status == "FAILED" and failed.data.tags[vocabulary.ERROR_TAG] == "error: train.lr0 too high"
+    assert failed.data.tags[vocabulary.RAY_NODE_TAG] == "f" * 56 and failed.data.params["train.lr0"] == "1.0"

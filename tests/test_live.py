@@ -16,11 +16,11 @@ from mlflow.entities import Run
 
 from tests.conftest import TINY_PARAMS, copy_project, free_port, needs_coco128, project_env, run, write_params
 from tests.stack import S3Server, client_env, mlflow_server, s3_server, wait_for
-from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core import vocabulary
 
 pytestmark = [needs_coco128, pytest.mark.e2e]
 EXPERIMENT = "cv_yolo_tiny"
-EPOCH_METRIC = names.history_metric("train/box_loss")
+EPOCH_METRIC = vocabulary.history_metric("train/box_loss")
 EPOCHS = 3  # the live test watches epoch 1 arrive while the others train
 SYSTEM_METRIC = "system/cpu_utilization_percentage"  # MLflow's system metrics (CPU, memory; GPU when present)
 
@@ -35,7 +35,7 @@ def current_runs(client: MlflowClient) -> list[Run]:
     """The experiment's runs, previous attempts left out."""
     experiment = client.get_experiment_by_name(EXPERIMENT)
     runs = client.search_runs([experiment.experiment_id]) if experiment else []
-    return [found for found in runs if names.PREVIOUS_ATTEMPT_TAG not in found.data.tags]
+    return [found for found in runs if vocabulary.PREVIOUS_ATTEMPT_TAG not in found.data.tags]
 
 
 def steps(client: MlflowClient, run_id: str, metric: str) -> list[int]:
@@ -46,9 +46,9 @@ def assert_exactly_once(client: MlflowClient, experiments: int, epochs: int) -> 
     """One FINISHED, complete run per experiment, every epoch once, one value per metric and step."""
     runs = current_runs(client)
     assert len(runs) == experiments, [(found.info.run_name, found.info.status) for found in runs]
-    assert len({found.data.tags[names.FINGERPRINT_TAG] for found in runs}) == experiments
+    assert len({found.data.tags[vocabulary.FINGERPRINT_TAG] for found in runs}) == experiments
     for found in runs:
-        assert found.info.status == "FINISHED" and found.data.tags[names.LOG_STATUS_TAG] == names.COMPLETE
+        assert found.info.status == "FINISHED" and found.data.tags[vocabulary.LOG_STATUS_TAG] == vocabulary.COMPLETE
         assert steps(client, found.info.run_id, EPOCH_METRIC) == list(range(1, epochs + 1))
         for metric in found.data.metrics:
             logged = steps(client, found.info.run_id, metric)
@@ -58,7 +58,7 @@ def assert_exactly_once(client: MlflowClient, experiments: int, epochs: int) -> 
 
 
 def linked_run(project: Path) -> str:
-    return json.loads((project / "metrics" / "mlflow_run.json").read_text())[names.RUN_LINK_ID]
+    return json.loads((project / "metrics" / "mlflow_run.json").read_text())[vocabulary.RUN_LINK_ID]
 
 
 def dataset_md5(project: Path) -> str:
@@ -122,8 +122,8 @@ def test_the_train_stage_sends_each_epoch_while_it_trains(first_run: FirstRun) -
     assert steps(first_run.client, live.info.run_id, SYSTEM_METRIC), "no system metrics"
     [dataset] = live.inputs.dataset_inputs
     assert (dataset.dataset.name, dataset.dataset.digest) == ("tiny_coco", first_run.dataset_md5)
-    assert live.data.tags[names.SOURCE_NAME_TAG] == str(first_run.project)
-    assert live.data.tags[names.ENTRY_POINT_TAG] == "dvc.yaml"
+    assert live.data.tags[vocabulary.SOURCE_NAME_TAG] == str(first_run.project)
+    assert live.data.tags[vocabulary.ENTRY_POINT_TAG] == "dvc.yaml"
     assert (live.info.end_time - live.info.start_time) / 1000 > first_run.trained_s, "the Duration misses training"
 
 

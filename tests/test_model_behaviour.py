@@ -19,7 +19,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from tests.conftest import COCO128_ZIP, TINY_PARAMS, needs_coco128, tracking_uri
-from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core import vocabulary
 from yolo_mlops.core.paths import MLFLOW_RUN_FILE
 from yolo_mlops.tracking.pyfunc_model import BOX_COLUMNS, DEFAULT_PARAMS
 
@@ -36,9 +36,9 @@ IMGSZ = TINY_PARAMS["train.imgsz"]  # the tiny model's input size
 @pytest.fixture(scope="module")
 def model(finished: Path) -> Any:
     """The pyfunc model the tiny pipeline run logged, loaded once (about 10 s)."""
-    run_id = json.loads((finished / MLFLOW_RUN_FILE).read_text())[names.RUN_LINK_ID]
+    run_id = json.loads((finished / MLFLOW_RUN_FILE).read_text())[vocabulary.RUN_LINK_ID]
     with tracking_uri(f"sqlite:///{finished / 'mlflow.db'}"):
-        return mlflow.pyfunc.load_model(f"runs:/{run_id}/{names.MODEL_NAME}")
+        return mlflow.pyfunc.load_model(f"runs:/{run_id}/{vocabulary.MODEL_NAME}")
 
 
 def coco128_images(folder: Path, person: bool, count: int) -> list[Path]:

@@ -23,7 +23,7 @@ from tests.conftest import (
     tracking_uri,
     write_params,
 )
-from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core import vocabulary
 
 pytestmark = pytest.mark.e2e
 EXPERIMENT, MODEL = "cv_yolo_tiny", "yolo_tiny_person"
@@ -81,16 +81,17 @@ def test_per_class_results_in_eval_json_and_in_dvc(fruit_project: Path) -> None:
     for split in ("val", "test"):
         assert list(evaluation[split]["classes"]) == list(FRUIT)
         for values in evaluation[split]["classes"].values():  # several classes: each with its 95 % intervals
-            assert set(values) == {*names.CLASS_METRICS, *(names.interval_key(metric, bound) for bound in
-                                                           names.INTERVAL_BOUNDS for metric in names.CLASS_METRICS)}
-            assert all(values[names.interval_key(metric, "low")] <= values[names.interval_key(metric, "high")]
-                       for metric in names.CLASS_METRICS)
+            assert set(values) == {*vocabulary.CLASS_METRICS, *(
+                vocabulary.interval_key(metric, bound)
+                for bound in vocabulary.INTERVAL_BOUNDS for metric in vocabulary.CLASS_METRICS)}
+            assert all(values[vocabulary.interval_key(metric, "low")] <= values[vocabulary.interval_key(metric, "high")]
+                       for metric in vocabulary.CLASS_METRICS)
     shown = json.loads(run(["dvc", "exp", "show", "--json"], fruit_project).stdout)
     workspace = shown[0]["data"]["metrics"]["metrics/eval.json"]["data"]
     assert workspace["test"]["classes"]["cherry"] == evaluation["test"]["classes"]["cherry"]
     diff = json.loads(run(["dvc", "metrics", "diff", "--json", "--all"], fruit_project).stdout)["metrics/eval.json"]
-    assert {names.class_metric(split, fruit, metric) for split in ("val", "test") for fruit in FRUIT
-            for metric in names.CLASS_METRICS} <= set(diff)
+    assert {vocabulary.class_metric(split, fruit, metric) for split in ("val", "test") for fruit in FRUIT
+            for metric in vocabulary.CLASS_METRICS} <= set(diff)
     data = json.loads((fruit_project / "metrics" / "data.json").read_text())
     assert [data[split]["images"] for split in ("train", "val", "test")] == [9, 6, 6]  # the source's own splits
     assert data["val"]["classes"]["banana"]["boxes"] == 4
@@ -98,17 +99,18 @@ def test_per_class_results_in_eval_json_and_in_dvc(fruit_project: Path) -> None:
 
 def test_the_mlflow_run_holds_per_class_metrics_and_the_dataset_as_profile_and_table(fruit_project: Path) -> None:
     logged = only_run(fruit_project)
-    evaluation = names.numbers(names.flatten(json.loads((fruit_project / "metrics" / "eval.json").read_text())))
+    eval_json = json.loads((fruit_project / "metrics" / "eval.json").read_text())
+    evaluation = vocabulary.numbers(vocabulary.flatten(eval_json))
     for fruit in FRUIT:
-        dvc_name = names.class_metric("test", fruit, "mAP50-95")
-        assert logged.data.metrics[names.eval_metric(dvc_name)] == pytest.approx(evaluation[dvc_name])
-    assert not [name for name in logged.data.metrics if name.startswith(f"{names.PREPARE}/")]
+        dvc_name = vocabulary.class_metric("test", fruit, "mAP50-95")
+        assert logged.data.metrics[vocabulary.eval_metric(dvc_name)] == pytest.approx(evaluation[dvc_name])
+    assert not [name for name in logged.data.metrics if name.startswith(f"{vocabulary.PREPARE}/")]
     [data_input] = logged.inputs.dataset_inputs
     profile = json.loads(data_input.dataset.profile)
     assert profile["classes"] == list(FRUIT) and profile["val"]["classes"]["banana"]["boxes"] == 4
     uri = f"sqlite:///{fruit_project / 'mlflow.db'}"
     with tracking_uri(uri):  # load_table searches the runs through MLflow's global tracking URI
-        table = MlflowClient(uri).load_table(logged.info.experiment_id, names.DATASET_TABLE, [logged.info.run_id])
+        table = MlflowClient(uri).load_table(logged.info.experiment_id, vocabulary.DATASET_TABLE, [logged.info.run_id])
     assert set(table["class"]) == {"all", *FRUIT} and len(table) == 3 * 4
     row = table[(table["split"] == "val") & (table["class"] == "banana")].iloc[0]
     assert row["images"] == 4 and row["boxes"] == 4 and row["small_boxes"] == 4
@@ -117,7 +119,7 @@ def test_the_mlflow_run_holds_per_class_metrics_and_the_dataset_as_profile_and_t
 def test_the_pyfunc_model_returns_the_class_names_of_the_trained_model(fruit_project: Path) -> None:
     logged = only_run(fruit_project)
     with tracking_uri(f"sqlite:///{fruit_project / 'mlflow.db'}"):
-        model = mlflow.pyfunc.load_model(f"runs:/{logged.info.run_id}/{names.MODEL_NAME}")
+        model = mlflow.pyfunc.load_model(f"runs:/{logged.info.run_id}/{vocabulary.MODEL_NAME}")
     images = sorted(str(path) for path in (fruit_project / "data" / "tiny_coco" / "images" / "test").iterdir())[:2]
     boxes = model.predict(pd.DataFrame({"image": images}), params={"conf": 0.0})
     assert len(boxes) > 0 and set(boxes["class_name"]) <= set(FRUIT)
@@ -135,8 +137,9 @@ def test_coco128_with_three_classes_through_the_grid_compare_promote_and_report(
     runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
     assert len(runs) == 2 and all(found.info.status == "FINISHED" for found in runs)
     for found in runs:
-        assert {names.comparison_metric(name) for name in found.data.metrics} >= {
-            names.class_metric("test", label, metric) for label in COCO_CLASSES for metric in names.CLASS_METRICS}
+        assert {vocabulary.comparison_metric(name) for name in found.data.metrics} >= {
+            vocabulary.class_metric("test", label, metric)
+            for label in COCO_CLASSES for metric in vocabulary.CLASS_METRICS}
         assert json.loads(found.inputs.dataset_inputs[0].dataset.profile)["classes"] == COCO_CLASSES
     ranked = [line.split("|")[2].strip() for line in out.splitlines() if line.startswith(("| 1 |", "| 2 |"))]
     header = (f"| class | {ranked[0]} mAP50-95 | {ranked[0]} mAP50 | {ranked[0]} precision | {ranked[0]} recall | "

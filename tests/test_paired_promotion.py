@@ -13,7 +13,7 @@ from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
 from tests.conftest import log_synthetic_run
 from tests.test_report import TEMPLATE, report_data
 from tests.test_report import run as report_run
-from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core import vocabulary
 from yolo_mlops.core.params import PromoteParams
 from yolo_mlops.grid import charts
 from yolo_mlops.grid.insights import FactorEffect, insights
@@ -25,7 +25,7 @@ from yolo_mlops.yolo.uncertainty import ImageStats, PairedTest, save_image_stats
 
 IMAGES = 10
 PARAMS = {"train.model": "yolov8n.yaml", "train.epochs": 1, "train.imgsz": 64, "train.lr0": 0.01, "train.seed": 1,
-          names.DATASET_TAG: "abc.dir", "evaluate.bootstrap": 200}
+          vocabulary.DATASET_TAG: "abc.dir", "evaluate.bootstrap": 200}
 
 
 def hand_stats(hits: list[bool]) -> ImageStats:
@@ -71,11 +71,12 @@ def registry(mlflow_store: MlflowClient, request: pytest.FixtureRequest):
 
 def champion_version(dataset: str = "abc.dir") -> ModelVersion:
     return ModelVersion("m", "1", 0, run_id="champion-run",
-                        tags=[ModelVersionTag(names.DATASET_TAG, dataset), ModelVersionTag("test.mAP50-95", "0.3")])
+                        tags=[ModelVersionTag(vocabulary.DATASET_TAG, dataset),
+                              ModelVersionTag("test.mAP50-95", "0.3")])
 
 
 def challenger(test_map: float = 0.31) -> RunSummary:
-    return RunSummary("r", "exp", "FINISHED", {names.DATASET_TAG: "abc.dir"},
+    return RunSummary("r", "exp", "FINISHED", {vocabulary.DATASET_TAG: "abc.dir"},
                       {"test.mAP50-95": test_map, "test.recall": 0.5})
 
 
@@ -123,7 +124,8 @@ def test_a_run_against_itself_under_another_name_is_not_sure_enough(registry, tm
 def test_other_test_images_fall_back_to_the_unpaired_gate(registry, tmp_path):
     client, exp, name = registry
     promote(client, logged_run(client, exp, "champion", [True] * 3 + [False] * 7, tmp_path), promote_params(name))
-    other = promote(client, logged_run(client, exp, "other", [True] * 10, tmp_path, **{names.DATASET_TAG: "x.dir"}),
+    other_run = logged_run(client, exp, "other", [True] * 10, tmp_path, **{vocabulary.DATASET_TAG: "x.dir"})
+    other = promote(client, other_run,
                     promote_params(name))
     assert other.paired.test is None and "tested on other images (dataset md5 abc.dir vs x.dir)" in other.paired.why_not
     assert other.approved and "+ margin 0.0000" in other.gates[-1].detail  # point against point, with the margin

@@ -29,7 +29,7 @@ from tests.conftest import (
     tracking_uri,
     write_params,
 )
-from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core import vocabulary
 from yolo_mlops.core.paths import PER_IMAGE_DIR, per_image_stats
 from yolo_mlops.tracking.pyfunc_model import BOX_COLUMNS
 from yolo_mlops.yolo.model import _online
@@ -92,15 +92,17 @@ def test_outputs_metrics_and_plots(finished: Path, tmp_path: Path) -> None:
     labels = list((finished / "data" / "tiny_coco" / "labels").rglob("*.txt"))
     assert len(labels) == 60 and all(line.startswith("0 ") for f in labels for line in f.read_text().splitlines())
     evaluation = read_json(finished / "metrics" / "eval.json")
-    intervals = {names.interval_key(metric, bound) for metric in names.CLASS_METRICS for bound in names.INTERVAL_BOUNDS}
+    intervals = {vocabulary.interval_key(metric, bound)
+                 for metric in vocabulary.CLASS_METRICS for bound in vocabulary.INTERVAL_BOUNDS}
     for split in ("val", "test"):
         assert set(evaluation[split]) == {"mAP50", "mAP50-95", "precision", "recall", "f1", "classes"} | intervals
-        for metric in names.CLASS_METRICS:
-            low, high = (evaluation[split][names.interval_key(metric, bound)] for bound in names.INTERVAL_BOUNDS)
+        for metric in vocabulary.CLASS_METRICS:
+            low, high = (evaluation[split][vocabulary.interval_key(metric, bound)]
+                         for bound in vocabulary.INTERVAL_BOUNDS)
             assert low <= evaluation[split][metric] <= high, (split, metric)
         assert set(evaluation[split]["classes"]) == {"person"}
-        assert set(evaluation[split]["classes"]["person"]) == set(names.CLASS_METRICS)
-        assert all(0.0 <= value <= 1.0 for value in names.numbers(names.flatten(evaluation[split])).values())
+        assert set(evaluation[split]["classes"]["person"]) == set(vocabulary.CLASS_METRICS)
+        assert all(0.0 <= value <= 1.0 for value in vocabulary.numbers(vocabulary.flatten(evaluation[split])).values())
         for image in ("confusion_matrix.png", "PR_curve.png", "F1_curve.png", "P_curve.png", "R_curve.png"):
             assert (finished / "plots" / split / image).stat().st_size > 1000
         curve = pd.read_csv(finished / "plots" / split / "precision_recall.csv")
@@ -131,7 +133,7 @@ def test_per_image_statistics_are_small_declared_and_give_ultralytics_figures(fi
         assert all(name.endswith(".jpg") and "/" not in name for name in stats.images)
         assert len(stats.conf) > 0  # an untrained model still predicts (many false positives)
         point = point_estimates(stats)
-        for metric in names.CLASS_METRICS:
+        for metric in vocabulary.CLASS_METRICS:
             assert point[metric] == pytest.approx(evaluation[split][metric], abs=1e-6), (split, metric)
 
 
@@ -141,25 +143,26 @@ def test_one_mlflow_run_carries_params_metrics_history_artifacts_and_model(finis
     params = logged.data.params
     assert params["train.lr0"] == "0.01" and params["train.imgsz"] == "64" and params["prepare.train"] == "40"
     assert params["train.model"] == "yolov8n.yaml" and params["mlflow.experiment_name"] == EXPERIMENT
-    assert params[names.DATASET_TAG] == dataset_md5(finished)
+    assert params[vocabulary.DATASET_TAG] == dataset_md5(finished)
     head = run(["git", "rev-parse", "HEAD"], finished).stdout.strip()
-    assert params[names.COMMIT_TAG] == head == logged.data.tags[names.MLFLOW_COMMIT_TAG]
-    assert params[f"{names.VERSION_PARAM_PREFIX}ultralytics"] and params[f"{names.VERSION_PARAM_PREFIX}mlflow"]
-    evaluation = names.numbers(names.flatten(read_json(finished / "metrics" / "eval.json")))
+    assert params[vocabulary.COMMIT_TAG] == head == logged.data.tags[vocabulary.MLFLOW_COMMIT_TAG]
+    assert all(params[f"{vocabulary.VERSION_PARAM_PREFIX}{package}"] for package in ("ultralytics", "mlflow"))
+    evaluation = vocabulary.numbers(vocabulary.flatten(read_json(finished / "metrics" / "eval.json")))
     for name, value in evaluation.items():
-        assert logged.data.metrics[names.eval_metric(name)] == pytest.approx(value)
-    assert not [name for name in logged.data.metrics if name.startswith(f"{names.PREPARE}/")]  # no dataset metrics
+        assert logged.data.metrics[vocabulary.eval_metric(name)] == pytest.approx(value)
+    assert not [name for name in logged.data.metrics if name.startswith(f"{vocabulary.PREPARE}/")]  # no dataset metrics
     [data_input] = [item.dataset for item in logged.inputs.dataset_inputs]
     profile, statistics = json.loads(data_input.profile), read_json(finished / "metrics" / "data.json")
     assert profile["classes"] == ["person"] and profile["train"]["images"] == 40
     assert profile["test"]["classes"]["person"]["boxes"] == statistics["test"]["boxes"]
-    history = client(finished).get_metric_history(logged.info.run_id, names.history_metric("val/mAP50-95"))
+    history = client(finished).get_metric_history(logged.info.run_id, vocabulary.history_metric("val/mAP50-95"))
     assert [metric.step for metric in history] == [1]  # one entry per epoch
-    dataset, train, weights = names.DATASET_ARTIFACTS, names.TRAIN_ARTIFACTS, names.WEIGHTS_ARTIFACTS
-    evaluate, plots, per_image = names.EVALUATE_ARTIFACTS, names.PLOTS_ARTIFACTS, names.PER_IMAGE_ARTIFACTS
+    dataset, train, weights = vocabulary.DATASET_ARTIFACTS, vocabulary.TRAIN_ARTIFACTS, vocabulary.WEIGHTS_ARTIFACTS
+    evaluate, plots = vocabulary.EVALUATE_ARTIFACTS, vocabulary.PLOTS_ARTIFACTS
+    per_image = vocabulary.PER_IMAGE_ARTIFACTS
     listed = {a.path for folder in (dataset, train, weights, evaluate, plots, f"{plots}/test", per_image)
               for a in client(finished).list_artifacts(logged.info.run_id, folder)}
-    assert {f"{dataset}/data.yaml", f"{dataset}/data.json", names.DATASET_TABLE, f"{train}/results.csv",
+    assert {f"{dataset}/data.yaml", f"{dataset}/data.json", vocabulary.DATASET_TABLE, f"{train}/results.csv",
             f"{weights}/last.pt", f"{evaluate}/eval.json", f"{plots}/results.png",
             f"{per_image}/val.npz", f"{per_image}/test.npz",
             f"{plots}/test/confusion_matrix.png",
@@ -172,7 +175,7 @@ def test_one_mlflow_run_carries_params_metrics_history_artifacts_and_model(finis
 def test_logged_model_predicts_person_boxes(finished: Path) -> None:
     [logged] = runs(finished)
     with tracking_uri(f"sqlite:///{finished / 'mlflow.db'}"):
-        model = mlflow.pyfunc.load_model(f"runs:/{logged.info.run_id}/{names.MODEL_NAME}")
+        model = mlflow.pyfunc.load_model(f"runs:/{logged.info.run_id}/{vocabulary.MODEL_NAME}")
     images = sorted(str(p) for p in (finished / "data" / "tiny_coco" / "images" / "test").iterdir())[:2]
     boxes = model.predict(pd.DataFrame({"image": images}), params={"conf": 0.0})
     assert list(boxes.columns) == BOX_COLUMNS
@@ -196,23 +199,23 @@ def test_a_tracking_store_error_in_the_log_stage_is_one_line_saying_nothing_is_l
     assert "Nothing is lost" in line and "run `dvc repro` again" in line
 
 
-def test_a_killed_training_leaves_its_epochs_in_a_previous_attempt_and_its_scratch_to_the_next_run(
+def test_a_killed_training_leaves_its_epochs_in_a_previous_attempt_and_its_temporary_folder_to_the_next_run(
         project: Path, tmp_path: Path) -> None:
     """kill -9 of the train stage after epoch 1: MLflow keeps the attempt with its epoch; the next `dvc repro`
     gives one FINISHED run, the attempt marked FAILED and tagged as its previous attempt. Nothing is left in
-    the system's temporary folder, and the next run empties the project's .scratch/train/."""
+    the system's temporary folder, and the next run empties the project's .tmp/train/."""
     write_params(project, {"train.lr0": 0.02, "train.epochs": 3})
     system_tmp = tmp_path / "tmp"
     system_tmp.mkdir()
     env = project_env(TMPDIR=str(system_tmp))
-    scratch = project / ".scratch" / "train"
+    tempdir = project / ".tmp" / "train"
     store = client(project)
     before = {found.info.run_id for found in runs(project)}
 
     def attempt() -> str | None:
         """The new run, once it holds epoch 1."""
         new = [found for found in runs(project) if found.info.run_id not in before]
-        epoch = names.history_metric("train/box_loss")
+        epoch = vocabulary.history_metric("train/box_loss")
         return new[0].info.run_id if new and store.get_metric_history(new[0].info.run_id, epoch) else None
 
     with subprocess.Popen(["dvc", "repro"], cwd=project, env=env, stdout=subprocess.DEVNULL,
@@ -226,17 +229,18 @@ def test_a_killed_training_leaves_its_epochs_in_a_previous_attempt_and_its_scrat
                    if child.cmdline()[-2:] == ["-m", "stages.train"]]
         stage.kill()
         assert pipeline.wait(timeout=120) != 0
-    assert scratch.is_dir() and not list(system_tmp.glob("yolo-*"))
+    assert tempdir.is_dir() and not list(system_tmp.glob("yolo-*"))
     assert store.get_run(partial).info.status == "RUNNING"  # killed: nothing could end it
 
     rerun = run(["dvc", "repro"], project, env=env)
-    assert "Running stage 'train'" in rerun.stdout and not scratch.exists()
+    assert "Running stage 'train'" in rerun.stdout and not tempdir.exists()
     retried = store.get_run(partial)
     [current] = [found for found in runs(project) if found.info.run_id not in before | {partial}]
-    assert retried.info.status == "FAILED" and retried.data.tags[names.PREVIOUS_ATTEMPT_TAG] == current.info.run_id
-    assert names.FINGERPRINT_TAG not in retried.data.tags
-    assert [point.step for point in store.get_metric_history(partial, names.history_metric("train/box_loss"))] == [1]
-    assert current.info.status == "FINISHED" and current.data.tags[names.LOG_STATUS_TAG] == names.COMPLETE
+    assert retried.info.status == "FAILED" and retried.data.tags[vocabulary.PREVIOUS_ATTEMPT_TAG] == current.info.run_id
+    assert vocabulary.FINGERPRINT_TAG not in retried.data.tags
+    box_loss = store.get_metric_history(partial, vocabulary.history_metric("train/box_loss"))
+    assert [point.step for point in box_loss] == [1]
+    assert current.info.status == "FINISHED" and current.data.tags[vocabulary.LOG_STATUS_TAG] == vocabulary.COMPLETE
     assert read_json(project / "metrics" / "mlflow_run.json")["run_id"] == current.info.run_id
 
 
@@ -268,7 +272,7 @@ def test_the_same_dataset_from_another_path_is_the_same_experiment(project: Path
         assert f"Running stage '{stage}'" not in again.stdout
     assert "Running stage 'log'" in again.stdout and f"unchanged MLflow run {logged.info.run_id}" in again.stdout
     [same] = runs(project)  # no new run
-    assert same.info.run_id == logged.info.run_id and same.data.tags[names.DATASET_TAG] == dataset_hash
+    assert same.info.run_id == logged.info.run_id and same.data.tags[vocabulary.DATASET_TAG] == dataset_hash
     assert read_json(project / "metrics" / "mlflow_run.json")["run_id"] == record["run_id"] == logged.info.run_id
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import log_synthetic_run
-from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core import vocabulary
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.grid.insights import insights
 from yolo_mlops.grid.ranking import Comparison, RunSummary, compare, export_csv, select_best
@@ -47,8 +47,9 @@ def test_server_ranks_by_primary_then_tie_breaks_and_excludes_unrankable(store):
     log_synthetic_run(client, exp, "other-commit", metrics(0.99), baseline="other")
     # a training killed, then run again (the retry is "low"): history in MLflow, not in the comparison
     killed = log_synthetic_run(client, exp, "killed-attempt", {}, params={"train.imgsz": 100}, status="FAILED")
-    client.set_tag(killed, names.PREVIOUS_ATTEMPT_TAG, "id-of-the-retry")
-    client.set_tag(log_synthetic_run(client, exp, "workspace-run", metrics(0.98)), names.EXP_NAME_TAG, names.WORKSPACE)
+    client.set_tag(killed, vocabulary.PREVIOUS_ATTEMPT_TAG, "id-of-the-retry")
+    workspace_run = log_synthetic_run(client, exp, "workspace-run", metrics(0.98))
+    client.set_tag(workspace_run, vocabulary.EXP_NAME_TAG, vocabulary.WORKSPACE)
 
     comparison = compare(client, [exp], "base", RANK_BY)
     assert [run.name for run in comparison.ranked] == ["second-map50", "tie-a", "tie-b", "low", "retried"]
@@ -89,7 +90,7 @@ def test_csv_is_mlflows_export_in_rank_order(store, tmp_path: Path):
     log_synthetic_run(client, exp, "b", metrics(0.2), {"train.imgsz": 320})
     log_synthetic_run(client, exp, "a", metrics(0.4), {"train.imgsz": 416})
     previous = log_synthetic_run(client, exp, "a-killed", {}, {"train.imgsz": 416}, status="FAILED")
-    client.set_tag(previous, names.PREVIOUS_ATTEMPT_TAG, "id-of-a")
+    client.set_tag(previous, vocabulary.PREVIOUS_ATTEMPT_TAG, "id-of-a")
     export_csv(client, [exp], "base", RANK_BY, tmp_path / "runs.csv")
     with open(tmp_path / "runs.csv", newline="") as stream:
         rows = list(csv.DictReader(stream))
@@ -127,9 +128,9 @@ def test_effect_from_zero_is_absolute():
 
 
 def test_a_configuration_is_its_dataset_content_not_the_source_text():
-    params = {"train.imgsz": "320", "train.lr0": "0.01", names.DATASET_TAG: "d1.dir"}
+    params = {"train.imgsz": "320", "train.lr0": "0.01", vocabulary.DATASET_TAG: "d1.dir"}
     from_url = RunSummary("a", "a", "FINISHED", params | {"train.seed": "1", "prepare.source": "https://x/coco128.zip"})
     from_zip = RunSummary("b", "b", "FINISHED", params | {"train.seed": "42", "prepare.source": "coco128.zip"})
-    other_data = RunSummary("c", "c", "FINISHED", params | {"train.seed": "1", names.DATASET_TAG: "d2.dir"})
+    other_data = RunSummary("c", "c", "FINISHED", params | {"train.seed": "1", vocabulary.DATASET_TAG: "d2.dir"})
     assert from_url.config() == from_zip.config() != other_data.config()
-    assert (names.DATASET_TAG, "d1.dir") in from_url.config()
+    assert (vocabulary.DATASET_TAG, "d1.dir") in from_url.config()

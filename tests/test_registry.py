@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from tests.conftest import log_synthetic_run
-from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core import vocabulary
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.params import PromoteParams
 from yolo_mlops.core.vocabulary import CHALLENGER, CHAMPION, STAGE_TAG
@@ -19,7 +19,7 @@ from yolo_mlops.grid.ranking import RunSummary
 from yolo_mlops.grid.registry import aliases, gates, promote, rollback
 
 PARAMS = {"train.model": "yolov8n.yaml", "train.epochs": 3, "train.imgsz": 320, "train.lr0": 0.01,
-          "train.seed": 42, names.DATASET_TAG: "abc.dir", names.COMMIT_TAG: "c0ffee"}
+          "train.seed": 42, vocabulary.DATASET_TAG: "abc.dir", vocabulary.COMMIT_TAG: "c0ffee"}
 
 
 def test_metrics(map50_95: float, recall: float) -> dict[str, float]:
@@ -58,7 +58,7 @@ def description(client: MlflowClient, name: str, version: str) -> str:
 
 
 def test_gates_without_and_against_a_champion():
-    run = RunSummary("r1", "exp", "FINISHED", {names.DATASET_TAG: "abc.dir"}, test_metrics(0.25, 0.2))
+    run = RunSummary("r1", "exp", "FINISHED", {vocabulary.DATASET_TAG: "abc.dir"}, test_metrics(0.25, 0.2))
     results = {gate.name: gate.passed for gate in gates(run, None, gate_params("m"))}
     assert results == {"min test mAP50-95": True, "min test recall": False, "beats champion": True}
 
@@ -71,8 +71,8 @@ def test_first_promotion_registers_with_provenance_and_becomes_champion(registry
     assert aliases(client, name) == {CHALLENGER: "1", CHAMPION: "1"}
     version = client.get_model_version_by_alias(name, CHAMPION)
     assert version.run_id == run.run_id and version.source.startswith("models:/")
-    assert version.tags[names.RUN_ID_TAG] == run.run_id and version.tags[names.EXP_NAME_TAG] == "exp-a"
-    assert version.tags[names.DATASET_TAG] == "abc.dir" and version.tags[names.COMMIT_TAG] == "c0ffee"
+    assert version.tags[vocabulary.RUN_ID_TAG] == run.run_id and version.tags[vocabulary.EXP_NAME_TAG] == "exp-a"
+    assert version.tags[vocabulary.DATASET_TAG] == "abc.dir" and version.tags[vocabulary.COMMIT_TAG] == "c0ffee"
     assert version.tags["train.lr0"] == "0.01" and float(version.tags["test.mAP50-95"]) == 0.30
     assert version.tags[STAGE_TAG] == "Production"
     report = f"decision/decision.md](#/experiments/{exp}/runs/{run.run_id}/artifacts/decision/decision.md)"
@@ -122,12 +122,12 @@ def test_challenger_only_when_gates_fail_then_champion_moves_and_rolls_back(regi
 def test_other_test_split_falls_back_to_the_margin_and_says_so(registry):
     client, exp, name = registry
     promote(client, candidate(client, exp, "exp-a", 0.30), gate_params(name))
-    other = promote(client, candidate(client, exp, "exp-b", 0.305, **{names.DATASET_TAG: "other.dir"}),
+    other = promote(client, candidate(client, exp, "exp-b", 0.305, **{vocabulary.DATASET_TAG: "other.dir"}),
                     gate_params(name))
     assert not other.approved and other.gates[-1].detail == (
         "no paired test (champion version 1 was tested on other images (dataset md5 abc.dir vs other.dir)): test "
         "mAP50-95 0.3050 vs champion version 1 0.3000 + margin 0.0100")
-    assert promote(client, candidate(client, exp, "exp-c", 0.90, **{names.DATASET_TAG: "other.dir"}),
+    assert promote(client, candidate(client, exp, "exp-c", 0.90, **{vocabulary.DATASET_TAG: "other.dir"}),
                    gate_params(name)).approved
 
 

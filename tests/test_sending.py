@@ -1,4 +1,4 @@
-"""What the evaluate stage's courier and the log stage send, on a real embedded store: the evaluation's
+"""What the evaluate stage's forwarder and the log stage send, on a real embedded store: the evaluation's
 metrics linked to the logged model (MLflow 3's model_id), its files uploaded once, and the metric histories
 read only where a metric has more than one step."""
 
@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
-from yolo_mlops.core import vocabulary as names
-from yolo_mlops.tracking.courier import send_evaluation
+from yolo_mlops.core import vocabulary
+from yolo_mlops.tracking.forwarder import send_evaluation
 from yolo_mlops.tracking.model import log_model, model_id
 from yolo_mlops.tracking.run import missing_metrics, upload_evaluation
 from yolo_mlops.tracking.store import experiment_id
@@ -37,9 +37,9 @@ def test_the_evaluation_metrics_are_the_logged_models_metrics(mlflow_store: Mlfl
     run_id = client.create_run(experiment_id(client, "sending-model")).info.run_id
     (evaluated / "best.pt").write_bytes(b"weights")  # logged, never loaded here
     model = log_model(client, client.get_run(run_id), evaluated / "best.pt", 64)
-    send_evaluation(client, run_id, None)  # type: ignore[arg-type]  # the evaluate stage's courier's job
+    send_evaluation(client, run_id, None)  # type: ignore[arg-type]  # the evaluate stage's forwarder's job
     linked = {metric.key: metric.value for metric in client.get_logged_model(model).metrics}
-    assert linked == {names.eval_metric(f"{split}.{name}"): value for split, values in EVALUATION.items()
+    assert linked == {vocabulary.eval_metric(f"{split}.{name}"): value for split, values in EVALUATION.items()
                       for name, value in values.items()}
     assert model_id(client.get_run(run_id)) == model
 
@@ -50,11 +50,11 @@ def test_the_evaluation_files_are_uploaded_once_per_evaluation(mlflow_store: Mlf
     plot = evaluated / "plots" / "val" / "precision_recall.csv"
 
     def uploaded() -> str:
-        path = client.download_artifacts(run_id, f"{names.PLOTS_ARTIFACTS}/val/precision_recall.csv",
+        path = client.download_artifacts(run_id, f"{vocabulary.PLOTS_ARTIFACTS}/val/precision_recall.csv",
                                          str(evaluated / f"download-{len(list(evaluated.glob('download-*')))}"))
         return Path(path).read_text()
 
-    upload_evaluation(client, client.get_run(run_id))  # the evaluate stage's courier
+    upload_evaluation(client, client.get_run(run_id))  # the evaluate stage's forwarder
     first = uploaded()
     plot.write_text("changed, but of the same evaluation\n")
     upload_evaluation(client, client.get_run(run_id))  # the log stage: the run holds them already
@@ -72,18 +72,19 @@ def test_the_per_image_statistics_are_part_of_the_evaluation_uploaded_once(mlflo
 
     def uploaded() -> bytes:
         folder = evaluated / f"download-{len(list(evaluated.glob('download-*')))}"
-        return Path(client.download_artifacts(run_id, f"{names.PER_IMAGE_ARTIFACTS}/val.npz", str(folder))).read_bytes()
+        path = client.download_artifacts(run_id, f"{vocabulary.PER_IMAGE_ARTIFACTS}/val.npz", str(folder))
+        return Path(path).read_bytes()
 
     upload_evaluation(client, client.get_run(run_id))
     assert uploaded() == b"statistics of the first evaluation"
-    tag = client.get_run(run_id).data.tags[names.EVALUATION_UPLOADED_TAG]
+    tag = client.get_run(run_id).data.tags[vocabulary.EVALUATION_UPLOADED_TAG]
     upload_evaluation(client, client.get_run(run_id))  # the log stage: nothing new
-    assert client.get_run(run_id).data.tags[names.EVALUATION_UPLOADED_TAG] == tag
+    assert client.get_run(run_id).data.tags[vocabulary.EVALUATION_UPLOADED_TAG] == tag
     # The same metrics/eval.json, other per-image statistics (the figures rounded alike): another evaluation.
     statistics.write_bytes(b"statistics of a second evaluation")
     upload_evaluation(client, client.get_run(run_id))
     assert uploaded() == b"statistics of a second evaluation"
-    assert client.get_run(run_id).data.tags[names.EVALUATION_UPLOADED_TAG] != tag
+    assert client.get_run(run_id).data.tags[vocabulary.EVALUATION_UPLOADED_TAG] != tag
 
 
 class CountingClient:

@@ -25,7 +25,7 @@ from mlflow.exceptions import MlflowException
 from tests.browser import CHROMIUM, visit
 from tests.conftest import TINY_PARAMS, copy_project, log_synthetic_run, needs_coco128, run, tracking_uri
 from tests.stack import MlflowServer, client_env, mlflow_server, postgres_server, s3_server
-from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core import vocabulary
 from yolo_mlops.core.params import PromoteParams
 from yolo_mlops.grid.ranking import RunSummary
 from yolo_mlops.grid.registry import aliases, promote
@@ -33,7 +33,7 @@ from yolo_mlops.grid.registry import aliases, promote
 pytestmark = [needs_coco128, pytest.mark.e2e]
 
 EXPERIMENT, MODEL = "cv_yolo_tiny", "yolo_tiny_person"  # params.yaml's
-USERS = {names.VIEWER: "viewer1", names.MEMBER: "member1", names.MAINTAINER: "maintainer1"}
+USERS = {vocabulary.VIEWER: "viewer1", vocabulary.MEMBER: "member1", vocabulary.MAINTAINER: "maintainer1"}
 # Promotion gates at 0, so that a tiny training's run (metrics about 0) becomes champion.
 GATES = {"promote.min_test_map50_95": 0.0, "promote.min_test_recall": 0.0, "promote.min_margin": 0.01}
 
@@ -124,23 +124,23 @@ def test_rest_calls_without_an_account_or_with_mlflows_old_default_password_get_
         assert status_of(f"{stack.server.uri}/{endpoint}") == 401, endpoint
     search = f"{stack.server.uri}/api/2.0/mlflow/experiments/search?max_results=10"
     assert status_of(search, "admin", "password1234") == 401
-    assert status_of(search, USERS[names.MEMBER], "not-the-password") == 401
+    assert status_of(search, USERS[vocabulary.MEMBER], "not-the-password") == 401
     assert status_of(search, "admin", stack.admin_password) == 200
 
 
 def test_make_user_updates_a_role_keeps_the_password_and_refuses_bad_input(stack: Stack) -> None:
-    again = make_user(stack.project, stack.server, USERS[names.VIEWER], names.VIEWER)
+    again = make_user(stack.project, stack.server, USERS[vocabulary.VIEWER], vocabulary.VIEWER)
     assert again.returncode == 0 and "updated, role viewer" in again.stdout and "password unchanged" in again.stdout
-    assert stack.passwords[names.VIEWER] not in again.stdout
-    with stack.signed_in(names.VIEWER) as client:  # the old password still works
+    assert stack.passwords[vocabulary.VIEWER] not in again.stdout
+    with stack.signed_in(vocabulary.VIEWER) as client:  # the old password still works
         assert client.get_experiment_by_name(EXPERIMENT) is not None
     missing = run(["make", "-o", ".venv/.installed", "user", "NAME=someone"], stack.project, check=False)
     assert missing.returncode != 0 and "make user NAME=<name> ROLE=viewer|member|maintainer" in missing.stdout
     wrong = make_user(stack.project, stack.server, "someone", "owner")
     assert wrong.returncode != 0 and "invalid choice: 'owner'" in wrong.stderr
-    team = ["python", "-m", "yolo_mlops.tracking.team", "someone", names.VIEWER]
-    not_admin = stack.run(team, names.MEMBER)
-    assert not_admin.returncode == 1 and f"user '{USERS[names.MEMBER]}' is not its admin (403)" in not_admin.stderr
+    team = ["python", "-m", "yolo_mlops.tracking.team", "someone", vocabulary.VIEWER]
+    not_admin = stack.run(team, vocabulary.MEMBER)
+    assert not_admin.returncode == 1 and f"user '{USERS[vocabulary.MEMBER]}' is not its admin (403)" in not_admin.stderr
     bad_admin = run(team, stack.project, env=client_env(stack.server.uri, MLFLOW_TRACKING_USERNAME="admin",
                                                         MLFLOW_TRACKING_PASSWORD=WRONG_PASSWORD), check=False)
     assert bad_admin.returncode == 1 and "refused the sign-in of user 'admin'" in bad_admin.stderr
@@ -155,7 +155,7 @@ def client_users(stack: Stack) -> list[dict]:
 
 
 def test_a_viewer_reads_the_experiment_and_the_model_but_cannot_log(stack: Stack) -> None:
-    with stack.signed_in(names.VIEWER) as client:
+    with stack.signed_in(vocabulary.VIEWER) as client:
         experiment = client.get_experiment_by_name(EXPERIMENT)
         client.search_runs([experiment.experiment_id])
         assert client.get_registered_model(MODEL).name == MODEL
@@ -182,17 +182,17 @@ def member_run(stack: Stack) -> MemberRun:
     """The tiny pipeline refused three ways (the results kept), then completed by the member."""
     without_account = stack.run(["dvc", "exp", "run"], None)
     start = time.monotonic()
-    as_viewer = stack.run(["dvc", "repro"], names.VIEWER)
+    as_viewer = stack.run(["dvc", "repro"], vocabulary.VIEWER)
     as_viewer_s, start = time.monotonic() - start, time.monotonic()
-    wrong = stack.run(["dvc", "repro"], names.MEMBER, password=WRONG_PASSWORD)
+    wrong = stack.run(["dvc", "repro"], vocabulary.MEMBER, password=WRONG_PASSWORD)
     wrong_s = time.monotonic() - start
-    fixed = stack.run(["dvc", "exp", "run"], names.MEMBER)
+    fixed = stack.run(["dvc", "exp", "run"], vocabulary.MEMBER)
     return MemberRun(without_account, as_viewer, as_viewer_s, wrong, wrong_s, fixed)
 
 
 def pipeline_runs(client: MlflowClient, exp_id: str) -> list:
     """The runs the pipeline's stages opened (found by their fingerprint), not the synthetic one of a test."""
-    return [run for run in client.search_runs([exp_id]) if names.FINGERPRINT_TAG in run.data.tags]
+    return [run for run in client.search_runs([exp_id]) if vocabulary.FINGERPRINT_TAG in run.data.tags]
 
 
 def error_lines(result: subprocess.CompletedProcess) -> list[str]:
@@ -217,8 +217,9 @@ def test_a_viewer_running_the_pipeline_is_told_the_missing_permission_within_sec
     result = member_run.as_viewer
     assert result.returncode != 0 and "Running stage 'train'" not in result.stdout
     [line] = error_lines(result)
-    assert (f"user '{USERS[names.VIEWER]}' lacks EDIT on experiment '{EXPERIMENT}' (403); the stack's admin grants "
-            f"it with `make user NAME={USERS[names.VIEWER]} ROLE=member`") in line
+    assert (f"user '{USERS[vocabulary.VIEWER]}' lacks EDIT on experiment '{EXPERIMENT}' (403); "
+            "the stack's admin grants "
+            f"it with `make user NAME={USERS[vocabulary.VIEWER]} ROLE=member`") in line
     assert "Nothing is lost" in line and "Once the stack's admin has granted it" in line
     assert member_run.as_viewer_s < 60
 
@@ -227,7 +228,8 @@ def test_a_wrong_password_is_one_line_within_seconds(member_run: MemberRun) -> N
     result = member_run.wrong_password
     assert result.returncode != 0 and "Running stage 'train'" not in result.stdout
     [line] = error_lines(result)
-    assert f"refused the sign-in of user '{USERS[names.MEMBER]}' with the password in MLFLOW_TRACKING_PASSWORD" in line
+    assert (f"refused the sign-in of user '{USERS[vocabulary.MEMBER]}' "
+            "with the password in MLFLOW_TRACKING_PASSWORD") in line
     assert "Nothing is lost" in line
     assert member_run.wrong_password_s < 60
 
@@ -264,22 +266,22 @@ def registry_steps(stack: Stack, member_run: MemberRun) -> RegistrySteps:
     """The member's promotion refused; the maintainer's, and a second champion; the member's rollback
     refused; the maintainer's."""
     assert member_run.fixed.returncode == 0
-    member_promote = stack.run(["python", "-m", "yolo_mlops.grid", "promote"], names.MEMBER)
+    member_promote = stack.run(["python", "-m", "yolo_mlops.grid", "promote"], vocabulary.MEMBER)
     with stack.signed_in("admin") as client:
         after_member = registry_state(client)
-    maintainer_promote = stack.run(["python", "-m", "yolo_mlops.grid", "promote"], names.MAINTAINER)
-    with stack.signed_in(names.MAINTAINER) as client:  # a better run, promoted by the project's code
-        first = client.get_model_version(MODEL, aliases(client, MODEL)[names.CHAMPION])
+    maintainer_promote = stack.run(["python", "-m", "yolo_mlops.grid", "promote"], vocabulary.MAINTAINER)
+    with stack.signed_in(vocabulary.MAINTAINER) as client:  # a better run, promoted by the project's code
+        first = client.get_model_version(MODEL, aliases(client, MODEL)[vocabulary.CHAMPION])
         exp_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
         better = log_synthetic_run(client, exp_id, "better-run", {"test.mAP50-95": 0.5, "test.recall": 0.5},
-                                   params={names.DATASET_TAG: first.tags[names.DATASET_TAG]}, model=True)
+                                   params={vocabulary.DATASET_TAG: first.tags[vocabulary.DATASET_TAG]}, model=True)
         second = promote(client, RunSummary.from_run(client.get_run(better)),
                          PromoteParams(registered_model=MODEL, min_test_map50_95=0.0, min_test_recall=0.0,
                                        min_margin=0.01))
-    member_rollback = stack.run(["python", "-m", "yolo_mlops.grid", "rollback"], names.MEMBER)
+    member_rollback = stack.run(["python", "-m", "yolo_mlops.grid", "rollback"], vocabulary.MEMBER)
     with stack.signed_in("admin") as client:
         after_member_rollback = aliases(client, MODEL)
-    maintainer_rollback = stack.run(["python", "-m", "yolo_mlops.grid", "rollback"], names.MAINTAINER)
+    maintainer_rollback = stack.run(["python", "-m", "yolo_mlops.grid", "rollback"], vocabulary.MAINTAINER)
     with stack.signed_in("admin") as client:
         after_rollback = aliases(client, MODEL)
     return RegistrySteps(member_promote, after_member, maintainer_promote, str(second.champion), member_rollback,
@@ -291,8 +293,9 @@ def test_a_members_promotion_is_refused_in_one_line_and_leaves_the_registry_and_
     result = registry_steps.member_promote
     assert result.returncode == 1
     [line] = error_lines(result)
-    assert (f"user '{USERS[names.MEMBER]}' lacks EDIT on registered model '{MODEL}' (403); the stack's admin grants "
-            f"it with `make user NAME={USERS[names.MEMBER]} ROLE=maintainer`") in line
+    assert (f"user '{USERS[vocabulary.MEMBER]}' lacks EDIT on registered model '{MODEL}' (403); "
+            "the stack's admin grants "
+            f"it with `make user NAME={USERS[vocabulary.MEMBER]} ROLE=maintainer`") in line
     assert "The registry is as it was" in line and "Traceback" not in result.stderr
     assert registry_steps.after_member == ({}, 0)
     assert "Runs ranked by" in result.stdout  # the comparison ran, and its files stay
@@ -307,10 +310,10 @@ def test_a_maintainer_promotes_and_rolls_back_and_a_member_cannot_roll_back(regi
     assert refused.returncode == 1
     [line] = error_lines(refused)
     assert f"lacks EDIT on registered model '{MODEL}' (403)" in line and "ROLE=maintainer" in line
-    assert registry_steps.after_member_rollback == {names.CHAMPION: "2", names.CHALLENGER: "2"}
+    assert registry_steps.after_member_rollback == {vocabulary.CHAMPION: "2", vocabulary.CHALLENGER: "2"}
     assert registry_steps.maintainer_rollback.returncode == 0, registry_steps.maintainer_rollback.stderr
     assert "moved from version 2 to version 1" in registry_steps.maintainer_rollback.stdout
-    assert registry_steps.after_rollback[names.CHAMPION] == "1"
+    assert registry_steps.after_rollback[vocabulary.CHAMPION] == "1"
 
 
 def test_nothing_the_pipeline_wrote_holds_a_password(stack: Stack, member_run: MemberRun,
@@ -351,5 +354,6 @@ def test_the_ui_asks_for_sign_in_and_shows_the_runs_once_signed_in(stack: Stack,
     refused = visit(page, None, "You are not authenticated")
     assert refused.challenges == [challenge]
     assert "You are not authenticated" in refused.html and finished.info.run_name not in refused.html
-    signed_in = visit(page, (USERS[names.VIEWER], stack.passwords[names.VIEWER]), f">{finished.info.run_name}<")
+    viewer = (USERS[vocabulary.VIEWER], stack.passwords[vocabulary.VIEWER])
+    signed_in = visit(page, viewer, f">{finished.info.run_name}<")
     assert signed_in.challenges == [challenge] and f">{finished.info.run_name}<" in signed_in.html

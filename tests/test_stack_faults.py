@@ -23,7 +23,7 @@ from tests.stack import (
     s3_server,
     wait_for,
 )
-from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core import vocabulary
 
 pytestmark = [needs_coco128, pytest.mark.e2e]
 # The log stage's own bound: a refused connection fails at once, a 500 after MLflow's 2 retries.
@@ -51,18 +51,18 @@ def assert_one_complete_run(server: MlflowServer, project: Path, epochs: int) ->
     runs = runs_of(server)
     assert len(runs) == 1, f"{len(runs)} runs in MLflow"
     run_info = runs[0]
-    assert run_info.info.status == "FINISHED" and run_info.data.tags[names.LOG_STATUS_TAG] == names.COMPLETE
+    assert run_info.info.status == "FINISHED" and run_info.data.tags[vocabulary.LOG_STATUS_TAG] == vocabulary.COMPLETE
     record = json.loads((project / "metrics/mlflow_run.json").read_text())
     assert record["run_id"] == run_info.info.run_id
     client = MlflowClient(server.uri)
     steps = sorted(metric.step for metric in client.get_metric_history(run_info.info.run_id,
-                                                                 names.history_metric("val/mAP50")))
+                                                                 vocabulary.history_metric("val/mAP50")))
     assert steps == list(range(1, epochs + 1))
     artifacts = {item.path for item in client.list_artifacts(run_info.info.run_id)}
-    assert {names.DATASET_ARTIFACTS, names.TRAIN_ARTIFACTS, names.WEIGHTS_ARTIFACTS, names.EVALUATE_ARTIFACTS,
-            names.DVC_ARTIFACTS} <= artifacts
-    weights = {item.path for item in client.list_artifacts(run_info.info.run_id, names.WEIGHTS_ARTIFACTS)}
-    assert weights == {f"{names.WEIGHTS_ARTIFACTS}/last.pt"}  # best.pt is uploaded once, inside the model
+    assert {vocabulary.DATASET_ARTIFACTS, vocabulary.TRAIN_ARTIFACTS, vocabulary.WEIGHTS_ARTIFACTS,
+            vocabulary.EVALUATE_ARTIFACTS, vocabulary.DVC_ARTIFACTS} <= artifacts
+    weights = {item.path for item in client.list_artifacts(run_info.info.run_id, vocabulary.WEIGHTS_ARTIFACTS)}
+    assert weights == {f"{vocabulary.WEIGHTS_ARTIFACTS}/last.pt"}  # best.pt is uploaded once, inside the model
     assert len(run_info.outputs.model_outputs) == 1
     return run_info.info.run_id
 
@@ -104,7 +104,7 @@ def test_server_killed_during_training_ends_with_the_same_run_complete(s3: S3Ser
         env = client_env(server.uri)
         log = tmp_path / "repro.log"
         client = MlflowClient(server.uri)
-        epoch = names.history_metric("train/box_loss")
+        epoch = vocabulary.history_metric("train/box_loss")
         with log.open("w") as sink:
             pipeline = subprocess.Popen(["dvc", "repro"], cwd=project, env=env, stdout=sink,
                                         stderr=subprocess.STDOUT, text=True)
@@ -135,7 +135,7 @@ def rerun_completes_the_same_run(project: Path, server: MlflowServer, s3_port: i
     """After the S3 fault, the run is left incomplete; with the S3 server up at `s3_port` and the
     client's environment `fixed_env`, `dvc repro` completes that same run."""
     [first] = runs_of(server)
-    assert first.data.tags.get(names.LOG_STATUS_TAG) != names.COMPLETE
+    assert first.data.tags.get(vocabulary.LOG_STATUS_TAG) != vocabulary.COMPLETE
     with s3_server(log_dir, port=s3_port):
         resent = run(["dvc", "repro"], project, env=fixed_env, timeout=LOG_STAGE_TIMEOUT_S)
         assert f"completing run {first.info.run_id}" in output(resent)

@@ -27,7 +27,7 @@ from tests.stack import (
     postgres_server,
     s3_server,
 )
-from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core import vocabulary
 
 pytestmark = [needs_coco128, pytest.mark.e2e]
 
@@ -108,7 +108,8 @@ def rest(server: MlflowServer, endpoint: str, **query: str) -> dict:
 
 def flat_eval_metrics(project: Path) -> dict[str, float]:
     evaluation = json.loads((project / "metrics/eval.json").read_text())
-    return {names.eval_metric(name): value for name, value in names.numbers(names.flatten(evaluation)).items()}
+    flat = vocabulary.numbers(vocabulary.flatten(evaluation))
+    return {vocabulary.eval_metric(name): value for name, value in flat.items()}
 
 
 def test_with_only_the_tracking_uri_set_the_log_stage_sends_the_run_to_the_server(logged: Logged) -> None:
@@ -126,18 +127,18 @@ def test_rest_api_returns_the_runs_metrics(logged: Logged) -> None:
     assert expected and {name: metrics.get(name) for name in expected} == expected
     epochs = TINY_PARAMS["train.epochs"]
     history = rest(logged.server, "metrics/get-history", run_id=logged.run_id,
-                   metric_key=names.history_metric("val/mAP50"))
+                   metric_key=vocabulary.history_metric("val/mAP50"))
     assert sorted(point["step"] for point in history["metrics"]) == list(range(1, epochs + 1))
 
 
 def test_artifacts_and_model_are_in_the_s3_bucket(logged: Logged, s3: S3Server) -> None:
     prefix = f"{logged.experiment_id}/{logged.run_id}/artifacts/"
     keys = s3.keys("mlflow", prefix)
-    for name in (f"{names.WEIGHTS_ARTIFACTS}/last.pt", f"{names.EVALUATE_ARTIFACTS}/eval.json",
-                 f"{names.TRAIN_ARTIFACTS}/results.csv", f"{names.DVC_ARTIFACTS}/dvc.lock",
-                 f"{names.PLOTS_ARTIFACTS}/test/confusion_matrix.png"):
+    for name in (f"{vocabulary.WEIGHTS_ARTIFACTS}/last.pt", f"{vocabulary.EVALUATE_ARTIFACTS}/eval.json",
+                 f"{vocabulary.TRAIN_ARTIFACTS}/results.csv", f"{vocabulary.DVC_ARTIFACTS}/dvc.lock",
+                 f"{vocabulary.PLOTS_ARTIFACTS}/test/confusion_matrix.png"):
         assert prefix + name in keys, f"{name} missing from s3://mlflow/{prefix}"
-    assert prefix + f"{names.WEIGHTS_ARTIFACTS}/best.pt" not in keys  # uploaded once, inside the model
+    assert prefix + f"{vocabulary.WEIGHTS_ARTIFACTS}/best.pt" not in keys  # uploaded once, inside the model
     model_ids = [output["model_id"] for output in
                  rest(logged.server, "runs/get", run_id=logged.run_id)["run"]["outputs"]["model_outputs"]]
     assert len(model_ids) == 1
@@ -154,7 +155,7 @@ def test_model_loads_back_through_the_server(logged: Logged, monkeypatch: pytest
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("YOLO_CONFIG_DIR", str(logged.project / ".ultralytics"))
     with tracking_uri(logged.server.uri):
-        model = mlflow.pyfunc.load_model(f"runs:/{logged.run_id}/{names.MODEL_NAME}")
+        model = mlflow.pyfunc.load_model(f"runs:/{logged.run_id}/{vocabulary.MODEL_NAME}")
     image = sorted((logged.project / "data/tiny_coco/images/test").iterdir())[0]
     boxes = model.predict(pd.DataFrame({"image": [str(image)]}), params={"conf": 0.0})
     assert list(boxes.columns) == ["image", "x1", "y1", "x2", "y2", "confidence", "class_id", "class_name"]

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import log_synthetic_run
-from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core import vocabulary
 from yolo_mlops.grid import sync
 from yolo_mlops.grid.experiments import DvcExperiment
 
@@ -25,7 +25,7 @@ def test_a_run_missing_from_the_store_is_left_out_with_advice_and_the_others_are
 
     assert result.linked == [present] and result.unlogged == ["elsewhere"] and result.failed == []
     assert mlflow_store.get_run(present).info.run_name == "kept"
-    assert mlflow_store.get_run(present).data.tags[names.EXP_REV_TAG] == "rev-kept"
+    assert mlflow_store.get_run(present).data.tags[vocabulary.EXP_REV_TAG] == "rev-kept"
     advice = "\n".join(result.notes)
     assert "elsewhere" in advice and "does not hold" in advice and "dvc exp remove elsewhere" in advice
 
@@ -35,7 +35,7 @@ def test_a_failed_experiment_is_recorded_in_the_run_its_training_opened(
     """A training that raised left its run (FAILED, with its epochs): the failure is recorded there, once."""
     experiment_id = mlflow_store.create_experiment("sync-failed-training")
     opened = mlflow_store.create_run(experiment_id, run_name="frail-tick", tags={
-        names.EXP_NAME_TAG: "frail-tick", names.BASELINE_TAG: "base"}).info.run_id
+        vocabulary.EXP_NAME_TAG: "frail-tick", vocabulary.BASELINE_TAG: "base"}).info.run_id
     mlflow_store.set_terminated(opened, "FAILED")
     monkeypatch.setattr(sync, "failure_reason", lambda root, exp: "error: train: CUDA out of memory")
     failed = DvcExperiment(name="frail-tick", rev="", baseline_rev="base", params={"train.imgsz": 640},
@@ -46,8 +46,8 @@ def test_a_failed_experiment_is_recorded_in_the_run_its_training_opened(
         assert result.failed == ["frail-tick"]
     [run] = mlflow_store.search_runs([experiment_id])
     assert run.info.run_id == opened and run.info.status == "FAILED"
-    assert run.data.tags[names.ERROR_TAG] == "error: train: CUDA out of memory"
-    assert run.data.tags[names.LOG_STATUS_TAG] == names.FAILED
+    assert run.data.tags[vocabulary.ERROR_TAG] == "error: train: CUDA out of memory"
+    assert run.data.tags[vocabulary.LOG_STATUS_TAG] == vocabulary.FAILED
 
 
 def test_a_retry_that_fails_before_training_leaves_the_interrupted_attempt_killed(
@@ -58,7 +58,7 @@ def test_a_retry_that_fails_before_training_leaves_the_interrupted_attempt_kille
     experiment_id = mlflow_store.create_experiment("sync-failed-retry")
     name = "lr0_0.01-seed_1-3f2a1c"
     interrupted = mlflow_store.create_run(experiment_id, run_name=name, tags={
-        names.EXP_NAME_TAG: name, names.BASELINE_TAG: "base"}).info.run_id
+        vocabulary.EXP_NAME_TAG: name, vocabulary.BASELINE_TAG: "base"}).info.run_id
     mlflow_store.set_terminated(interrupted, "KILLED")
     monkeypatch.setattr(sync, "failure_reason", lambda root, exp: "error: prepare: no such file")
     retry = DvcExperiment(name=name, rev="", baseline_rev="base", params={"train.lr0": 0.01}, metrics={}, failed=True)
@@ -68,6 +68,6 @@ def test_a_retry_that_fails_before_training_leaves_the_interrupted_attempt_kille
     assert result.failed == [name]
     runs = {run.info.status: run for run in mlflow_store.search_runs([experiment_id])}
     assert set(runs) == {"KILLED", "FAILED"} and runs["KILLED"].info.run_id == interrupted
-    assert names.ERROR_TAG not in runs["KILLED"].data.tags
+    assert vocabulary.ERROR_TAG not in runs["KILLED"].data.tags
     assert runs["FAILED"].info.run_name == name
-    assert runs["FAILED"].data.tags[names.ERROR_TAG] == "error: prepare: no such file"
+    assert runs["FAILED"].data.tags[vocabulary.ERROR_TAG] == "error: prepare: no such file"

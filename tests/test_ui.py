@@ -20,12 +20,12 @@ from mlflow import MlflowClient
 
 from tests.conftest import free_port, log_synthetic_run, project_env, tracking_uri
 from tests.stack import BIN, HOST, Service, answers, wait_for
-from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core import vocabulary
 from yolo_mlops.core.params import PromoteParams
 from yolo_mlops.core.paths import DECISION_FILE
 from yolo_mlops.grid.ranking import RunSummary
 from yolo_mlops.grid.registry import promote
-from yolo_mlops.tracking.courier import send_evaluation
+from yolo_mlops.tracking.forwarder import send_evaluation
 from yolo_mlops.tracking.model import log_model
 from yolo_mlops.tracking.record import RunHeader
 from yolo_mlops.tracking.run import log_metrics, metric_points, open_run
@@ -66,18 +66,18 @@ def log_stage_like_runs(client: MlflowClient, exp: str) -> tuple[str, ...]:
         run_id = open_run(client, exp, RunHeader(
             run_name=f"exp-{index}", fingerprint=f"{index}" * 64,
             params={"train.lr0": "0.01", "train.seed": str(index)},
-            tags={names.EXP_NAME_TAG: f"exp-{index}"}, dataset_md5=DATASET_MD5, dataset_profile=profile,
+            tags={vocabulary.EXP_NAME_TAG: f"exp-{index}"}, dataset_md5=DATASET_MD5, dataset_profile=profile,
             dataset_table={"split": ["test"], "class": ["all"], "images": [10]}))
         epochs = [{"train/box_loss": 3.0 - index / 10 - epoch, "lr/pg0": 0.01, "val/mAP50-95": 0.1 * epoch + index}
                   for epoch in range(2)]
-        log_metrics(client, run_id, metric_points((names.history_metric(name), value, step)
+        log_metrics(client, run_id, metric_points((vocabulary.history_metric(name), value, step)
                                                   for step, epoch in enumerate(epochs, start=1)
                                                   for name, value in epoch.items()))
         evaluation = {split: {"mAP50-95": 0.2 + index / 10, "recall": 0.5,
                               "classes": {name: {"mAP50-95": 0.1 * rank + index / 10} for rank, name in
                                           enumerate(CLASS_NAMES)}} for split in ("val", "test")}
-        log_metrics(client, run_id, metric_points((names.eval_metric(name), value, 0) for name, value in
-                                                  names.numbers(names.flatten(evaluation)).items()))
+        log_metrics(client, run_id, metric_points((vocabulary.eval_metric(name), value, 0) for name, value in
+                                                  vocabulary.numbers(vocabulary.flatten(evaluation)).items()))
         client.set_terminated(run_id, "FINISHED")
         run_ids.append(run_id)
     return tuple(run_ids)
@@ -110,13 +110,14 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ui]:
                                             min_margin=0.01))
         open_run(client, exp, RunHeader(
             run_name=TRAINING, fingerprint="f" * 64, params={"train.imgsz": "64"},
-            tags={names.EXP_NAME_TAG: TRAINING, names.SOURCE_TYPE_TAG: names.SOURCE_TYPE,
-                  names.SOURCE_NAME_TAG: "/home/user/yolo-mlops", names.ENTRY_POINT_TAG: names.ENTRY_POINT},
+            tags={vocabulary.EXP_NAME_TAG: TRAINING, vocabulary.SOURCE_TYPE_TAG: vocabulary.SOURCE_TYPE,
+                  vocabulary.SOURCE_NAME_TAG: "/home/user/yolo-mlops",
+                  vocabulary.ENTRY_POINT_TAG: vocabulary.ENTRY_POINT},
             dataset_md5=DATASET_MD5, dataset_profile={"classes": ["person"], "train": {"images": 40}},
             dataset_table={"split": ["train"], "class": ["all"], "images": [40]}))
         report = folder / DECISION_FILE.name
         report.write_text(f"# {REPORT_TITLE}\n", encoding="utf-8")
-        client.log_artifact(best.run_id, str(report), names.DECISION_ARTIFACTS)  # as `grid promote` logs it
+        client.log_artifact(best.run_id, str(report), vocabulary.DECISION_ARTIFACTS)  # as `grid promote` logs it
         classes_experiment = experiment_id(client, CLASSES_EXPERIMENT)
         classes_runs = log_stage_like_runs(client, classes_experiment)
         evaluated = evaluated_model(client, folder)
@@ -131,7 +132,7 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ui]:
 
 
 def evaluated_model(client: MlflowClient, folder: Path) -> tuple[str, str]:
-    """A run whose model is logged, then evaluated, by the evaluate stage's courier (its jobs, in its order),
+    """A run whose model is logged, then evaluated, by the evaluate stage's forwarder (its jobs, in its order),
     in an experiment of its own: (experiment id, model id)."""
     (folder / "metrics").mkdir()
     (folder / "metrics" / "eval.json").write_text(json.dumps({split: {"mAP50": 0.5, "recall": 0.25}
@@ -161,7 +162,7 @@ def test_without_the_switch_the_experiment_opens_on_the_genai_overview(ui: Ui, t
     """What docs/pipeline.md says to switch away from: the UI leaves the experiment's kind tag, which the server
     does hand it, aside."""
     served = MlflowClient(ui.url.rstrip("/")).get_experiment(ui.experiment_id)
-    assert served.tags[names.EXPERIMENT_KIND_TAG] == names.EXPERIMENT_KIND
+    assert served.tags[vocabulary.EXPERIMENT_KIND_TAG] == vocabulary.EXPERIMENT_KIND
     page = dom(f"{ui.url}#/experiments/{ui.experiment_id}", tmp_path / "profile")
     assert f"<title>Overview - Experiment {ui.experiment_id} - MLflow</title>" in page
     assert 'data-testid="time-range-select-dropdown"' in page
@@ -191,11 +192,11 @@ def test_a_run_opens_on_training_and_evaluation_and_compare_plots_a_metric_that_
                tmp_path / "compare")
     default = re.search(r"Metrics:(?:<[^>]+>)+([^<]+)<", page).group(1)
     values = {MlflowClient(ui.url.rstrip("/")).get_run(run).data.metrics[default] for run in ui.classes_runs}
-    assert not default.startswith(f"{names.PREPARE}/") and len(values) == len(ui.classes_runs)
+    assert not default.startswith(f"{vocabulary.PREPARE}/") and len(values) == len(ui.classes_runs)
 
 
 def test_the_logged_model_page_shows_the_evaluation_metrics(ui: Ui, tmp_path: Path):
-    """evaluate's courier logs the model while the stage evaluates, then the metrics, linked to the model."""
+    """evaluate's forwarder logs the model while the stage evaluates, then the metrics, linked to the model."""
     exp, model = ui.evaluated
     page = dom(f"{ui.url}#/experiments/{exp}/models/{model}", tmp_path / "model")
     assert "Metrics (0)" not in page and "Metrics (4)" in page, re.findall(r"Metrics[^<]{0,20}", page)

@@ -27,11 +27,11 @@ from ray._raylet import Config
 from ray.exceptions import AuthenticationError
 
 import yolo_mlops
-from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core import vocabulary
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.git import git
 from yolo_mlops.core.paths import DVC_LOCAL_CONFIG
-from yolo_mlops.core.scratch import scratch
+from yolo_mlops.core.tempdir import stage_tempdir
 from yolo_mlops.data.source import is_url
 from yolo_mlops.grid import experiments, points
 from yolo_mlops.grid.commands import Plan, check_before_queueing
@@ -242,7 +242,7 @@ def pull(root: Path, results: list[PointResult]) -> list[str]:
 
 def node_tags(results: list[PointResult]) -> dict[str, dict[str, str]]:
     """The MLflow run tags naming the node each point ran on, by experiment name."""
-    return {result.name: {names.RAY_NODE_TAG: result.node_id, names.RAY_NODE_IP_TAG: result.node_ip}
+    return {result.name: {vocabulary.RAY_NODE_TAG: result.node_id, vocabulary.RAY_NODE_IP_TAG: result.node_ip}
             for result in results if result.node_id}
 
 
@@ -275,7 +275,7 @@ def run_point(git_url: str, baseline: str, name: str, set_args: list[str], track
     # In the worker's clone, not /tmp: a retry of this point on this machine (its node died) empties it first.
     # Each attempt clones into a folder of its own: stage processes orphaned by a dead node's `dvc` never
     # write into the retry's clone.
-    with scratch(f"ray-{name}", worker_clone()) as workdir:
+    with stage_tempdir(f"ray-{name}", worker_clone()) as workdir:
         project = Path(tempfile.mkdtemp(dir=workdir)) / "project"
         try:
             git(project.parent, "clone", "--quiet", git_url, str(project))

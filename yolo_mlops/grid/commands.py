@@ -11,7 +11,7 @@ from typing import Any
 
 from mlflow import MlflowClient
 
-from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core import vocabulary
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.git import head_rev
 from yolo_mlops.core.params import Params, load_params
@@ -150,12 +150,12 @@ def run_shared(root: Path, waiting: list[DvcExperiment]) -> Iterator[str]:
     starts them (see `experiments.run_stage_once`): the experiments restore it from DVC's run-cache."""
     groups: dict[str, list[DvcExperiment]] = {}
     for experiment in waiting:
-        section = {key: value for key, value in experiment.params.items() if key.startswith(f"{names.PREPARE}.")}
+        section = {key: value for key, value in experiment.params.items() if key.startswith(f"{vocabulary.PREPARE}.")}
         groups.setdefault(repr(sorted(section.items())), []).append(experiment)
     for group in groups.values():
         if len(group) > 1:
-            error = experiments.run_stage_once(root, names.PREPARE, group[0])
-            yield (f"grid: {names.PREPARE} of {len(group)} experiment(s) run once before the queue"
+            error = experiments.run_stage_once(root, vocabulary.PREPARE, group[0])
+            yield (f"grid: {vocabulary.PREPARE} of {len(group)} experiment(s) run once before the queue"
                    + (f"; it failed, and they will report why ({error.splitlines()[-1]})" if error else "") + "\n")
 
 
@@ -174,7 +174,7 @@ def stop_grid(client: MlflowClient, root: Path, params: Params, before: list[Dvc
     exp_id = experiment_id(client, params.mlflow.experiment_name)
     for name in stopped:
         for run in client.search_runs([exp_id], filter_string=(
-                f"tags.`{names.EXP_NAME_TAG}` = '{name}' and attributes.status != 'FINISHED'")):
+                f"tags.`{vocabulary.EXP_NAME_TAG}` = '{name}' and attributes.status != 'FINISHED'")):
             if run.info.status != "KILLED":
                 client.set_terminated(run.info.run_id, "KILLED")
     return Stopped([experiment.name for experiment in listed if experiment.done],
@@ -217,12 +217,12 @@ def _charts(client: MlflowClient, root: Path, comparison: Comparison, experiment
     charts.config_chart(found, root / CONFIG_CHART)
     # Training records a per-epoch history on val only: the primary metric's, or its val counterpart's.
     val_counterpart = "val." + comparison.primary.split(".", 1)[1]
-    curve_metric = next((name for name in (comparison.primary, val_counterpart) if names.history_of(name)), None)
+    curve_metric = next((name for name in (comparison.primary, val_counterpart) if vocabulary.history_of(name)), None)
     curves: dict[str, list[tuple[int, float]]] = {}
     if curve_metric is None:
         (root / CURVES_CHART).unlink(missing_ok=True)  # an older chart would belong to another comparison
     else:
-        history = names.history_of(curve_metric)
+        history = vocabulary.history_of(curve_metric)
         curves = {run.name: [(m.step, m.value) for m in client.get_metric_history(run.run_id, history)]
                   for run in comparison.ranked}
         charts.curves_chart(curves, curve_metric, root / CURVES_CHART)
@@ -259,10 +259,10 @@ def promote_best(client: MlflowClient, root: Path, params: Params, compared: Com
     data = ReportData(params, baseline, public_uri(client.tracking_uri), hardware_line or hardware(),
                       compared.comparison, compared.insights, promotion, compared.curves, compared.curve_metric)
     render(data, root / DECISION_TEMPLATE, root / DECISION_FILE)
-    client.log_artifact(best.run_id, str(root / DECISION_FILE), names.DECISION_ARTIFACTS)
+    client.log_artifact(best.run_id, str(root / DECISION_FILE), vocabulary.DECISION_ARTIFACTS)
     version = client.get_model_version(promotion.name, promotion.version)
-    tags = {names.DECISION_TAG: promotion.decision,
-            names.REPORT_TAG: report_uri(best.run_id)}
+    tags = {vocabulary.DECISION_TAG: promotion.decision,
+            vocabulary.REPORT_TAG: report_uri(best.run_id)}
     for key, value in tags.items():
         if version.tags.get(key) != value:
             client.set_model_version_tag(promotion.name, promotion.version, key, value)

@@ -11,7 +11,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core import vocabulary
 from yolo_mlops.core.atomic import atomic_file
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.params import PIPELINE_SECTIONS
@@ -19,13 +19,13 @@ from yolo_mlops.core.params import PIPELINE_SECTIONS
 # What tells configurations apart: the hyper-parameters but the seed (what varies within one
 # configuration), and the dataset by content (its DVC hash, not the text of prepare.source).
 SEED = "train.seed"
-CONFIG_PARAMS = (*(key for key in names.HYPERPARAMETERS if key != SEED), names.DATASET_TAG)
+CONFIG_PARAMS = (*(key for key in vocabulary.HYPERPARAMETERS if key != SEED), vocabulary.DATASET_TAG)
 
 
 def profile_of(run: Run) -> dict[str, Any]:
     """The profile of the run's dataset input (tracking/run.py): class names and counts; {} without one."""
     for dataset_input in run.inputs.dataset_inputs if run.inputs else []:
-        if dataset_input.dataset.source_type == names.DATASET_SOURCE_TYPE and dataset_input.dataset.profile:
+        if dataset_input.dataset.source_type == vocabulary.DATASET_SOURCE_TYPE and dataset_input.dataset.profile:
             with contextlib.suppress(ValueError):
                 return json.loads(dataset_input.dataset.profile)
     return {}
@@ -45,17 +45,22 @@ class RunSummary:
 
     @classmethod
     def from_run(cls, run: Run) -> "RunSummary":
-        metrics = {names.comparison_metric(key): value for key, value in run.data.metrics.items()}
+        metrics = {vocabulary.comparison_metric(key): value for key, value in run.data.metrics.items()}
         metrics.pop(None, None)
         profile = profile_of(run)
-        return cls(run.info.run_id, run.data.tags.get(names.EXP_NAME_TAG) or run.info.run_name, run.info.status,
-                   dict(run.data.params), names.profile_metrics(profile) | metrics,
-                   run.data.tags.get(names.ERROR_TAG, ""), tuple(profile.get(names.DATASET_PROFILE_CLASSES, ())))
+        return cls(run.info.run_id, run.data.tags.get(vocabulary.EXP_NAME_TAG) or run.info.run_name, run.info.status,
+                   dict(run.data.params), vocabulary.profile_metrics(profile) | metrics,
+                   run.data.tags.get(vocabulary.ERROR_TAG, ""),
+                   tuple(profile.get(vocabulary.DATASET_PROFILE_CLASSES, ())))
+
+    def metric(self, name: str) -> float:
+        """One value of the comparison (`test.mAP50-95`, `data.test_images`); NaN when the run has none."""
+        return self.metrics.get(name, math.nan)
 
     def interval(self, metric: str) -> tuple[float, float, float]:
         """`metric` (`test.mAP50-95`) and the bounds of its 95 % interval over the images (NaN where not recorded)."""
-        low, high = (self.metrics.get(names.interval_key(metric, bound), math.nan) for bound in names.INTERVAL_BOUNDS)
-        return self.metrics.get(metric, math.nan), low, high
+        low, high = (self.metric(vocabulary.interval_key(metric, bound)) for bound in vocabulary.INTERVAL_BOUNDS)
+        return self.metric(metric), low, high
 
     def config(self) -> tuple[tuple[str, str], ...]:
         """The run's configuration: what it was trained on and with, the seed left out."""
@@ -80,19 +85,20 @@ class Comparison:
 
 def grid_filter(baseline_rev: str) -> str:
     """The experiments DVC ran from one commit (workspace runs of `dvc repro` are not experiments)."""
-    return f"tags.`{names.BASELINE_TAG}` = '{baseline_rev}' and tags.`{names.EXP_NAME_TAG}` != '{names.WORKSPACE}'"
+    return (f"tags.`{vocabulary.BASELINE_TAG}` = '{baseline_rev}' "
+            f"and tags.`{vocabulary.EXP_NAME_TAG}` != '{vocabulary.WORKSPACE}'")
 
 
 def order_by(rank_by: tuple[str, ...]) -> list[str]:
     """Best first: each ranking metric descending, then the run name (a stable last resort)."""
-    return [f"metrics.`{names.eval_metric(name)}` DESC" for name in rank_by] + ["attributes.run_name ASC"]
+    return [f"metrics.`{vocabulary.eval_metric(name)}` DESC" for name in rank_by] + ["attributes.run_name ASC"]
 
 
 def select_best(client: MlflowClient, experiment_ids: list[str], baseline_rev: str,
                 rank_by: tuple[str, ...]) -> RunSummary | None:
     """The best finished run with every ranking metric, filtered and ordered by the tracking server
     (a NaN or missing metric fails the server's numeric filter)."""
-    metrics = " and ".join(f"metrics.`{names.eval_metric(name)}` >= 0" for name in rank_by)
+    metrics = " and ".join(f"metrics.`{vocabulary.eval_metric(name)}` >= 0" for name in rank_by)
     runs = client.search_runs(
         experiment_ids, filter_string=f"{grid_filter(baseline_rev)} and attributes.status = 'FINISHED' and {metrics}",
         order_by=order_by(rank_by), max_results=1,
@@ -138,7 +144,7 @@ def grid_runs(client: MlflowClient, experiment_ids: list[str], baseline_rev: str
     MLflow: a training that failed or was killed, then run again)."""
     runs = client.search_runs(experiment_ids, filter_string=grid_filter(baseline_rev), order_by=order_by(rank_by),
                               max_results=10_000)
-    return [run for run in runs if names.PREVIOUS_ATTEMPT_TAG not in run.data.tags]
+    return [run for run in runs if vocabulary.PREVIOUS_ATTEMPT_TAG not in run.data.tags]
 
 
 def compare(client: MlflowClient, experiment_ids: list[str], baseline_rev: str, rank_by: tuple[str, ...]) -> Comparison:

@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core import vocabulary
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.params import PromoteParams
 from yolo_mlops.core.paths import DECISION_FILE
@@ -21,7 +21,8 @@ from yolo_mlops.grid.resampling import TESTED, Paired, paired
 from yolo_mlops.tracking.model import model_id
 from yolo_mlops.tracking.store import sign_in_error
 
-METRIC_TAGS = tuple(f"{split}.{metric}" for split in names.REPORTED_SPLITS for metric in names.REPORTED_METRICS)
+METRIC_TAGS = tuple(f"{split}.{metric}"
+                    for split in vocabulary.REPORTED_SPLITS for metric in vocabulary.REPORTED_METRICS)
 
 
 @dataclass(frozen=True)
@@ -50,16 +51,16 @@ class Promotion:
 
 def version_tags(run: RunSummary) -> dict[str, str]:
     """Provenance carried by the version: run, params, metrics, dataset, code, DVC experiment."""
-    tags = {names.RUN_ID_TAG: run.run_id, names.EXP_NAME_TAG: run.name}
-    tags |= {key: run.params[key] for key in (names.DATASET_TAG, names.COMMIT_TAG) if key in run.params}
-    tags |= {key: run.params[key] for key in names.HYPERPARAMETERS if key in run.params}
+    tags = {vocabulary.RUN_ID_TAG: run.run_id, vocabulary.EXP_NAME_TAG: run.name}
+    tags |= {key: run.params[key] for key in (vocabulary.DATASET_TAG, vocabulary.COMMIT_TAG) if key in run.params}
+    tags |= {key: run.params[key] for key in vocabulary.HYPERPARAMETERS if key in run.params}
     tags |= {key: repr(run.metrics[key]) for key in METRIC_TAGS if key in run.metrics}
     return tags
 
 
 def report_uri(run_id: str) -> str:
     """Where the decision report of a promotion is logged: under `decision/` of the promoted run."""
-    return f"runs:/{run_id}/{names.DECISION_ARTIFACTS}/{DECISION_FILE.name}"
+    return f"runs:/{run_id}/{vocabulary.DECISION_ARTIFACTS}/{DECISION_FILE.name}"
 
 
 def interval_text(run: RunSummary, metric: str = TESTED) -> str:
@@ -95,8 +96,8 @@ def description(promotion: Promotion, run: RunSummary, replaced: str | None, exp
                    + (f"version {promotion.champion}" if promotion.champion else "unset"))
     rows = "\n".join(f"| {gate.name} | {'pass' if gate.passed else 'FAIL'} | {gate.detail} |"
                      for gate in promotion.gates)
-    path = f"{names.DECISION_ARTIFACTS}/{DECISION_FILE.name}"
-    images = run.metrics.get("data.test_images", math.nan)
+    path = f"{vocabulary.DECISION_ARTIFACTS}/{DECISION_FILE.name}"
+    images = run.metric("data.test_images")
     evidence = (f"{TESTED} {interval_text(run)}" + ("" if math.isnan(images) else f" over {int(images)} test images")
                 + ". " + paired_text(promotion.paired, promotion.judged_against, min_confidence))
     return (f"**{promotion.decision}**: {outcome}.\n\n{evidence}\n\n| gate | outcome | detail |\n|---|---|---|\n"
@@ -127,10 +128,10 @@ def gates(candidate: RunSummary, champion: ModelVersion | None, params: PromoteP
                               f"minimum {params.min_confidence}; difference {test.difference:+.4f} (95 % interval "
                               f"{test.low:+.4f} to {test.high:+.4f})")]
     unpaired = f"no paired test ({evidence.why_not}): " if evidence is not None else ""
-    dataset = candidate.params.get(names.DATASET_TAG)
-    if evidence is None and champion.tags.get(names.DATASET_TAG) != dataset:
+    dataset = candidate.params.get(vocabulary.DATASET_TAG)
+    if evidence is None and champion.tags.get(vocabulary.DATASET_TAG) != dataset:
         unpaired = (f"champion version {champion.version} was tested on other images (dataset md5 "
-                    f"{champion.tags.get(names.DATASET_TAG)} vs {dataset}): ")
+                    f"{champion.tags.get(vocabulary.DATASET_TAG)} vs {dataset}): ")
     best = float(champion.tags.get("test.mAP50-95", "nan"))
     return [*result, Gate("beats champion", test_map >= best + params.min_margin,
                           f"{unpaired}test mAP50-95 {test_map:.4f} vs champion version {champion.version} {best:.4f} "
@@ -202,7 +203,7 @@ def promote(client: MlflowClient, run: RunSummary, params: PromoteParams) -> Pro
         else:
             step = "registering the model"
             if not before and not client.search_registered_models(f"name = '{name}'"):
-                client.create_registered_model(name, description=names.REGISTERED_MODEL_DESCRIPTION)
+                client.create_registered_model(name, description=vocabulary.REGISTERED_MODEL_DESCRIPTION)
             model_id = _model_id(client, run.run_id)
             version = client.create_model_version(name, f"models:/{model_id}", run_id=run.run_id,
                                                   tags=version_tags(run), model_id=model_id).version
@@ -214,7 +215,8 @@ def promote(client: MlflowClient, run: RunSummary, params: PromoteParams) -> Pro
             champion = client.get_model_version(name, previous) if previous else None
         step = "comparing with the champion on the same test images"
         evidence = None if champion is None else paired(client, run, champion.run_id,
-                                                        champion.tags.get(names.DATASET_TAG), str(champion.version))
+                                                        champion.tags.get(vocabulary.DATASET_TAG),
+                                                        str(champion.version))
         results = gates(run, champion, params, evidence)
         approved = all(gate.passed for gate in results)
         step = f"setting alias {CHALLENGER}"

@@ -6,7 +6,7 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
-from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core import vocabulary
 from yolo_mlops.core.atomic import atomic_file
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.params import Params
@@ -42,12 +42,12 @@ def _number(value: float) -> str:
 def table(comparison: Comparison) -> str:
     """The ranked runs as a Markdown table (val ranks, test alongside); unranked runs listed after."""
     header = ["#", "run", *(key.split(".")[-1] for key in TABLE_PARAMS)]
-    header += [f"{split} {m}" for split in names.REPORTED_SPLITS for m in names.REPORTED_METRICS]
+    header += [f"{split} {m}" for split in vocabulary.REPORTED_SPLITS for m in vocabulary.REPORTED_METRICS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for rank, run in enumerate(comparison.ranked, start=1):
         cells = [str(rank), run.name] + [run.params.get(key, "") for key in TABLE_PARAMS]
-        cells += [_number(run.metrics.get(f"{split}.{m}", math.nan))
-                  for split in names.REPORTED_SPLITS for m in names.REPORTED_METRICS]
+        cells += [_number(run.metric(f"{split}.{m}"))
+                  for split in vocabulary.REPORTED_SPLITS for m in vocabulary.REPORTED_METRICS]
         lines.append("| " + " | ".join(cells) + " |")
     for run, why in comparison.excluded:
         cells = ["–", run.name] + [run.params.get(key, "") for key in TABLE_PARAMS] + [why]
@@ -60,14 +60,10 @@ def _fmt(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.4f}"
 
 
-def _m(run: RunSummary, name: str) -> float:
-    return run.metrics.get(name, math.nan)
-
-
 def objectives(data: ReportData) -> str:
     best, train = data.comparison.ranked[0], data.params.train
     runs = len(data.comparison.ranked) + len(data.comparison.excluded)
-    sizes = ", ".join(f"{split} {int(_m(best, f'data.{split}_images'))} images"
+    sizes = ", ".join(f"{split} {int(best.metric(f'data.{split}_images'))} images"
                       for split in ("train", "val", "test") if f"data.{split}_images" in best.metrics)
     classes = ", ".join(best.classes) or "its classes"
     return "\n".join([
@@ -75,7 +71,7 @@ def objectives(data: ReportData) -> str:
         f"(tie-breaks: {', '.join(data.comparison.rank_by[1:]) or 'none'}), registered as `{data.promotion.name}`.",
         f"- Dataset: {len(best.classes) or '?'} class(es), {classes} ({sizes}; `prepare.source` "
         f"{data.params.prepare.source}); "
-        f"{int(_m(best, 'data.test_boxes')) if 'data.test_boxes' in best.metrics else 'n/a'} boxes in test.",
+        f"{int(best.metric('data.test_boxes')) if 'data.test_boxes' in best.metrics else 'n/a'} boxes in test.",
         f"- Training budget: {runs} experiment(s) of {best.params.get('train.epochs', '?')} epoch(s), "
         f"model `{best.params.get('train.model', train.model)}`, batch {best.params.get('train.batch', train.batch)}.",
         f"- Hardware: {data.hardware} (train.device={train.device}).",
@@ -88,10 +84,11 @@ def objectives(data: ReportData) -> str:
 
 def recommended(data: ReportData) -> str:
     best = data.comparison.ranked[0]
-    params = ", ".join(f"{key.split('.')[-1]}={best.params[key]}" for key in names.HYPERPARAMETERS
+    params = ", ".join(f"{key.split('.')[-1]}={best.params[key]}" for key in vocabulary.HYPERPARAMETERS
                        if key in best.params)
-    metrics = "\n".join(f"| {split} | " + " | ".join(_fmt(_m(best, f"{split}.{m}")) for m in names.REPORTED_METRICS)
-                        + " |" for split in names.REPORTED_SPLITS)
+    metrics = "\n".join(f"| {split} | " + " | ".join(_fmt(best.metric(f"{split}.{m}"))
+                                                    for m in vocabulary.REPORTED_METRICS)
+                        + " |" for split in vocabulary.REPORTED_SPLITS)
     return (f"- DVC experiment `{best.name}`, MLflow run id `{best.run_id}`, registered as "
             f"`{data.promotion.name}` version {data.promotion.version}.\n- Hyperparameters: {params}.\n\n"
             "| split | mAP50-95 | mAP50 | precision | recall |\n|---|---|---|---|---|\n" + metrics)
@@ -99,21 +96,21 @@ def recommended(data: ReportData) -> str:
 
 def class_names(run: RunSummary) -> list[str]:
     """The run's classes, in the dataset's order (names without a per-class result at the end)."""
-    measured = names.class_results(run.metrics, "test")
+    measured = vocabulary.class_results(run.metrics, "test")
     return [name for name in run.classes if name in measured] + sorted(set(measured) - set(run.classes))
 
 
 def per_class(comparison: Comparison) -> str:
     """Test AP50-95, AP50, precision and recall of each class, for the best run and the runner-up."""
     shown = comparison.ranked[:2]
-    header = ["class", *(f"{run.name} {metric}" for run in shown for metric in names.CLASS_METRICS), "test boxes"]
+    header = ["class", *(f"{run.name} {metric}" for run in shown for metric in vocabulary.CLASS_METRICS), "test boxes"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    results = [names.class_results(run.metrics, "test") for run in shown]
+    results = [vocabulary.class_results(run.metrics, "test") for run in shown]
     best = shown[0]
     for name in class_names(best):
         cells = [name] + [_fmt(result.get(name, {}).get(metric, math.nan)) for result in results
-                          for metric in names.CLASS_METRICS]
-        boxes = _m(best, names.data_value(f"test.{names.CLASSES_KEY}.{name}.boxes"))
+                          for metric in vocabulary.CLASS_METRICS]
+        boxes = best.metric(vocabulary.data_value(f"test.{vocabulary.CLASSES_KEY}.{name}.boxes"))
         lines.append("| " + " | ".join([*cells, "?" if math.isnan(boxes) else str(int(boxes))]) + " |")
     if len(lines) == 2:
         return "No per-class results were recorded for these runs."
@@ -122,12 +119,12 @@ def per_class(comparison: Comparison) -> str:
 
 def weakest_class(best: RunSummary) -> tuple[str, str, str]:
     """The risk of the class the best run detects worst (test mAP50-95)."""
-    results = names.class_results(best.metrics, "test")
+    results = vocabulary.class_results(best.metrics, "test")
     ordered = sorted(class_names(best), key=lambda name: results[name].get("mAP50-95", math.nan))
     if not ordered:
         return ("Weakest class", "no per-class results were recorded.", "Re-run evaluate to record them.")
     weakest, strongest = ordered[0], ordered[-1]
-    boxes = _m(best, names.data_value(f"test.{names.CLASSES_KEY}.{weakest}.boxes"))
+    boxes = best.metric(vocabulary.data_value(f"test.{vocabulary.CLASSES_KEY}.{weakest}.boxes"))
     count = "?" if math.isnan(boxes) else str(int(boxes))
     low, high = (results[name].get("mAP50-95", math.nan) for name in (weakest, strongest))
     finding = f"`{weakest}`: test mAP50-95 {_fmt(low)} on {count} box(es)"
@@ -141,14 +138,14 @@ def pros_cons(run: RunSummary, top: list[RunSummary]) -> tuple[list[str], list[s
     """Pros and cons of one of the top runs, from its numbers relative to the others."""
     pros, cons = [], []
     for name in ("val.mAP50-95", "test.mAP50-95", "test.precision", "test.recall"):
-        values = [_m(other, name) for other in top]
+        values = [other.metric(name) for other in top]
         if len(set(values)) == 1:
             continue
-        if _m(run, name) == max(values):
-            pros.append(f"best {name} of the top {len(top)} ({_fmt(_m(run, name))})")
-        elif _m(run, name) == min(values):
-            cons.append(f"lowest {name} of the top {len(top)} ({_fmt(_m(run, name))})")
-    gap = _m(run, "val.mAP50-95") - _m(run, "test.mAP50-95")
+        if run.metric(name) == max(values):
+            pros.append(f"best {name} of the top {len(top)} ({_fmt(run.metric(name))})")
+        elif run.metric(name) == min(values):
+            cons.append(f"lowest {name} of the top {len(top)} ({_fmt(run.metric(name))})")
+    gap = run.metric("val.mAP50-95") - run.metric("test.mAP50-95")
     if abs(gap) > GAP:
         cons.append(f"val–test gap of {gap:+.4f} mAP50-95")
     sizes = {int(other.params.get("train.imgsz", 0)) for other in top}
@@ -168,7 +165,7 @@ def top3(data: ReportData) -> str:
     for rank, run in enumerate(top, start=1):
         pros, cons = pros_cons(run, top)
         lines.append(f"{rank}. `{run.name}` (run `{run.run_id}`): {data.comparison.primary} "
-                     f"{_fmt(_m(run, data.comparison.primary))}, test mAP50-95 {interval_text(run)}, "
+                     f"{_fmt(run.metric(data.comparison.primary))}, test mAP50-95 {interval_text(run)}, "
                      f"test recall {interval_text(run, 'test.recall')}")
         lines += [f"   - pro: {text}" for text in pros] + [f"   - con: {text}" for text in cons]
     return "\n".join(lines) + "\n\n" + separation(top)
@@ -192,13 +189,13 @@ def separation(top: list[RunSummary], metric: str = TESTED) -> str:
     if not close:
         return (f"The test set tells `{best.name}` apart from the other top runs: its 95 % interval of {metric} "
                 "overlaps none of theirs.")
-    nearest = min(close, key=lambda run: abs(_m(best, metric) - _m(run, metric)))
-    images = _m(best, "data.test_images")
+    nearest = min(close, key=lambda run: abs(best.metric(metric) - run.metric(metric)))
+    images = best.metric("data.test_images")
     half_widths = sum((high - low) / 2 for _, low, high in (best.interval(metric), nearest.interval(metric)))
-    needed = images_to_separate(images, abs(_m(best, metric) - _m(nearest, metric)), half_widths)
+    needed = images_to_separate(images, abs(best.metric(metric) - nearest.metric(metric)), half_widths)
     count = "?" if math.isnan(images) else str(int(images))
     if math.isinf(needed):
-        tail = (f"`{best.name}` and `{nearest.name}` score the same ({_fmt(_m(best, metric))}), so more test images "
+        tail = (f"`{best.name}` and `{nearest.name}` score the same ({_fmt(best.metric(metric))}), so more test images "
                 "alone would not tell which is better")
     elif math.isnan(needed):
         tail = "the number of test images is not recorded, so how many more would be needed is unknown"
@@ -228,16 +225,16 @@ def wilson_interval(rate: float, count: float, z: float = 1.96) -> tuple[float, 
 
 def risks(data: ReportData) -> str:
     best, insights = data.comparison.ranked[0], data.insights
-    boxes = _m(best, "data.test_boxes")
-    recall = _m(best, "test.recall")
+    boxes, images = best.metric("data.test_boxes"), best.metric("data.test_images")
+    recall = best.metric("test.recall")
     low, high = wilson_interval(recall, boxes)
-    precision = _m(best, "test.precision")
+    precision = best.metric("test.precision")
     curve = data.curves.get(best.name, [])
     rising = len(curve) > 1 and curve[-1][1] > curve[-2][1]
     model = best.params.get("train.model", "")
     items = [
         ("Tiny test set",
-         f"{int(_m(best, 'data.test_images')) if not math.isnan(_m(best, 'data.test_images')) else '?'} test images, "
+         f"{int(images) if not math.isnan(images) else '?'} test images, "
          f"{int(boxes) if not math.isnan(boxes) else '?'} boxes: test recall {_fmt(recall)} could be anywhere in "
          f"[{_fmt(low)}, {_fmt(high)}] (95 % Wilson interval over the boxes); test mAP50-95 "
          f"{interval_text(best)} over the test images.",

@@ -12,7 +12,7 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core import vocabulary
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.paths import per_image_stats
 from yolo_mlops.grid.ranking import RunSummary
@@ -41,7 +41,7 @@ def resamples_of(run: RunSummary) -> int:
 
 def artifact_path(split: str) -> str:
     """Where the evaluate stage logs a split's per-image statistics in its MLflow run."""
-    return f"{names.PER_IMAGE_ARTIFACTS}/{per_image_stats(split).name}"
+    return f"{vocabulary.PER_IMAGE_ARTIFACTS}/{per_image_stats(split).name}"
 
 
 def image_stats(client: MlflowClient, run_id: str, split: str) -> ImageStats | None:
@@ -82,7 +82,7 @@ def paired(client: MlflowClient, challenger: RunSummary, champion_run_id: str, c
     """The paired bootstrap of the challenger's and the champion's test mAP50-95, when both were evaluated on
     the same dataset (DVC md5) and both logged per-image statistics."""
     resamples = resamples_of(challenger)
-    dataset = challenger.params.get(names.DATASET_TAG)
+    dataset = challenger.params.get(vocabulary.DATASET_TAG)
     if champion_dataset != dataset:
         return Paired(None, 0, resamples, f"champion version {champion_version} was tested on other images "
                                           f"(dataset md5 {champion_dataset} vs {dataset})")

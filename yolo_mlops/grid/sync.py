@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Param, Run, ViewType
 from mlflow.exceptions import MlflowException
 
-from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core import vocabulary
 from yolo_mlops.core.params import PIPELINE_SECTIONS
 from yolo_mlops.grid.experiments import DvcExperiment, failure_reason, list_experiments, mlflow_run_id
 
@@ -32,8 +32,8 @@ def failure_key(experiment: DvcExperiment) -> str:
 
 def experiment_tags(experiment: DvcExperiment) -> dict[str, str]:
     """The DVC experiment's name, revision (none for a point that failed on Ray) and baseline."""
-    tags = {names.EXP_NAME_TAG: experiment.name, names.EXP_REV_TAG: experiment.rev,
-            names.BASELINE_TAG: experiment.baseline_rev}
+    tags = {vocabulary.EXP_NAME_TAG: experiment.name, vocabulary.EXP_REV_TAG: experiment.rev,
+            vocabulary.BASELINE_TAG: experiment.baseline_rev}
     return {name: value for name, value in tags.items() if value}
 
 
@@ -47,10 +47,10 @@ def _opened_run(client: MlflowClient, experiment_id: str, experiment: DvcExperim
     """The run a stage of the failed experiment opened before it failed (a training that raised), if any. Not
     a KILLED run: that is an interrupted attempt of the same point, which its retry keeps the name of."""
     runs = client.search_runs([experiment_id], filter_string=(
-        f"tags.`{names.EXP_NAME_TAG}` = '{experiment.name}' and tags.`{names.BASELINE_TAG}` = "
+        f"tags.`{vocabulary.EXP_NAME_TAG}` = '{experiment.name}' and tags.`{vocabulary.BASELINE_TAG}` = "
         f"'{experiment.baseline_rev}' and attributes.status != 'FINISHED' and attributes.status != 'KILLED'"),
         order_by=["attributes.start_time DESC"])
-    return next((run for run in runs if names.PREVIOUS_ATTEMPT_TAG not in run.data.tags), None)
+    return next((run for run in runs if vocabulary.PREVIOUS_ATTEMPT_TAG not in run.data.tags), None)
 
 
 def _record_failure(client: MlflowClient, experiment_id: str, root: Path, experiment: DvcExperiment,
@@ -58,20 +58,21 @@ def _record_failure(client: MlflowClient, experiment_id: str, root: Path, experi
     """The FAILED run of a failed experiment, recorded once: the run its stages opened (with the epochs it
     trained), or a new one; returns a note when it is recorded now."""
     key = failure_key(experiment)
-    found = client.search_runs([experiment_id], filter_string=f"tags.`{names.FAILURE_KEY_TAG}` = '{key}'",
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{vocabulary.FAILURE_KEY_TAG}` = '{key}'",
                                max_results=1)
     if found:
         _set_tags(client, found[0].info.run_id, tags, found[0].data.tags)
         return None
     reason = failure_reason(root, experiment)
-    failure = {names.FAILURE_KEY_TAG: key, names.LOG_STATUS_TAG: names.FAILED, names.ERROR_TAG: reason[:5000]}
+    failure = {vocabulary.FAILURE_KEY_TAG: key, vocabulary.LOG_STATUS_TAG: vocabulary.FAILED,
+               vocabulary.ERROR_TAG: reason[:5000]}
     opened = _opened_run(client, experiment_id, experiment)
     if opened is not None:
         _set_tags(client, opened.info.run_id, tags | failure, opened.data.tags)
         client.set_terminated(opened.info.run_id, "FAILED")
         return f"experiment {experiment.name} failed ({reason}); recorded in its FAILED run {opened.info.run_id}"
     run_id = client.create_run(experiment_id, run_name=experiment.name, tags=tags | failure | {
-        names.COMMIT_TAG: experiment.baseline_rev,
+        vocabulary.COMMIT_TAG: experiment.baseline_rev,
     }).info.run_id
     params = [Param(name, str(value)) for name, value in experiment.params.items()
               if name.split(".")[0] in PIPELINE_SECTIONS]

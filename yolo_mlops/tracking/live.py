@@ -1,12 +1,12 @@
 """Tracking while the stages run: the train stage sends each epoch to the experiment's MLflow run as
 Ultralytics finishes it, beside MLflow's system metrics; the evaluate stage sends the model and its results.
 
-The stage itself never imports MLflow nor waits for it. It starts a courier, a process of its own
-(tracking/courier.py), and hands it jobs, one JSON line each, through a pipe: ["epochs", rows],
+The stage itself never imports MLflow nor waits for it. It starts a forwarder, a process of its own
+(tracking/forwarder.py), and hands it jobs, one JSON line each, through a pipe: ["epochs", rows],
 ["model"], ["evaluation"], and ["status", "FAILED"] when the stage failed. The end of the pipe ends the
-courier: after it has done its jobs, the run gets the status handed to it, or stays as it is for the
+forwarder: after it has done its jobs, the run gets the status handed to it, or stays as it is for the
 next stages (a stage that ended well, or was killed). Ultralytics trains on one core fewer than the
-machine has, so the courier's import of MLflow, its store and its requests run beside the stage.
+machine has, so the forwarder's import of MLflow, its store and its requests run beside the stage.
 
 Best effort by design, like Ultralytics' own callbacks: tracking never stops a stage. A store that fails
 or falls behind gets one warning, and from then on the log stage sends what did not arrive (nothing is
@@ -22,14 +22,14 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core import vocabulary
 from yolo_mlops.yolo.history import read_history
 
 log = logging.getLogger(__name__)
-COURIER = "yolo_mlops.tracking.courier"
+FORWARDER = "yolo_mlops.tracking.forwarder"
 CLOSE_TIMEOUT_S = 30.0  # the longest the end of a stage waits for the jobs still on their way
 LATER = "the stage goes on, and the log stage sends what is missing"
-# The courier's options, and its jobs (tracking/courier.py, JOBS).
+# The forwarder's options, and its jobs (tracking/forwarder.py, JOBS).
 NEW_ATTEMPT, SYSTEM_METRICS = "--new-attempt", "--system-metrics"
 EPOCHS, MODEL, EVALUATION, STATUS = "epochs", "model", "evaluation", "status"
 
@@ -39,21 +39,21 @@ def warn(stage: str, reason: str) -> None:
 
 
 class LiveRun:
-    """The experiment's run while a stage works, through the stage's courier. `options`: NEW_ATTEMPT (train:
+    """The experiment's run while a stage works, through the stage's forwarder. `options`: NEW_ATTEMPT (train:
     a new run, earlier unfinished ones marked as its previous attempts; otherwise the run a stage opened
     before, or a new one), SYSTEM_METRICS (sampled while the stage runs)."""
 
     def __init__(self, stage: str, *options: str) -> None:
         self.stage, self.warned = stage, False
         try:
-            self.courier: subprocess.Popen[bytes] | None = subprocess.Popen(
-                [sys.executable, "-m", COURIER, stage, *options], stdin=subprocess.PIPE)
+            self.forwarder: subprocess.Popen[bytes] | None = subprocess.Popen(
+                [sys.executable, "-m", FORWARDER, stage, *options], stdin=subprocess.PIPE)
         except OSError as error:
-            self.courier = None
-            self.warn(f"its courier process did not start ({error})")
+            self.forwarder = None
+            self.warn(f"its forwarder process did not start ({error})")
             return
-        assert self.courier.stdin is not None
-        self.pipe = self.courier.stdin.fileno()
+        assert self.forwarder.stdin is not None
+        self.pipe = self.forwarder.stdin.fileno()
         os.set_blocking(self.pipe, False)
 
     def warn(self, reason: str) -> None:
@@ -63,38 +63,38 @@ class LiveRun:
             warn(self.stage, reason)
 
     def submit(self, job: str, *values: Any) -> None:
-        """Hand `job` to the courier; never blocks the stage (a full pipe means the store is behind)."""
-        if self.courier is None or self.warned:
+        """Hand `job` to the forwarder; never blocks the stage (a full pipe means the store is behind)."""
+        if self.forwarder is None or self.warned:
             return
         try:
             os.write(self.pipe, (json.dumps([job, *values]) + "\n").encode())
         except BlockingIOError:
             self.warn("the store is a pipe's worth of jobs behind")
-        except BrokenPipeError:  # the courier ended early, and said why
+        except BrokenPipeError:  # the forwarder ended early, and said why
             self.warned = True
 
     def close(self, status: str | None) -> None:
-        """End the courier once its jobs are done (waiting at most CLOSE_TIMEOUT_S), the run ended with
+        """End the forwarder once its jobs are done (waiting at most CLOSE_TIMEOUT_S), the run ended with
         `status` (FAILED when the stage failed); None leaves it RUNNING for the next stages."""
-        if self.courier is None:
+        if self.forwarder is None:
             return
         with suppress(OSError):
             os.set_blocking(self.pipe, True)
             if status is not None:
                 os.write(self.pipe, (json.dumps([STATUS, status]) + "\n").encode())
         with suppress(OSError):
-            self.courier.stdin.close()  # type: ignore[union-attr]
+            self.forwarder.stdin.close()  # type: ignore[union-attr]
         try:
-            self.courier.wait(CLOSE_TIMEOUT_S)
+            self.forwarder.wait(CLOSE_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             self.warn(f"still busy after {CLOSE_TIMEOUT_S:.0f} s")
-            self.courier.kill()
-            self.courier.wait()
+            self.forwarder.kill()
+            self.forwarder.wait()
 
 
 class EpochSender:
     """Ultralytics' `on_fit_epoch_end`: the epochs results.csv gained since the last call (the values DVC
-    records; none for the final validation of best.pt), handed to the courier."""
+    records; none for the final validation of best.pt), handed to the forwarder."""
 
     def __init__(self, run: LiveRun) -> None:
         self.run, self.sent = run, 0
@@ -102,7 +102,7 @@ class EpochSender:
     def __call__(self, trainer: Any) -> None:
         try:
             epochs = read_history(Path(trainer.csv))
-            new = [(names.history_metric(name), value, step)
+            new = [(vocabulary.history_metric(name), value, step)
                    for step, epoch in enumerate(epochs[self.sent:], start=self.sent + 1)
                    for name, value in epoch.items()]
             self.sent = len(epochs)
@@ -117,7 +117,7 @@ def tracked_training() -> Iterator[dict[str, Callable[[Any], None]]]:
     """A new attempt of the experiment's run while the train stage trains; yields Ultralytics' callbacks.
     The run ends KILLED on a Ctrl-C (SIGINT), FAILED if training raises (a `kill -9` leaves it RUNNING: the
     next attempt marks it)."""
-    run = LiveRun(names.TRAIN, NEW_ATTEMPT, SYSTEM_METRICS)
+    run = LiveRun(vocabulary.TRAIN, NEW_ATTEMPT, SYSTEM_METRICS)
     try:
         yield {"on_fit_epoch_end": EpochSender(run)}
     except KeyboardInterrupt:
@@ -133,7 +133,7 @@ def tracked_training() -> Iterator[dict[str, Callable[[Any], None]]]:
 def tracked_evaluation() -> Iterator[None]:
     """The evaluate stage's run: the trained model (models/best.pt) is logged while the stage evaluates,
     and its metrics (metrics/eval.json) and plots are sent once the stage has written them."""
-    run = LiveRun(names.EVALUATE)
+    run = LiveRun(vocabulary.EVALUATE)
     run.submit(MODEL)
     try:
         yield

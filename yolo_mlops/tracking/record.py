@@ -9,7 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core import vocabulary
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.git import head_rev
 from yolo_mlops.core.params import Params, read_yaml
@@ -35,8 +35,8 @@ from yolo_mlops.core.paths import (
 from yolo_mlops.yolo.history import read_history
 
 # What the evaluate stage sends when it finishes, and the log stage again if it could not.
-EVALUATE_ARTIFACTS = ((EVAL_METRICS_FILE, names.EVALUATE_ARTIFACTS), (PLOTS_DIR, names.PLOTS_ARTIFACTS),
-                      (PER_IMAGE_DIR, names.PER_IMAGE_ARTIFACTS))
+EVALUATE_ARTIFACTS = ((EVAL_METRICS_FILE, vocabulary.EVALUATE_ARTIFACTS), (PLOTS_DIR, vocabulary.PLOTS_ARTIFACTS),
+                      (PER_IMAGE_DIR, vocabulary.PER_IMAGE_ARTIFACTS))
 
 RESULT_STAGES = ("train", "evaluate")  # the stages that make the results, after prepare
 RESULT_SECTIONS = ("train", "evaluate", "mlflow")  # the params they run with (prepare's: see the dataset)
@@ -148,27 +148,28 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def stage_metrics(stage: str, path: Path) -> dict[str, float]:
     """A stage's metrics file (metrics/data.json, metrics/eval.json) under the MLflow names of its numbers."""
-    return {names.mlflow_metric(stage, name): value
-            for name, value in names.numbers(names.flatten(_read_json(path))).items()}
+    return {vocabulary.mlflow_metric(stage, name): value
+            for name, value in vocabulary.numbers(vocabulary.flatten(_read_json(path))).items()}
 
 
 def dataset_profile(statistics: dict[str, Any], class_names: list[str]) -> dict[str, Any]:
     """The dataset input's profile: its class names, and the counts of metrics/data.json per split and per class
     (images, boxes, COCO's small / medium / large boxes); the box size summaries stay in the table artifact."""
-    counts = {split: {key: value for key, value in values.items() if not isinstance(value, dict) or
-                      key == names.CLASSES_KEY} for split, values in statistics.items() if split in names.SPLITS}
-    return {names.DATASET_PROFILE_CLASSES: class_names, **counts}
+    counts = {split: {key: value for key, value in values.items()
+                      if not isinstance(value, dict) or key == vocabulary.CLASSES_KEY}
+              for split, values in statistics.items() if split in vocabulary.SPLITS}
+    return {vocabulary.DATASET_PROFILE_CLASSES: class_names, **counts}
 
 
 def dataset_table(statistics: dict[str, Any]) -> dict[str, list[Any]]:
     """metrics/data.json as a table, one row per split and class (`all` first): the run's table artifact."""
     rows = []
-    for split in names.SPLITS:
+    for split in vocabulary.SPLITS:
         values = statistics.get(split, {})
-        per_class = {"all": values, **values.get(names.CLASSES_KEY, {})}
+        per_class = {"all": values, **values.get(vocabulary.CLASSES_KEY, {})}
         for name, counts in per_class.items():
-            own = {key: value for key, value in counts.items() if key != names.CLASSES_KEY}
-            rows.append({"split": split, "class": name} | names.numbers(names.flatten(own)))
+            own = {key: value for key, value in counts.items() if key != vocabulary.CLASSES_KEY}
+            rows.append({"split": split, "class": name} | vocabulary.numbers(vocabulary.flatten(own)))
     columns = list(dict.fromkeys(column for row in rows for column in row))
     return {column: [row.get(column) for row in rows] for column in columns}
 
@@ -181,20 +182,21 @@ def run_header(params: Params) -> RunHeader:
     exp_name = os.environ.get("DVC_EXP_NAME", "")
     commit = git_commit()
     provenance = {
-        names.DATASET_TAG: dataset,
-        names.COMMIT_TAG: commit,
-        names.EXP_NAME_TAG: exp_name or names.WORKSPACE,
-        names.BASELINE_TAG: os.environ.get("DVC_EXP_BASELINE_REV", commit),
+        vocabulary.DATASET_TAG: dataset,
+        vocabulary.COMMIT_TAG: commit,
+        vocabulary.EXP_NAME_TAG: exp_name or vocabulary.WORKSPACE,
+        vocabulary.BASELINE_TAG: os.environ.get("DVC_EXP_BASELINE_REV", commit),
     }
     run_params = {name: str(value) for name, value in params.flat().items()} | provenance | {
-        f"{names.VERSION_PARAM_PREFIX}{package}": value for package, value in library_versions().items()
+        f"{vocabulary.VERSION_PARAM_PREFIX}{package}": value for package, value in library_versions().items()
     }
     tags = provenance | {
-        names.FINGERPRINT_TAG: key, names.MLFLOW_COMMIT_TAG: commit, names.SOURCE_TYPE_TAG: names.SOURCE_TYPE,
-        names.SOURCE_NAME_TAG: str(project_root()), names.ENTRY_POINT_TAG: names.ENTRY_POINT,
+        vocabulary.FINGERPRINT_TAG: key, vocabulary.MLFLOW_COMMIT_TAG: commit,
+        vocabulary.SOURCE_TYPE_TAG: vocabulary.SOURCE_TYPE,
+        vocabulary.SOURCE_NAME_TAG: str(project_root()), vocabulary.ENTRY_POINT_TAG: vocabulary.ENTRY_POINT,
     }
     return RunHeader(
-        run_name=exp_name or f"{names.WORKSPACE}-{key[:8]}",
+        run_name=exp_name or f"{vocabulary.WORKSPACE}-{key[:8]}",
         fingerprint=key,
         params=run_params,
         tags=tags,
@@ -208,23 +210,23 @@ def collect_record(params: Params) -> ExperimentRecord:
     """Gather the record from the files the upstream stages wrote (run from the project root)."""
     header = run_header(params)
     history = [
-        {names.history_metric(name): value for name, value in epoch.items()}
+        {vocabulary.history_metric(name): value for name, value in epoch.items()}
         for epoch in read_history(RESULTS_CSV)
     ]
     artifacts = [
-        (DATA_YAML, names.DATASET_ARTIFACTS), (DATA_METRICS_FILE, names.DATASET_ARTIFACTS),
-        (RESULTS_CSV, names.TRAIN_ARTIFACTS), (RESULTS_PLOT, names.TRAIN_ARTIFACTS),
-        (TRAIN_ARGS, names.TRAIN_ARTIFACTS), (TRAIN_LIVE_METRICS, names.DVCLIVE_ARTIFACTS),
-        (LAST_WEIGHTS, names.WEIGHTS_ARTIFACTS),  # best.pt goes to MLflow once: inside the logged model
+        (DATA_YAML, vocabulary.DATASET_ARTIFACTS), (DATA_METRICS_FILE, vocabulary.DATASET_ARTIFACTS),
+        (RESULTS_CSV, vocabulary.TRAIN_ARTIFACTS), (RESULTS_PLOT, vocabulary.TRAIN_ARTIFACTS),
+        (TRAIN_ARGS, vocabulary.TRAIN_ARTIFACTS), (TRAIN_LIVE_METRICS, vocabulary.DVCLIVE_ARTIFACTS),
+        (LAST_WEIGHTS, vocabulary.WEIGHTS_ARTIFACTS),  # best.pt goes to MLflow once: inside the logged model
         *EVALUATE_ARTIFACTS,
-        (PARAMS_FILE, names.DVC_ARTIFACTS), (DVC_LOCK_FILE, names.DVC_ARTIFACTS),
+        (PARAMS_FILE, vocabulary.DVC_ARTIFACTS), (DVC_LOCK_FILE, vocabulary.DVC_ARTIFACTS),
     ]
     absent = [str(path) for path in (BEST_WEIGHTS, *(path for path, _ in artifacts)) if not path.exists()]
     if absent:
         raise PipelineError(f"log: missing output(s) {', '.join(absent)}; run the upstream stages with `dvc repro`")
     return ExperimentRecord(
         header=header,
-        metrics=stage_metrics(names.EVALUATE, EVAL_METRICS_FILE),
+        metrics=stage_metrics(vocabulary.EVALUATE, EVAL_METRICS_FILE),
         history=history,
         artifacts=artifacts,
         weights=BEST_WEIGHTS,

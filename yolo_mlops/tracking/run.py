@@ -14,10 +14,10 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run, ViewType
 
-from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core import vocabulary
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.paths import DATASET_DIR, EVAL_METRICS_FILE, PER_IMAGE_DIR
-from yolo_mlops.tracking.hints import SAFE_RESULTS, STORE_IS_BACK, artifact_store_hint, safe_results
+from yolo_mlops.tracking.failure_messages import SAFE_RESULTS, STORE_IS_BACK, artifact_store_hint, safe_results
 from yolo_mlops.tracking.model import log_model, model_id
 from yolo_mlops.tracking.record import EVALUATE_ARTIFACTS, ExperimentRecord, RunHeader
 from yolo_mlops.tracking.store import (
@@ -54,7 +54,7 @@ def find_run(client: MlflowClient, experiment_id: str, key: str) -> Run | None:
     """The experiment's current run, searched on the tracking server by its fingerprint (the latest
     attempt: an interrupted attempt loses the tag when it is retried)."""
     runs = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{names.FINGERPRINT_TAG}` = '{key}'",
+        [experiment_id], filter_string=f"tags.`{vocabulary.FINGERPRINT_TAG}` = '{key}'",
         order_by=["attributes.start_time DESC"], max_results=1,
     )
     return runs[0] if runs else None
@@ -62,7 +62,7 @@ def find_run(client: MlflowClient, experiment_id: str, key: str) -> Run | None:
 
 def deleted_run(client: MlflowClient, experiment_id: str, key: str) -> str | None:
     """The id of the experiment's run if someone deleted it in MLflow (in MLflow's trash, not purged)."""
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`{names.FINGERPRINT_TAG}` = '{key}'",
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{vocabulary.FINGERPRINT_TAG}` = '{key}'",
                               run_view_type=ViewType.DELETED_ONLY, max_results=1)
     return runs[0].info.run_id if runs else None
 
@@ -77,18 +77,18 @@ def refuse_deleted(run_id: str) -> PipelineError:
 
 
 def is_complete(run: Run) -> bool:
-    return run.data.tags.get(names.LOG_STATUS_TAG) == names.COMPLETE
+    return run.data.tags.get(vocabulary.LOG_STATUS_TAG) == vocabulary.COMPLETE
 
 
 def dataset_input(header: RunHeader) -> DatasetInput:
     """data/tiny_coco as the run's dataset input, DVC's md5 as its digest (the runs table's Dataset column), its
     class names and counts per split and class as its profile."""
     dataset = Dataset(
-        name=DATASET_DIR.name, digest=header.dataset_md5, source_type=names.DATASET_SOURCE_TYPE,
+        name=DATASET_DIR.name, digest=header.dataset_md5, source_type=vocabulary.DATASET_SOURCE_TYPE,
         source=json.dumps({"path": DATASET_DIR.as_posix(), "md5": header.dataset_md5}),
         profile=json.dumps(header.dataset_profile, sort_keys=True),
     )
-    return DatasetInput(dataset, tags=[InputTag(names.DATASET_CONTEXT_TAG, names.DATASET_CONTEXT)])
+    return DatasetInput(dataset, tags=[InputTag(vocabulary.DATASET_CONTEXT_TAG, vocabulary.DATASET_CONTEXT)])
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, str], logged: dict[str, str]) -> None:
@@ -119,13 +119,13 @@ def retire_attempts(client: MlflowClient, experiment_id: str, key: str, current:
     attempts: FAILED if still RUNNING, tagged with the run that retried them, and no longer found by the
     fingerprint, so that they leave the comparison. Their epochs stay in MLflow."""
     retired = []
-    for run in client.search_runs([experiment_id], filter_string=f"tags.`{names.FINGERPRINT_TAG}` = '{key}'"):
+    for run in client.search_runs([experiment_id], filter_string=f"tags.`{vocabulary.FINGERPRINT_TAG}` = '{key}'"):
         if run.info.run_id == current or is_complete(run):
             continue
         if run.info.status == "RUNNING":
             client.set_terminated(run.info.run_id, "FAILED")
-        client.set_tag(run.info.run_id, names.PREVIOUS_ATTEMPT_TAG, current)
-        client.delete_tag(run.info.run_id, names.FINGERPRINT_TAG)
+        client.set_tag(run.info.run_id, vocabulary.PREVIOUS_ATTEMPT_TAG, current)
+        client.delete_tag(run.info.run_id, vocabulary.FINGERPRINT_TAG)
         retired.append(run.info.run_id)
     return retired
 
@@ -143,9 +143,9 @@ def upload_evaluation(client: MlflowClient, run: Run) -> None:
     """The evaluate stage's files (metrics/eval.json, plots/, metrics/per_image/), unless the run holds them already,
     from the same evaluation: the evaluate stage uploads them, the log stage only if that did not happen."""
     digest = evaluation_digest()
-    if run.data.tags.get(names.EVALUATION_UPLOADED_TAG) != digest:
+    if run.data.tags.get(vocabulary.EVALUATION_UPLOADED_TAG) != digest:
         upload(client, run.info.run_id, EVALUATE_ARTIFACTS)
-        client.set_tag(run.info.run_id, names.EVALUATION_UPLOADED_TAG, digest)
+        client.set_tag(run.info.run_id, vocabulary.EVALUATION_UPLOADED_TAG, digest)
 
 
 def upload(client: MlflowClient, run_id: str, artifacts: Iterable[tuple[Path, str]]) -> None:
@@ -190,9 +190,10 @@ def _send(client: MlflowClient, run: Run, record: ExperimentRecord) -> None:
         client.set_tag(run_id, name, value)
     upload(client, run_id, [artifact for artifact in record.artifacts if artifact not in EVALUATE_ARTIFACTS])
     upload_evaluation(client, run)
-    if names.DATASET_TABLE not in {item.path for item in client.list_artifacts(run_id, names.DATASET_ARTIFACTS)}:
+    logged = {item.path for item in client.list_artifacts(run_id, vocabulary.DATASET_ARTIFACTS)}
+    if vocabulary.DATASET_TABLE not in logged:
         # once: MLflow appends the rows to a table the run holds already
-        client.log_table(run_id, data=record.header.dataset_table, artifact_file=names.DATASET_TABLE)
+        client.log_table(run_id, data=record.header.dataset_table, artifact_file=vocabulary.DATASET_TABLE)
 
 
 def _retry(error: PipelineError) -> str:
@@ -223,7 +224,7 @@ def log_record(record: ExperimentRecord, experiment_name: str) -> LoggedRun:
         log.info("log: completing run %s, opened by an earlier stage or attempt", run_id)
     try:
         _send(client, run, record)
-        client.set_tag(run_id, names.LOG_STATUS_TAG, names.COMPLETE)
+        client.set_tag(run_id, vocabulary.LOG_STATUS_TAG, vocabulary.COMPLETE)
         client.set_terminated(run_id, "FINISHED")
     except Exception as error:
         with contextlib.suppress(Exception):  # the server may be the thing that failed

@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.server.auth.client import AuthServiceClient
 
-from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core import vocabulary
 from yolo_mlops.core.entry import run_main
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.params import load_params
@@ -39,9 +39,9 @@ from yolo_mlops.tracking.store import (
 WORKSPACE = "default"
 EXPERIMENT, REGISTERED_MODEL = "experiment", "registered_model"  # MLflow's resource types
 ROLES = {  # role → (permission on the experiment, permission on the registered model)
-    names.VIEWER: ("READ", "READ"),
-    names.MEMBER: ("EDIT", "READ"),
-    names.MAINTAINER: ("EDIT", "MANAGE"),
+    vocabulary.VIEWER: ("READ", "READ"),
+    vocabulary.MEMBER: ("EDIT", "READ"),
+    vocabulary.MAINTAINER: ("EDIT", "MANAGE"),
 }
 PASSWORD_BYTES = 18  # 24 URL-safe characters; MLflow's minimum is 12
 
@@ -76,7 +76,7 @@ def _project_resources(client: MlflowClient, experiment_name: str, model: str) -
     """The experiment's id; the experiment and the registered model created when missing."""
     exp_id = experiment_id(client, experiment_name)
     if not client.search_registered_models(f"name = '{model}'"):
-        client.create_registered_model(model, description=names.REGISTERED_MODEL_DESCRIPTION)
+        client.create_registered_model(model, description=vocabulary.REGISTERED_MODEL_DESCRIPTION)
     return exp_id
 
 

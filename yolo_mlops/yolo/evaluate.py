@@ -120,7 +120,7 @@ def write_curve(curve: dict[str, list[float]], target: Path) -> None:
 
 
 def evaluate_splits(params: Params, weights: Path, data_yaml: Path, training_plot: Path, plots_dir: Path,
-                    per_image_dir: Path, scratch: Path) -> dict[str, dict[str, Any]]:
+                    per_image_dir: Path, tempdir: Path) -> dict[str, dict[str, Any]]:
     """Metrics per split; writes `plots_dir/results.png`, `plots_dir/<split>/` images and curve, and
     `per_image_dir/<split>.npz`."""
     if not weights.is_file():
@@ -130,7 +130,7 @@ def evaluate_splits(params: Params, weights: Path, data_yaml: Path, training_plo
     model, results = ultralytics().YOLO(str(weights)), {}  # loaded once, validated on each split
     for split in params.evaluate.splits:
         metrics, curve, save_dir, stats = evaluate(
-            model, data_yaml, split, params.evaluate, params.train.imgsz, params.train.batch, device, scratch / split
+            model, data_yaml, split, params.evaluate, params.train.imgsz, params.train.batch, device, tempdir / split
         )
         results[split] = _rounded(metrics)
         save_image_stats(stats, per_image_dir / per_image_stats(split).relative_to(PER_IMAGE_DIR))

@@ -23,7 +23,7 @@ def train(data_yaml: Path, params: TrainParams, model: str, device: str, run_dir
     return the folder holding weights/, results.csv and results.png.
 
     Ultralytics' own training plots are off: the label statistics and batch mosaics would be drawn
-    into a scratch folder and thrown away, and its final validation of best.pt is skipped
+    into a temporary folder and thrown away, and its final validation of best.pt is skipped
     (`skip_final_validation`): the evaluate stage validates best.pt and draws its curves per
     split. Only the training curves, results.png, are kept, drawn from results.csv as
     Ultralytics draws them."""

@@ -1,4 +1,4 @@
-"""A stage's courier to MLflow: `python -m yolo_mlops.tracking.courier <stage> [--new-attempt]
+"""A stage's forwarder to MLflow: `python -m yolo_mlops.tracking.forwarder <stage> [--new-attempt]
 [--system-metrics]`, started by tracking/live.py, which describes the protocol. It opens (or finds) the
 experiment's run, samples MLflow's system metrics while the stage runs, and does the jobs the stage
 writes to its stdin until the stage closes it, or dies."""
@@ -6,11 +6,11 @@ writes to its stdin until the stage closes it, or dies."""
 import json
 import signal
 import sys
-from typing import Any
+from typing import Any, NamedTuple
 
 from mlflow import MlflowClient
 
-from yolo_mlops.core import vocabulary as names
+from yolo_mlops.core import vocabulary
 from yolo_mlops.core.entry import quick_exit, show_progress
 from yolo_mlops.core.params import Params, load_params
 from yolo_mlops.core.paths import BEST_WEIGHTS, EVAL_METRICS_FILE
@@ -31,8 +31,16 @@ from yolo_mlops.tracking.store import connect, experiment_id, pipeline_permissio
 SYSTEM_METRICS_INTERVAL_S = 5.0  # MLflow's default is 10 s; MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides
 
 
-def open_stage_run(params: Params, stage: str, new_attempt: bool) -> tuple[MlflowClient, str, str] | None:
-    """(client, run id, store URI) of the run the stage sends to, or None when there is nothing to send
+class StageRun(NamedTuple):
+    """The MLflow run a stage sends to, with the client and the store it is in."""
+
+    client: MlflowClient
+    run_id: str
+    uri: str
+
+
+def open_stage_run(params: Params, stage: str, new_attempt: bool) -> StageRun | None:
+    """The run the stage sends to, or None when there is nothing to send
     (`dvc repro --force` of an experiment its run holds completely already)."""
     header = run_header(params)
     client, uri = connect()
@@ -43,7 +51,7 @@ def open_stage_run(params: Params, stage: str, new_attempt: bool) -> tuple[Mlflo
         return None
     run_id = open_run(client, exp_id, header) if run is None or new_attempt else run.info.run_id
     log.info("%s: tracking in MLflow run %s (%s) at %s", stage, run_id, header.run_name, public_uri(uri))
-    return client, run_id, uri
+    return StageRun(client, run_id, uri)
 
 
 def send_epochs(client: MlflowClient, run_id: str, params: Params, rows: list[list[Any]]) -> None:
@@ -59,7 +67,7 @@ def send_model(client: MlflowClient, run_id: str, params: Params) -> None:
 
 def send_evaluation(client: MlflowClient, run_id: str, params: Params) -> None:
     """metrics/eval.json as the run's metrics, also linked to its model (logged just before), and the files."""
-    metrics = stage_metrics(names.EVALUATE, EVAL_METRICS_FILE)
+    metrics = stage_metrics(vocabulary.EVALUATE, EVAL_METRICS_FILE)
     wanted = [(name, value, 0) for name, value in metrics.items()]
     run = client.get_run(run_id)
     log_metrics(client, run_id, missing_metrics(client, run, wanted, model_id(run)))
@@ -75,35 +83,35 @@ def main(argv: list[str]) -> None:
     show_progress()
     params = load_params()
     try:
-        opened = open_stage_run(params, stage, NEW_ATTEMPT in options)
+        stage_run = open_stage_run(params, stage, NEW_ATTEMPT in options)
     except Exception as error:  # the store, the server or the network: the stage does not depend on them
         refused = sign_in_error(error, pipeline_permission(params.mlflow.experiment_name))
         warn(stage, str(refused) if refused is not None else f"cannot be reached ({error})")
-        opened = None
+        stage_run = None
     monitor = None
-    if opened is not None and SYSTEM_METRICS in options:
+    if stage_run is not None and SYSTEM_METRICS in options:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        monitor = SystemMetricsMonitor(opened[1], sampling_interval=SYSTEM_METRICS_INTERVAL_S,
-                                       tracking_uri=opened[2])
+        monitor = SystemMetricsMonitor(stage_run.run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S,
+                                       tracking_uri=stage_run.uri)
         monitor.start()
-    status, failed = None, opened is None
+    status, failed = None, stage_run is None
     for line in sys.stdin:  # until the stage closes the pipe, or dies
         try:
             job, *values = json.loads(line)
             if job == STATUS:
                 status = values[0]
-            elif opened is not None and not failed:
-                JOBS[job](opened[0], opened[1], params, *values)
+            elif stage_run is not None and not failed:
+                JOBS[job](stage_run.client, stage_run.run_id, params, *values)
         except Exception as error:
             if not failed:
                 failed = True
                 warn(stage, f"{type(error).__name__}: {error}")
     if monitor is not None:
         monitor.finish()
-    if opened is not None and status is not None:
+    if stage_run is not None and status is not None:
         try:
-            opened[0].set_terminated(opened[1], status)
+            stage_run.client.set_terminated(stage_run.run_id, status)
         except Exception as error:
             if not failed:
                 warn(stage, f"{type(error).__name__}: {error}")
