@@ -12,7 +12,8 @@ OVERRIDES := $(if $(COCO128),-S prepare.source=$(COCO128)) $(if $(MODEL),-S trai
 RAY ?=
 # Experiments at once in DVC's queue: make run JOBS=1 (default 2: python -m yolo_mlops.grid run --help)
 JOBS ?=
-# Test files run side by side in pytest-xdist workers: make test TEST_WORKERS=1 for one (pytest alone runs them in turn)
+# Test files run side by side in pytest-xdist workers, each file in one (its module fixtures built once):
+# make test TEST_WORKERS=1 for one worker (pytest alone runs them in turn)
 TEST_WORKERS ?= 2
 
 # `make user` without its arguments is refused before `setup` builds anything.
@@ -75,7 +76,7 @@ lint: $(VENV)/.installed-dev
 	ruff check .
 
 test: lint
-	pytest -n $(TEST_WORKERS) --dist loadgroup
+	pytest -n $(TEST_WORKERS) --dist loadfile
 
 ui: setup
 	@if [ -n "$$MLFLOW_TRACKING_URI" ]; then echo "MLFLOW_TRACKING_URI is set: open $$MLFLOW_TRACKING_URI"; \

@@ -30,18 +30,6 @@ COCO128_ZIP = Path(os.environ.get("COCO128_ZIP", PROJECT_ROOT.parent / "shared" 
 needs_coco128 = pytest.mark.skipif(
     not COCO128_ZIP.is_file(), reason=f"needs the real COCO128 at {COCO128_ZIP} (or set COCO128_ZIP)"
 )
-# Test files that start a Ray cluster: they share one pytest-xdist group, so that two clusters never run at once.
-RAY_FILES = ("test_grid_ray", "test_ray_token")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """`make test` runs two pytest-xdist workers with `--dist loadgroup`: every test of a file goes to the same
-    worker (its module fixtures are built once), and the Ray files to one worker together."""
-    for item in items:
-        module = item.module.__name__.rpartition(".")[2] if item.module else item.nodeid
-        item.add_marker(pytest.mark.xdist_group("ray" if module in RAY_FILES else module))
-
-
 # Tiny settings for every test that trains: random init, 64 px, one epoch.
 TINY_PARAMS = {
     "prepare.source": str(COCO128_ZIP),

@@ -5,6 +5,7 @@ engine and MinIO cannot be installed here, so moto's standalone S3 server (`moto
 in for MinIO: it speaks the S3 protocol over HTTP to boto3, DVC and MLflow alike. PostgreSQL and
 `mlflow server` are the real programs, started by the tests and bound to 127.0.0.1 only."""
 
+import fcntl
 import glob
 import os
 import pwd
@@ -254,6 +255,18 @@ RAY_TOKEN_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(3
 
 
 @contextmanager
+def one_at_a_time(name: str) -> Iterator[None]:
+    """Hold a lock that other test processes on this machine wait for (`make test` runs its test files in two
+    pytest-xdist workers): two Ray clusters at once would share ports and CPUs."""
+    with open(Path(tempfile.gettempdir()) / f"yolo-mlops-tests-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextmanager
 def ray_cluster(workers: int) -> Iterator[tuple[Any, list]]:
     """A real Ray cluster on this machine (`ray.cluster_utils.Cluster`) in token mode (RAY_TOKEN_ENV): a head
     node that runs nothing (no CPU, no dashboard) and `workers` worker nodes of one CPU each, as processes;
@@ -261,25 +274,26 @@ def ray_cluster(workers: int) -> Iterator[tuple[Any, list]]:
     the drivers the test starts meanwhile, inherit this environment, the token included."""
     from ray.cluster_utils import Cluster
 
-    saved = {name: os.environ.get(name) for name in ("PATH", "RAY_USAGE_STATS_ENABLED", *RAY_TOKEN_ENV)}
-    os.environ["PATH"] = f"{BIN}{os.pathsep}{saved['PATH'] or ''}"  # the tasks run this virtualenv's dvc, as
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # `make ray-worker`'s do; and no usage statistics, as there
-    os.environ.update(RAY_TOKEN_ENV)  # token mode, as `make ray-head` starts it: the drivers started here get it
-    reset_ray_token_state()
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "include_dashboard": False, "object_store_memory": RAY_OBJECT_STORE})
-    try:
-        nodes = [cluster.add_node(num_cpus=1, object_store_memory=RAY_OBJECT_STORE) for _ in range(workers)]
-        cluster.wait_for_nodes()
-        yield cluster, nodes
-    finally:
-        cluster.shutdown()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with one_at_a_time("ray-cluster"):  # another test file's cluster, in the other pytest-xdist worker
+        saved = {name: os.environ.get(name) for name in ("PATH", "RAY_USAGE_STATS_ENABLED", *RAY_TOKEN_ENV)}
+        os.environ["PATH"] = f"{BIN}{os.pathsep}{saved['PATH'] or ''}"  # the tasks run this virtualenv's dvc, as
+        os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # `make ray-worker`'s do; and no usage statistics, as there
+        os.environ.update(RAY_TOKEN_ENV)  # token mode, as `make ray-head` starts it: the drivers started here get it
         reset_ray_token_state()
+        cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 0, "include_dashboard": False, "object_store_memory": RAY_OBJECT_STORE})
+        try:
+            nodes = [cluster.add_node(num_cpus=1, object_store_memory=RAY_OBJECT_STORE) for _ in range(workers)]
+            cluster.wait_for_nodes()
+            yield cluster, nodes
+        finally:
+            cluster.shutdown()
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            reset_ray_token_state()
 
 
 def reset_ray_token_state() -> None:

@@ -119,7 +119,8 @@ def test_every_point_is_one_experiment_and_one_finished_run_despite_a_dead_node(
         mlflow_run = by_name[experiment.name]
         assert mlflow_run.info.run_name == experiment.name
         assert mlflow_run.data.tags[vocabulary.EXP_REV_TAG] == experiment.rev
-        assert len(experiment.metrics) == 18  # val and test: 5 all-class metrics, 4 of person
+        # val and test: 5 all-class metrics, 4 of person, and the _low / _high of 4 of them
+        assert len(experiment.metrics) == 34
         for name, value in experiment.metrics.items():
             assert mlflow_run.data.metrics[vocabulary.eval_metric(name)] == value
         assert f"{experiment.name} on node {mlflow_run.data.tags[vocabulary.RAY_NODE_TAG][:8]}" in out

@@ -135,7 +135,7 @@ def test_make_user_updates_a_role_keeps_the_password_and_refuses_bad_input(stack
     with stack.signed_in(vocabulary.VIEWER) as client:  # the old password still works
         assert client.get_experiment_by_name(EXPERIMENT) is not None
     missing = run(["make", "-o", ".venv/.installed", "user", "NAME=someone"], stack.project, check=False)
-    assert missing.returncode != 0 and "make user NAME=<name> ROLE=viewer|member|maintainer" in missing.stdout
+    assert missing.returncode != 0 and "make user NAME=<name> ROLE=viewer|member|maintainer" in missing.stderr
     wrong = make_user(stack.project, stack.server, "someone", "owner")
     assert wrong.returncode != 0 and "invalid choice: 'owner'" in wrong.stderr
     team = ["python", "-m", "yolo_mlops.tracking.team", "someone", vocabulary.VIEWER]

@@ -138,6 +138,7 @@ def evaluated_model(client: MlflowClient, folder: Path) -> tuple[str, str]:
     (folder / "metrics" / "eval.json").write_text(json.dumps({split: {"mAP50": 0.5, "recall": 0.25}
                                                               for split in ("val", "test")}))
     (folder / "plots").mkdir()
+    (folder / "metrics" / "per_image").mkdir()  # the evaluate stage's outputs, as it writes them (empty here)
     (folder / "best.pt").write_bytes(b"weights")  # logged, never loaded here
     exp = experiment_id(client, "evaluated")
     run = client.create_run(exp, run_name="evaluated")

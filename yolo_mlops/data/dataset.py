@@ -198,7 +198,9 @@ def decode_image(data: bytes, where: str) -> tuple[int, int]:
         image = Image.open(io.BytesIO(data))
         size, kind = image.size, image.format
         image.verify()
-    except UnidentifiedImageError:  # its message names the in-memory buffer, not the file
+    # Its message names the in-memory buffer, not the file. ImportError: where Ultralytics is imported, its
+    # patched Image.open retries an unidentified image with the pi-heif plugin, which may be missing.
+    except (UnidentifiedImageError, ImportError):
         raise PipelineError(f"{where}: image does not decode (not a format Pillow recognises)") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise PipelineError(f"{where}: image does not decode ({error})") from None
