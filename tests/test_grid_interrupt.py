@@ -24,7 +24,9 @@ from yolo_mlops.grid.experiments import EXEC_RUN, QUEUE_WORKER, parse_exp_show
 
 pytestmark = [needs_coco128, pytest.mark.e2e]
 GRID = "train.seed: [1, 2]\n"
-EPOCHS = 3  # the interrupt comes after epoch 1 of both experiments reached MLflow
+# The interrupt comes after epoch 1 of both experiments reached MLflow; the other epochs (about 2 s each here)
+# leave room for it on a loaded machine. Were training over, the next run would take it from DVC's run-cache.
+EPOCHS = 10
 EPOCH_METRIC = vocabulary.history_metric("train/box_loss")
 GATES = {"promote.min_test_map50_95": 0.0, "promote.min_test_recall": 0.0, "promote.min_margin": 0.0}
 
@@ -91,16 +93,20 @@ def test_ctrl_c_stops_the_queue_cleanly_and_the_next_run_completes_it(store, tmp
     project, env, client = store
     log = tmp_path / "grid.log"
     driver = grid(project, env, log)
+    lock = project / ".dvc" / "tmp" / "grid.lock"
     try:
-        wait_for(lambda: len(training_runs(client)) == 2 or driver.poll() is not None, "both experiments training",
-                 timeout=600)
-        assert driver.poll() is None, log.read_text()[-3000:]
-        # A second driver while this one runs: one line with the first one's pid, nothing touched.
+        wait_for(lambda: (lock.is_file() and lock.read_text().strip() == str(driver.pid)) or driver.poll() is not None,
+                 "the driver's lock", timeout=120)
+        # A second driver while this one runs: one line with the first one's pid, nothing touched. (Asked before
+        # the trainings start, so that the Ctrl-C below comes while both still train.)
         second = run(["python", "-m", "yolo_mlops.grid", "run"], project, env=env, check=False)
         assert second.returncode == 1 and second.stdout == ""
         assert second.stderr.strip() == (f"error: a grid is already running in {project} (pid {driver.pid}, lock "
                                           ".dvc/tmp/grid.lock); wait for it to end, or stop it with Ctrl-C. Nothing "
                                           "was queued or started.")
+        wait_for(lambda: len(training_runs(client)) == 2 or driver.poll() is not None, "both experiments training",
+                 timeout=600)
+        assert driver.poll() is None, log.read_text()[-3000:]
         interrupted_runs = {found.info.run_id for found in training_runs(client)}
         os.killpg(driver.pid, signal.SIGINT)  # Ctrl-C in the driver's terminal
         assert_stopped_cleanly(project, env, driver, log)
