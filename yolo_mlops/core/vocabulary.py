@@ -43,7 +43,7 @@ EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_de
 CHAMPION, CHALLENGER = "champion", "challenger"
 # The team's roles on a tracking server with sign-in (tracking/team.py, `make user`).
 VIEWER, MEMBER, MAINTAINER = "viewer", "member", "maintainer"
-REGISTERED_MODEL_DESCRIPTION = "Tiny YOLO person detector (DVC grid + MLflow)"
+REGISTERED_MODEL_DESCRIPTION = "YOLO detector from the DVC pipeline; each version says why it was promoted"
 RUN_ID_TAG = "run_id"
 PREVIOUS_CHAMPION_TAG = "previous_champion"
 STAGE_TAG = "stage"  # Production / Staging / Archived, mirrored from the aliases
