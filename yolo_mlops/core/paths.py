@@ -59,6 +59,7 @@ TEMP_DIR = Path(".tmp")  # each stage's temporary folder, .tmp/<stage>/ (core/te
 DVC_TMP_DIR = Path(".dvc/tmp")  # DVC's own temporary state (git-ignored by DVC)
 GRID_LOCK = DVC_TMP_DIR / "grid.lock"  # the running grid driver's pid (grid/lock.py)
 GRID_STOPPING = DVC_TMP_DIR / "grid-stopping.json"  # the experiments an interrupted grid stops (grid/experiments.py)
+DVC_QUEUE_DIR = DVC_TMP_DIR / "exps" / "celery"  # DVC queue workers' logs, dvc-exp-worker-<k>.out (grid/workers.py)
 
 
 def project_root() -> Path:

@@ -3,6 +3,7 @@ link the experiments to their MLflow runs, compare them, promote the best and wr
 `python -m yolo_mlops.grid` (grid/__main__.py) runs and prints them."""
 
 import os
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from yolo_mlops.core.paths import (
     RUNS_CSV,
 )
 from yolo_mlops.data.source import resolve_source
-from yolo_mlops.grid import charts, experiments, points
+from yolo_mlops.grid import charts, experiments, points, workers
 from yolo_mlops.grid.experiments import DvcExperiment
 from yolo_mlops.grid.insights import Insights, insights
 from yolo_mlops.grid.ranking import Comparison, RunSummary, compare, export_csv, select_best
@@ -137,12 +138,21 @@ def check_before_queueing(grid_points: list[dict[str, Any]], overrides: dict[str
 
 def run_queued(root: Path, jobs: int) -> Iterator[str]:
     """Run every experiment waiting in DVC's queue (those queued earlier too), `jobs` at once, yielding
-    DVC's output. What several of them share is computed once first (`run_shared`)."""
+    DVC's output. What several of them share is computed once first (`run_shared`). A queue worker that
+    dies is replaced, and its experiment run again after the others (`workers.WorkerWatch`)."""
     waiting = [experiment for experiment in experiments.list_experiments(root) if experiment.queued]
     if waiting:
         if jobs > 1:
             yield from run_shared(root, waiting)
-        yield from experiments.run_queue(root, len(waiting), min(jobs, len(waiting)))
+        jobs = min(jobs, len(waiting))
+        watch = workers.WorkerWatch(root, jobs, time.time())
+        total = len(waiting)
+        while total:
+            yield from experiments.run_queue(root, total, jobs, watch.check)
+            again = watch.rerun()
+            if again:
+                yield f"grid: running again what dead queue workers left: {', '.join(again)}\n"
+            total = len(again)
 
 
 def run_shared(root: Path, waiting: list[DvcExperiment]) -> Iterator[str]:

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,14 +156,15 @@ def queue(root: Path, name: str, set_args: list[str]) -> tuple[list[str], str]:
     return command, dvc(root, *command[1:])
 
 
-def run_queue(root: Path, total: int, jobs: int) -> Iterator[str]:
+def run_queue(root: Path, total: int, jobs: int, watch: Callable[[], Iterator[str]] | None = None) -> Iterator[str]:
     """Run the queued experiments with DVC's queue (`dvc exp run --run-all --jobs <jobs>`: that many queue
     workers at once), yielding its output line by line, each experiment's start marked [k/total]. DVC
     replays each experiment's log in queue order. A failed experiment does not stop the others.
 
     DVC's output goes through a file, read until DVC's command ends: a queue worker that outlives it
     (with several workers, dvc-task's worker can miss its shutdown) keeps the file open, not the grid,
-    and is stopped then (`stop_leftover_workers`)."""
+    and is stopped then (`stop_leftover_workers`). `watch`: called while DVC's command runs, its lines yielded
+    (the queue's workers, grid/workers.py)."""
     started, pending, since = 0, "", time.time()
     with tempfile.NamedTemporaryFile("wb", prefix="dvc-queue-", suffix=".log") as output, \
             open(output.name, encoding="utf-8", errors="replace") as reader, \
@@ -180,6 +181,8 @@ def run_queue(root: Path, total: int, jobs: int) -> Iterator[str]:
                     yield line + "\n"
                 if ended:
                     break
+                if watch is not None:
+                    yield from watch()
                 time.sleep(OUTPUT_POLL_S)
         except BaseException:  # an interrupt: DVC's command only follows the queue; it stops following
             process.terminate()

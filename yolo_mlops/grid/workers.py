@@ -1,0 +1,223 @@
+"""DVC's queue workers while the grid runs (`WorkerWatch`): a worker that dies while experiments are waiting is
+reported in one line with its log's last error, the experiment it ran is run again, and another worker is
+started, so that the grid keeps its `--jobs`. When none can be started the grid stops with an error instead of
+waiting for a queue nobody runs.
+
+Why workers die: DVC's queue is Celery on kombu's filesystem transport, which passes messages as files. A
+worker can read a message file before its writer has finished it; kombu then raises JSONDecodeError and the
+worker's consumer ends ("Unrecoverable error"), the worker with it (dvc-task issue 73; DVC PR 7903's
+discussion). More workers, more such races."""
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import yaml
+
+from yolo_mlops.core.errors import PipelineError
+from yolo_mlops.core.git import show
+from yolo_mlops.core.paths import DVC_QUEUE_DIR, DVC_TMP_DIR, PARAMS_FILE
+from yolo_mlops.core.vocabulary import flatten
+from yolo_mlops.grid import experiments, points
+from yolo_mlops.grid.experiments import EXEC_RUN, QUEUE_WORKER, DvcExperiment
+
+CHECK_INTERVAL_S = 1.0  # how often the workers are looked for
+STATUS_WAIT_S = 2.0  # how long dvc-task's process that started a worker may take to record its exit status
+STOP_WAIT_S = 30.0  # how long a dead worker's experiment may take to stop on SIGINT, before it is killed
+START_WAIT_S = 30.0  # how long a started worker may take to appear
+START_ATTEMPTS = 3  # replacements tried in a row before the grid gives up on a worker
+ERROR_MARKS = ("CRITICAL", "ERROR", "Error", "error")
+LINE_CHARS = 300  # the longest log line quoted
+
+
+@dataclass(frozen=True)
+class Worker:
+    """A queue worker as first seen alive: its process, its number k (`dvc-exp-worker-<k>`), and its process
+    group, which the experiment it runs (`dvc exp exec-run` and the stage) shares."""
+
+    process: psutil.Process
+    number: str
+    group: int
+
+    @property
+    def name(self) -> str:
+        return f"dvc-exp-worker-{self.number}"
+
+    def log(self, root: Path) -> Path:
+        """Its log (dvc-task appends each worker of that number to it)."""
+        return root / DVC_QUEUE_DIR / f"{self.name}.out"
+
+
+def worker_number(cmdline: list[str]) -> str:
+    """k of a worker's node name, `dvc exp queue-worker dvc-exp-<hash>-<k>@localhost`."""
+    node = cmdline[cmdline.index(QUEUE_WORKER) + 1] if cmdline.index(QUEUE_WORKER) + 1 < len(cmdline) else ""
+    return node.partition("@")[0].rsplit("-", 1)[-1] or "?"
+
+
+def last_error(log: Path) -> str:
+    """The last line of a worker's log that reports an error, else its last line."""
+    try:
+        text = log.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return f"no log at {log}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if any(mark in line for mark in ERROR_MARKS)]
+    found = (errors or lines or [f"{log} is empty"])[-1]
+    return found if len(found) <= LINE_CHARS else found[:LINE_CHARS] + "..."
+
+
+def exit_status(root: Path, worker: Worker) -> int | None:
+    """A worker's exit status, as dvc-task's process that started it records it (dvc-exp-worker-<k>.json); None
+    when not recorded in time (that process died too)."""
+    info = root / DVC_QUEUE_DIR / f"{worker.name}.json"
+    deadline = time.monotonic() + STATUS_WAIT_S
+    while True:
+        with contextlib.suppress(OSError, ValueError):
+            recorded = json.loads(info.read_text())
+            if recorded.get("pid") == worker.process.pid and recorded.get("returncode") is not None:
+                return recorded["returncode"]
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.1)
+
+
+def group_members(group: int) -> list[psutil.Process]:
+    """The processes alive in a process group."""
+    members = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(process.pid) == group:
+                members.append(process)
+    return members
+
+
+def stop_group(group: int, timeout: float = STOP_WAIT_S) -> None:
+    """SIGINT to a process group, as Ctrl-C (a stage ends its MLflow run KILLED), then SIGKILL to what is left."""
+    members = group_members(group)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(group, signal.SIGINT)
+    _, alive = psutil.wait_procs(members, timeout=timeout)
+    if alive:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
+        psutil.wait_procs(alive, timeout=timeout)
+
+
+def point_args(root: Path, experiment: DvcExperiment) -> list[str]:
+    """The -S arguments that queue the experiment again: its params that differ from its baseline's."""
+    baseline = flatten(yaml.safe_load(show(root, experiment.baseline_rev, PARAMS_FILE) or "") or {})
+    return points.set_args({key: value for key, value in experiment.params.items() if baseline.get(key) != value})
+
+
+class WorkerWatch:
+    """Watches the queue workers of `root` started since `since` while DVC's queue runs `jobs` at once. `check`,
+    called often, looks every CHECK_INTERVAL_S; `start_command` starts the missing workers (DVC's `dvc queue
+    start -j <jobs>` starts those of the numbers 1..jobs that are not running)."""
+
+    def __init__(self, root: Path, jobs: int, since: float, start_command: list[str] | None = None,
+                 stop: Callable[[int], None] = stop_group) -> None:
+        self.root, self.jobs, self.since = root, jobs, since
+        self.start_command = start_command or ["dvc", "queue", "start", "--jobs", str(jobs)]
+        self.stop = stop
+        self.known: dict[int, Worker] = {}
+        self.lost: list[DvcExperiment] = []  # experiments of dead workers, to run again (`rerun`)
+        self.last_check = 0.0
+
+    def alive(self) -> dict[int, psutil.Process]:
+        return {process.pid: process for process in experiments.queue_workers(self.root, self.since)}
+
+    def check(self) -> Iterator[str]:
+        """Lines to print: one for each worker that died while experiments wait (its replacement follows)."""
+        if time.monotonic() - self.last_check < CHECK_INTERVAL_S:
+            return
+        alive = self.alive()
+        for pid, process in alive.items():
+            if pid not in self.known:
+                with contextlib.suppress(psutil.Error, ProcessLookupError, ValueError):
+                    self.known[pid] = Worker(process, worker_number(process.cmdline()), os.getpgid(pid))
+        dead = [self.known.pop(pid) for pid in list(self.known) if pid not in alive]
+        for worker in dead:
+            yield from self.replace(worker)
+        self.last_check = time.monotonic()
+
+    def replace(self, worker: Worker) -> Iterator[str]:
+        """A worker that ended: nothing when it exited cleanly (the queue was empty) or nothing waits; else the
+        line, its experiment stopped (`lose`), another worker started."""
+        if exit_status(self.root, worker) == 0:
+            return
+        listed = experiments.list_experiments(self.root)
+        if not any(experiment.queued for experiment in listed):
+            return
+        orphans = {process.pid for process in group_members(worker.group) if EXEC_RUN in _cmdline(process)}
+        lost = [experiment for experiment in listed if experiment.running and experiment.pid in orphans]
+        again = f"; its experiment {', '.join(e.name for e in lost)} runs again" if lost else ""
+        yield (f"grid: DVC queue worker {worker.name} died ({last_error(worker.log(self.root))}){again}; "
+               f"starting another to keep --jobs {self.jobs}\n")
+        self.stop(worker.group)
+        self.lose(lost)
+        yield from self.start(worker)
+
+    def lose(self, lost: list[DvcExperiment]) -> None:
+        """The dead worker's experiments, their processes stopped: DVC marks them failed (`dvc queue kill`: their
+        process is gone, and no worker will collect them), so that DVC's `--run-all` goes on to the next. They run
+        again after it (`rerun`)."""
+        if lost:
+            with contextlib.suppress(PipelineError):
+                experiments.dvc(self.root, "queue", "kill", *(experiment.name for experiment in lost))
+            self.lost += lost
+
+    def rerun(self) -> list[str]:
+        """Once DVC's `--run-all` has ended: the experiments of dead workers removed (`experiments.repair_queue`,
+        with their temporary copies) and queued again under their names, for another `--run-all`. Returns their
+        names."""
+        lost, self.lost = self.lost, []
+        self.known.clear()  # the workers of the ended `--run-all` are stopped (`experiments.stop_leftover_workers`)
+        if not lost:
+            return []
+        experiments.record_stopping(self.root, [experiment.name for experiment in lost])
+        experiments.repair_queue(self.root, experiments.list_experiments(self.root))
+        for experiment in lost:
+            if experiment.copy and Path(experiment.copy).is_relative_to(self.root / DVC_TMP_DIR):
+                shutil.rmtree(experiment.copy, ignore_errors=True)
+            experiments.queue(self.root, experiment.name, point_args(self.root, experiment))
+        return [experiment.name for experiment in lost]
+
+    def start(self, dead: Worker) -> Iterator[str]:
+        """Start the missing workers, START_ATTEMPTS times at most. With none alive after that, a PipelineError."""
+        reason = ""
+        for _ in range(START_ATTEMPTS):
+            before = set(self.alive())
+            started = subprocess.run(self.start_command, cwd=self.root, capture_output=True, text=True)
+            if started.returncode != 0:
+                output = (started.stderr or started.stdout).strip().splitlines()
+                reason = f"`{' '.join(self.start_command)}` exited with {started.returncode}" + (
+                    f": {output[-1]}" if output else "")
+                continue
+            deadline = time.monotonic() + START_WAIT_S
+            while time.monotonic() < deadline:
+                if set(self.alive()) - before:
+                    return
+                time.sleep(CHECK_INTERVAL_S / 4)
+            reason = f"no worker appeared within {START_WAIT_S:g} s of `{' '.join(self.start_command)}`"
+        if not self.alive():
+            raise PipelineError(
+                f"DVC's queue has no worker left: {dead.name} died ({last_error(dead.log(self.root))}) and "
+                f"{START_ATTEMPTS} attempts to start another failed ({reason}); see {dead.log(self.root)}. "
+                "The experiments still queued wait in DVC's queue: run the same command again to run them")
+        yield (f"grid: could not start another DVC queue worker ({reason}); the grid goes on with "
+               f"{len(self.alive())} worker(s)\n")
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
