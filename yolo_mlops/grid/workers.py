@@ -100,7 +100,10 @@ def group_members(group: int) -> list[psutil.Process]:
 
 
 def stop_group(group: int, timeout: float = STOP_WAIT_S) -> None:
-    """SIGINT to a process group, as Ctrl-C (a stage ends its MLflow run KILLED), then SIGKILL to what is left."""
+    """SIGINT to a process group, as Ctrl-C (a stage ends its MLflow run KILLED), then SIGKILL to what is left.
+    Never this process's own group."""
+    if group == os.getpgrp():
+        return
     members = group_members(group)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(group, signal.SIGINT)
