@@ -58,13 +58,15 @@ def test_no_worker_can_be_started_stops_the_grid_with_an_error(tmp_path: Path) -
     run(["dvc", "exp", "run", "--queue", "-S", "train.seed=7"], project)
     log = project / DVC_QUEUE_DIR / "dvc-exp-worker-2.out"
     log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text(f"[2026-11-30 10:11:58,001: INFO/MainProcess] Connected to filesystem://localhost//\n{RACE_ERROR}\n"
-                   "Traceback (most recent call last):\n  ...\n")
+    log.write_text(f"{RACE_ERROR.replace('10:12:01', '09:00:00')} (an earlier worker of that number)\n")
     since = time.time() - 1
     worker = fake_worker(project, 2)
     try:
         watch = WorkerWatch(project, 2, since, start_command=["false"])
         assert watched(watch) == []
+        with log.open("a") as sink:  # what the worker wrote before it died
+            sink.write(f"[2026-11-30 10:11:58,001: INFO/MainProcess] Connected to filesystem://localhost//\n"
+                       f"{RACE_ERROR}\nTraceback (most recent call last):\n  ...\n")
         worker.kill()
         worker.wait()
         lines = []
@@ -135,6 +137,9 @@ def test_a_worker_killed_mid_grid_is_reported_and_replaced(tmp_path: Path) -> No
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
+        for worker in queue_workers(project):  # the workers' process groups are their own
+            with contextlib.suppress(OSError):
+                os.killpg(os.getpgid(worker.pid), signal.SIGKILL)
     out = log.read_text()
     [line] = [line for line in out.splitlines() if line.startswith("grid: DVC queue worker")]
     assert line.startswith(f"grid: DVC queue worker dvc-exp-worker-{number} died (") and noticed < NOTICE_S

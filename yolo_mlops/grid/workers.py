@@ -11,9 +11,11 @@ discussion). More workers, more such races."""
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,10 +33,11 @@ from yolo_mlops.grid.experiments import EXEC_RUN, QUEUE_WORKER, DvcExperiment
 
 CHECK_INTERVAL_S = 1.0  # how often the workers are looked for
 STATUS_WAIT_S = 2.0  # how long dvc-task's process that started a worker may take to record its exit status
-STOP_WAIT_S = 30.0  # how long a dead worker's experiment may take to stop on SIGINT, before it is killed
+STOP_WAIT_S = 10.0  # how long a dead worker's experiment may take to stop on SIGINT, before it is killed
 START_WAIT_S = 30.0  # how long a started worker may take to appear
 START_ATTEMPTS = 3  # replacements tried in a row before the grid gives up on a worker
-ERROR_MARKS = ("CRITICAL", "ERROR", "Error", "error")
+# "[...: CRITICAL/MainProcess] ...", "KeyError: ..."
+LOG_ERROR = re.compile(r"\b(CRITICAL|ERROR)/|^\w*(Error|Exception)\b")
 LINE_CHARS = 300  # the longest log line quoted
 
 
@@ -46,14 +49,24 @@ class Worker:
     process: psutil.Process
     number: str
     group: int
+    offset: int  # the size of its log when first seen: what it writes comes after
+
+    def cause(self, root: Path, status: int | None) -> str:
+        """Why it ended: its log's last error since it was first seen, else how it ended."""
+        error = last_error(self.log(root), self.offset)
+        return error or f"{ending(status)}, no error in {self.log(root).name}"
 
     @property
     def name(self) -> str:
         return f"dvc-exp-worker-{self.number}"
 
     def log(self, root: Path) -> Path:
-        """Its log (dvc-task appends each worker of that number to it)."""
-        return root / DVC_QUEUE_DIR / f"{self.name}.out"
+        return worker_log(root, self.number)
+
+
+def worker_log(root: Path, number: str) -> Path:
+    """The log of the queue workers of a number (dvc-task appends each one's output to it)."""
+    return root / DVC_QUEUE_DIR / f"dvc-exp-worker-{number}.out"
 
 
 def worker_number(cmdline: list[str]) -> str:
@@ -62,16 +75,27 @@ def worker_number(cmdline: list[str]) -> str:
     return node.partition("@")[0].rsplit("-", 1)[-1] or "?"
 
 
-def last_error(log: Path) -> str:
-    """The last line of a worker's log that reports an error, else its last line."""
+def last_error(log: Path, offset: int = 0) -> str | None:
+    """The last error a worker's log holds after `offset` (Celery's CRITICAL and ERROR lines, Python's
+    exceptions), if any."""
     try:
-        text = log.read_text(encoding="utf-8", errors="replace")
+        with log.open("rb") as stream:
+            stream.seek(offset)
+            text = stream.read().decode("utf-8", errors="replace")
     except OSError:
-        return f"no log at {log}"
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    errors = [line for line in lines if any(mark in line for mark in ERROR_MARKS)]
-    found = (errors or lines or [f"{log} is empty"])[-1]
-    return found if len(found) <= LINE_CHARS else found[:LINE_CHARS] + "..."
+        return None
+    errors = [line.strip() for line in text.splitlines() if LOG_ERROR.search(line.strip())]
+    return None if not errors else errors[-1] if len(errors[-1]) <= LINE_CHARS else errors[-1][:LINE_CHARS] + "..."
+
+
+def ending(status: int | None) -> str:
+    """How a process ended, from its exit status."""
+    if status is None:
+        return "exit status unknown"
+    if status < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-status).name}"
+    return f"exit status {status}"
 
 
 def exit_status(root: Path, worker: Worker) -> int | None:
@@ -145,7 +169,10 @@ class WorkerWatch:
         for pid, process in alive.items():
             if pid not in self.known:
                 with contextlib.suppress(psutil.Error, ProcessLookupError, ValueError):
-                    self.known[pid] = Worker(process, worker_number(process.cmdline()), os.getpgid(pid))
+                    number = worker_number(process.cmdline())
+                    log = worker_log(self.root, number)
+                    size = log.stat().st_size if log.exists() else 0
+                    self.known[pid] = Worker(process, number, os.getpgid(pid), size)
         dead = [self.known.pop(pid) for pid in list(self.known) if pid not in alive]
         for worker in dead:
             yield from self.replace(worker)
@@ -153,8 +180,9 @@ class WorkerWatch:
 
     def replace(self, worker: Worker) -> Iterator[str]:
         """A worker that ended: nothing when it exited cleanly (the queue was empty) or nothing waits; else the
-        line, its experiment stopped (`lose`), another worker started."""
-        if exit_status(self.root, worker) == 0:
+        line, another worker started, its experiment stopped (`lose`)."""
+        status = exit_status(self.root, worker)
+        if status == 0:
             return
         listed = experiments.list_experiments(self.root)
         if not any(experiment.queued for experiment in listed):
@@ -162,11 +190,11 @@ class WorkerWatch:
         orphans = {process.pid for process in group_members(worker.group) if EXEC_RUN in _cmdline(process)}
         lost = [experiment for experiment in listed if experiment.running and experiment.pid in orphans]
         again = f"; its experiment {', '.join(e.name for e in lost)} runs again" if lost else ""
-        yield (f"grid: DVC queue worker {worker.name} died ({last_error(worker.log(self.root))}){again}; "
+        yield (f"grid: DVC queue worker {worker.name} died ({worker.cause(self.root, status)}){again}; "
                f"starting another to keep --jobs {self.jobs}\n")
+        yield from self.start(worker, status)
         self.stop(worker.group)
         self.lose(lost)
-        yield from self.start(worker)
 
     def lose(self, lost: list[DvcExperiment]) -> None:
         """The dead worker's experiments, their processes stopped: DVC marks them failed (`dvc queue kill`: their
@@ -193,16 +221,19 @@ class WorkerWatch:
             experiments.queue(self.root, experiment.name, point_args(self.root, experiment))
         return [experiment.name for experiment in lost]
 
-    def start(self, dead: Worker) -> Iterator[str]:
+    def start(self, dead: Worker, status: int | None) -> Iterator[str]:
         """Start the missing workers, START_ATTEMPTS times at most. With none alive after that, a PipelineError."""
         reason = ""
         for _ in range(START_ATTEMPTS):
             before = set(self.alive())
-            started = subprocess.run(self.start_command, cwd=self.root, capture_output=True, text=True)
+            # Its output to a file, not a pipe: the worker it starts inherits it, and would hold a pipe open.
+            with tempfile.TemporaryFile("w+") as output:
+                started = subprocess.run(self.start_command, cwd=self.root, stdout=output, stderr=subprocess.STDOUT)
+                output.seek(0)
+                said = output.read().strip().splitlines()
             if started.returncode != 0:
-                output = (started.stderr or started.stdout).strip().splitlines()
                 reason = f"`{' '.join(self.start_command)}` exited with {started.returncode}" + (
-                    f": {output[-1]}" if output else "")
+                    f": {said[-1]}" if said else "")
                 continue
             deadline = time.monotonic() + START_WAIT_S
             while time.monotonic() < deadline:
@@ -212,7 +243,7 @@ class WorkerWatch:
             reason = f"no worker appeared within {START_WAIT_S:g} s of `{' '.join(self.start_command)}`"
         if not self.alive():
             raise PipelineError(
-                f"DVC's queue has no worker left: {dead.name} died ({last_error(dead.log(self.root))}) and "
+                f"DVC's queue has no worker left: {dead.name} died ({dead.cause(self.root, status)}) and "
                 f"{START_ATTEMPTS} attempts to start another failed ({reason}); see {dead.log(self.root)}. "
                 "The experiments still queued wait in DVC's queue: run the same command again to run them")
         yield (f"grid: could not start another DVC queue worker ({reason}); the grid goes on with "
