@@ -139,20 +139,13 @@ def check_before_queueing(grid_points: list[dict[str, Any]], overrides: dict[str
 def run_queued(root: Path, jobs: int) -> Iterator[str]:
     """Run every experiment waiting in DVC's queue (those queued earlier too), `jobs` at once, yielding
     DVC's output. What several of them share is computed once first (`run_shared`). A queue worker that
-    dies is replaced, and its experiment run again after the others (`workers.WorkerWatch`)."""
+    dies is replaced, and its experiment run again (`workers.WorkerWatch`)."""
     waiting = [experiment for experiment in experiments.list_experiments(root) if experiment.queued]
     if waiting:
         if jobs > 1:
             yield from run_shared(root, waiting)
         jobs = min(jobs, len(waiting))
-        watch = workers.WorkerWatch(root, jobs, time.time())
-        total = len(waiting)
-        while total:
-            yield from experiments.run_queue(root, total, jobs, watch.check)
-            again = watch.rerun()
-            if again:
-                yield f"grid: running again what dead queue workers left: {', '.join(again)}\n"
-            total = len(again)
+        yield from experiments.run_queue(root, len(waiting), jobs, workers.WorkerWatch(root, jobs, time.time()))
 
 
 def run_shared(root: Path, waiting: list[DvcExperiment]) -> Iterator[str]:

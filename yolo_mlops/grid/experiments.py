@@ -9,10 +9,10 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import yaml
@@ -33,6 +33,9 @@ from yolo_mlops.core.paths import (
 )
 from yolo_mlops.core.tools import run_tool
 from yolo_mlops.core.vocabulary import RUN_LINK_ID, flatten, numbers
+
+if TYPE_CHECKING:
+    from yolo_mlops.grid.workers import WorkerWatch
 
 # DVC has no machine-readable form of two outputs the grid needs, so it reads their text, here only:
 # the start of each experiment in the queue's output (this line, `run_queue`), and a failed
@@ -156,41 +159,50 @@ def queue(root: Path, name: str, set_args: list[str]) -> tuple[list[str], str]:
     return command, dvc(root, *command[1:])
 
 
-def run_queue(root: Path, total: int, jobs: int, watch: Callable[[], Iterator[str]] | None = None) -> Iterator[str]:
+def run_queue(root: Path, total: int, jobs: int, watch: "WorkerWatch | None" = None) -> Iterator[str]:
     """Run the queued experiments with DVC's queue (`dvc exp run --run-all --jobs <jobs>`: that many queue
     workers at once), yielding its output line by line, each experiment's start marked [k/total]. DVC
     replays each experiment's log in queue order. A failed experiment does not stop the others.
 
     DVC's output goes through a file, read until DVC's command ends: a queue worker that outlives it
     (with several workers, dvc-task's worker can miss its shutdown) keeps the file open, not the grid,
-    and is stopped then (`stop_leftover_workers`). `watch`: called while DVC's command runs, its lines yielded
-    (the queue's workers, grid/workers.py)."""
-    started, pending, since = 0, "", time.time()
-    with tempfile.NamedTemporaryFile("wb", prefix="dvc-queue-", suffix=".log") as output, \
-            open(output.name, encoding="utf-8", errors="replace") as reader, \
-            subprocess.Popen(["dvc", "exp", "run", "--run-all", "--jobs", str(jobs)], cwd=root, stdout=output,
-                             stderr=subprocess.STDOUT) as process:
-        try:
-            while True:
-                ended = process.poll() is not None  # before reading: all DVC wrote is in the file then
-                *lines, pending = (pending + reader.read()).split("\n")
-                for line in lines:
-                    if line.startswith(PROGRESS_MARK):
-                        started += 1
-                        line = f"[{started}/{total}] {line}"
-                    yield line + "\n"
-                if ended:
-                    break
-                if watch is not None:
-                    yield from watch()
-                time.sleep(OUTPUT_POLL_S)
-        except BaseException:  # an interrupt: DVC's command only follows the queue; it stops following
-            process.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):  # so that it starts no worker after this
-                process.wait(OUTPUT_WAIT_S)
-            raise
-    if pending:
-        yield pending + "\n"
+    and is stopped then (`stop_leftover_workers`). `watch` (grid/workers.py) looks at the workers meanwhile;
+    after a worker died, DVC's command is run again for what is left (it can stop on the dead worker's
+    experiment), and for that experiment, queued again."""
+    started, since = 0, time.time()
+    while True:
+        pending = ""
+        with tempfile.NamedTemporaryFile("wb", prefix="dvc-queue-", suffix=".log") as output, \
+                open(output.name, encoding="utf-8", errors="replace") as reader, \
+                subprocess.Popen(["dvc", "exp", "run", "--run-all", "--jobs", str(jobs)], cwd=root, stdout=output,
+                                 stderr=subprocess.STDOUT) as process:
+            try:
+                while True:
+                    ended = process.poll() is not None  # before reading: all DVC wrote is in the file then
+                    *lines, pending = (pending + reader.read()).split("\n")
+                    for line in lines:
+                        if line.startswith(PROGRESS_MARK):
+                            started += 1
+                            line = f"[{started}/{total}] {line}"
+                        yield line + "\n"
+                    if ended:
+                        break
+                    if watch is not None:
+                        yield from watch.check()
+                    time.sleep(OUTPUT_POLL_S)
+            except BaseException:  # an interrupt: DVC's command only follows the queue; it stops following
+                process.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):  # so that it starts no worker after this
+                    process.wait(OUTPUT_WAIT_S)
+                raise
+        if pending:
+            yield pending + "\n"
+        again = watch.rerun() if watch is not None else None
+        if again is None:
+            break
+        total += len(again)
+        yield ("grid: dvc exp run --run-all again, for what a dead queue worker left"
+               + (f" (queued again: {', '.join(again)})" if again else "") + "\n")
     for pid in stop_leftover_workers(root, since):
         yield f"grid: stopped DVC queue worker {pid}, left running after the last experiment\n"
     if process.returncode != 0:

@@ -156,6 +156,7 @@ class WorkerWatch:
         self.stop = stop
         self.known: dict[int, Worker] = {}
         self.lost: list[DvcExperiment] = []  # experiments of dead workers, to run again (`rerun`)
+        self.died = False  # a worker died since the last `rerun`
         self.last_check = 0.0
 
     def alive(self) -> dict[int, psutil.Process]:
@@ -190,6 +191,7 @@ class WorkerWatch:
         orphans = {process.pid for process in group_members(worker.group) if EXEC_RUN in _cmdline(process)}
         lost = [experiment for experiment in listed if experiment.running and experiment.pid in orphans]
         again = f"; its experiment {', '.join(e.name for e in lost)} runs again" if lost else ""
+        self.died = True
         yield (f"grid: DVC queue worker {worker.name} died ({worker.cause(self.root, status)}){again}; "
                f"starting another to keep --jobs {self.jobs}\n")
         yield from self.start(worker, status)
@@ -198,23 +200,23 @@ class WorkerWatch:
 
     def lose(self, lost: list[DvcExperiment]) -> None:
         """The dead worker's experiments, their processes stopped: DVC marks them failed (`dvc queue kill`: their
-        process is gone, and no worker will collect them), so that DVC's `--run-all` goes on to the next. They run
-        again after it (`rerun`)."""
+        process is gone, and no worker will collect them), so that DVC's `--run-all` goes on to the next (or stops:
+        DVC 3.67 can fail on a task marked so while it waits for it). They run again after it (`rerun`)."""
         if lost:
             with contextlib.suppress(PipelineError):
                 experiments.dvc(self.root, "queue", "kill", *(experiment.name for experiment in lost))
             self.lost += lost
 
-    def rerun(self) -> list[str]:
-        """Once DVC's `--run-all` has ended: the experiments of dead workers removed (`experiments.repair_queue`,
-        with their temporary copies) and queued again under their names, for another `--run-all`. Returns their
-        names."""
-        lost, self.lost = self.lost, []
-        self.known.clear()  # the workers of the ended `--run-all` are stopped (`experiments.stop_leftover_workers`)
-        if not lost:
-            return []
-        experiments.record_stopping(self.root, [experiment.name for experiment in lost])
-        experiments.repair_queue(self.root, experiments.list_experiments(self.root))
+    def rerun(self) -> list[str] | None:
+        """Once DVC's `--run-all` has ended: None when no worker died since the last call; else the experiments of
+        dead workers removed (`experiments.repair_queue`, with their temporary copies) and queued again under
+        their names, for another `--run-all`. Returns their names."""
+        if not self.died:
+            return None
+        lost, self.lost, self.died = self.lost, [], False
+        if lost:
+            experiments.record_stopping(self.root, [experiment.name for experiment in lost])
+            experiments.repair_queue(self.root, experiments.list_experiments(self.root))
         for experiment in lost:
             if experiment.copy and Path(experiment.copy).is_relative_to(self.root / DVC_TMP_DIR):
                 shutil.rmtree(experiment.copy, ignore_errors=True)
