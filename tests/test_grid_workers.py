@@ -22,7 +22,7 @@ from tests.test_grid_interrupt import GATES, experiments, grid, project_processe
 from yolo_mlops.core import vocabulary
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.paths import DVC_QUEUE_DIR
-from yolo_mlops.grid.experiments import EXEC_RUN, queue_workers
+from yolo_mlops.grid.experiments import EXEC_RUN, QUEUE_WORKER, queue_workers
 from yolo_mlops.grid.workers import WorkerWatch, worker_number
 
 RACE_ERROR = ("[2026-11-30 10:12:01,442: CRITICAL/MainProcess] Unrecoverable error: "
@@ -137,9 +137,11 @@ def test_a_worker_killed_mid_grid_is_reported_and_replaced(tmp_path: Path) -> No
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
-        for worker in queue_workers(project):  # the workers' process groups are their own
-            with contextlib.suppress(OSError):
-                os.killpg(os.getpgid(worker.pid), signal.SIGKILL)
+        for process in psutil.process_iter(["cmdline", "cwd"]):  # the queue's process groups are their own
+            if (QUEUE_WORKER in (process.info["cmdline"] or []) or EXEC_RUN in (process.info["cmdline"] or [])) \
+                    and str(project) in (process.info["cwd"] or ""):
+                with contextlib.suppress(OSError):
+                    os.killpg(os.getpgid(process.pid), signal.SIGKILL)
     out = log.read_text()
     [line] = [line for line in out.splitlines() if line.startswith("grid: DVC queue worker")]
     assert line.startswith(f"grid: DVC queue worker dvc-exp-worker-{number} died (") and noticed < NOTICE_S

@@ -138,6 +138,17 @@ def stop_group(group: int, timeout: float = STOP_WAIT_S) -> None:
         psutil.wait_procs(alive, timeout=timeout)
 
 
+def running_experiment(process: psutil.Process) -> tuple[str, str] | None:
+    """The experiment a `dvc exp exec-run --infofile <file>` process runs: its name and temporary copy, from
+    DVC's executor info file (JSON)."""
+    cmdline = _cmdline(process)
+    with contextlib.suppress(ValueError, IndexError, OSError, KeyError, TypeError):
+        info = json.loads(Path(cmdline[cmdline.index("--infofile") + 1]).read_text())
+        if info.get("name"):
+            return info["name"], info["root_dir"]
+    return None
+
+
 def point_args(root: Path, experiment: DvcExperiment) -> list[str]:
     """The -S arguments that queue the experiment again: its params that differ from its baseline's."""
     baseline = flatten(yaml.safe_load(show(root, experiment.baseline_rev, PARAMS_FILE) or "") or {})
@@ -155,7 +166,7 @@ class WorkerWatch:
         self.start_command = start_command or ["dvc", "queue", "start", "--jobs", str(jobs)]
         self.stop = stop
         self.known: dict[int, Worker] = {}
-        self.lost: list[DvcExperiment] = []  # experiments of dead workers, to run again (`rerun`)
+        self.lost: dict[str, str] = {}  # experiments of dead workers, to run again (`rerun`): name → temporary copy
         self.died = False  # a worker died since the last `rerun`
         self.last_check = 0.0
 
@@ -180,17 +191,15 @@ class WorkerWatch:
         self.last_check = time.monotonic()
 
     def replace(self, worker: Worker) -> Iterator[str]:
-        """A worker that ended: nothing when it exited cleanly (the queue was empty) or nothing waits; else the
-        line, another worker started, its experiment stopped (`lose`)."""
+        """A worker that ended while DVC's `--run-all` still waits for experiments: nothing when it exited cleanly
+        (DVC's idle timeout); else the line, another worker started, its experiment stopped and marked failed
+        (`lose`)."""
         status = exit_status(self.root, worker)
         if status == 0:
             return
-        listed = experiments.list_experiments(self.root)
-        if not any(experiment.queued for experiment in listed):
-            return
-        orphans = {process.pid for process in group_members(worker.group) if EXEC_RUN in _cmdline(process)}
-        lost = [experiment for experiment in listed if experiment.running and experiment.pid in orphans]
-        again = f"; its experiment {', '.join(e.name for e in lost)} runs again" if lost else ""
+        orphans = [process for process in group_members(worker.group) if EXEC_RUN in _cmdline(process)]
+        lost = dict(filter(None, (running_experiment(process) for process in orphans)))
+        again = f"; its experiment {', '.join(lost)} runs again" if lost else ""
         self.died = True
         yield (f"grid: DVC queue worker {worker.name} died ({worker.cause(self.root, status)}){again}; "
                f"starting another to keep --jobs {self.jobs}\n")
@@ -198,30 +207,33 @@ class WorkerWatch:
         self.stop(worker.group)
         self.lose(lost)
 
-    def lose(self, lost: list[DvcExperiment]) -> None:
-        """The dead worker's experiments, their processes stopped: DVC marks them failed (`dvc queue kill`: their
-        process is gone, and no worker will collect them), so that DVC's `--run-all` goes on to the next (or stops:
-        DVC 3.67 can fail on a task marked so while it waits for it). They run again after it (`rerun`)."""
+    def lose(self, lost: dict[str, str]) -> None:
+        """The dead worker's experiments (name → temporary copy), their processes stopped: DVC marks them failed
+        (`dvc queue kill`: their process is gone, and no worker will collect them), so that DVC's `--run-all` goes
+        on to the next (or stops: DVC 3.67 can fail on a task marked so while it waits for it). They run again
+        after it (`rerun`)."""
         if lost:
             with contextlib.suppress(PipelineError):
-                experiments.dvc(self.root, "queue", "kill", *(experiment.name for experiment in lost))
-            self.lost += lost
+                experiments.dvc(self.root, "queue", "kill", *lost)
+            self.lost |= lost
 
     def rerun(self) -> list[str] | None:
         """Once DVC's `--run-all` has ended: None when no worker died since the last call; else the experiments of
-        dead workers removed (`experiments.repair_queue`, with their temporary copies) and queued again under
+        dead workers removed (`experiments.repair_queue`), their temporary copies deleted, and queued again under
         their names, for another `--run-all`. Returns their names."""
         if not self.died:
             return None
-        lost, self.lost, self.died = self.lost, [], False
+        lost, self.lost, self.died = self.lost, {}, False
         if lost:
-            experiments.record_stopping(self.root, [experiment.name for experiment in lost])
-            experiments.repair_queue(self.root, experiments.list_experiments(self.root))
-        for experiment in lost:
-            if experiment.copy and Path(experiment.copy).is_relative_to(self.root / DVC_TMP_DIR):
-                shutil.rmtree(experiment.copy, ignore_errors=True)
-            experiments.queue(self.root, experiment.name, point_args(self.root, experiment))
-        return [experiment.name for experiment in lost]
+            experiments.record_stopping(self.root, list(lost))
+            listed = experiments.list_experiments(self.root)
+            experiments.repair_queue(self.root, listed)
+            for experiment in listed:
+                if experiment.name in lost:
+                    if Path(lost[experiment.name]).is_relative_to(self.root / DVC_TMP_DIR):
+                        shutil.rmtree(lost[experiment.name], ignore_errors=True)
+                    experiments.queue(self.root, experiment.name, point_args(self.root, experiment))
+        return list(lost)
 
     def start(self, dead: Worker, status: int | None) -> Iterator[str]:
         """Start the missing workers, START_ATTEMPTS times at most. With none alive after that, a PipelineError."""
