@@ -17,7 +17,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,11 +160,9 @@ class WorkerWatch:
     called often, looks every CHECK_INTERVAL_S; `start_command` starts the missing workers (DVC's `dvc queue
     start -j <jobs>` starts those of the numbers 1..jobs that are not running)."""
 
-    def __init__(self, root: Path, jobs: int, since: float, start_command: list[str] | None = None,
-                 stop: Callable[[int], None] = stop_group) -> None:
+    def __init__(self, root: Path, jobs: int, since: float, start_command: list[str] | None = None) -> None:
         self.root, self.jobs, self.since = root, jobs, since
         self.start_command = start_command or ["dvc", "queue", "start", "--jobs", str(jobs)]
-        self.stop = stop
         self.known: dict[int, Worker] = {}
         self.lost: dict[str, str] = {}  # experiments of dead workers, to run again (`rerun`): name → temporary copy
         self.died = False  # a worker died since the last `rerun`
@@ -204,7 +202,7 @@ class WorkerWatch:
         yield (f"grid: DVC queue worker {worker.name} died ({worker.cause(self.root, status)}){again}; "
                f"starting another to keep --jobs {self.jobs}\n")
         yield from self.start(worker, status)
-        self.stop(worker.group)
+        stop_group(worker.group)
         self.lose(lost)
 
     def lose(self, lost: dict[str, str]) -> None:
