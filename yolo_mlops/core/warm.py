@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,6 +71,18 @@ class Server(NamedTuple):
         """The processes forked so far, one line each: time, pid, module and args, working folder."""
         log = self.folder / FORKS_LOG
         return log.read_text().splitlines() if log.exists() else []
+
+
+def summary(server: Server | None) -> str:
+    """How the stages started: forked from the warm process, or each on its own (one line)."""
+    off = f"{ADDRESS_VARIABLE}= switches it off"
+    if server is None:
+        return "every stage started on its own (no warm process: switched off, or no fork on this system)"
+    forked = Counter(line.split()[2].rsplit(".", 1)[-1] for line in server.forks())
+    if not forked:
+        return (f"the warm process forked nothing, every stage started on its own (why: the stages' logs and "
+                f"{server.folder / SERVER_LOG}; {off})")
+    return f"forked from the warm process ({', '.join(f'{count} {name}' for name, count in forked.items())}; {off})"
 
 
 # --- the client: a stage or forwarder process at its start ---
