@@ -51,6 +51,7 @@ IMPORT_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONHASHSEED", "PYTHONSAFEPATH", "P
 ULTRALYTICS_CONFIG_VARIABLE = "YOLO_CONFIG_DIR"
 MODULE = "yolo_mlops.core.warm"  # this file, the server's entry point
 SOCKET_FILE, FORKS_LOG, SERVER_LOG = "socket", "forks.log", "server.log"
+READY = "imported"  # in its log once its imports are done
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 REPLY_TIMEOUT_S = 120.0  # the server answers once its imports are done
 REQUEST_TIMEOUT_S = 10.0
@@ -66,6 +67,11 @@ class Server(NamedTuple):
 
     pid: int | None
     folder: Path
+
+    def ready(self) -> bool:
+        """Whether it has imported its libraries (clients that come earlier wait for it)."""
+        log = self.folder / SERVER_LOG
+        return log.exists() and READY in log.read_text()
 
     def forks(self) -> list[str]:
         """The processes forked so far, one line each: time, pid, module and args, working folder."""
@@ -181,7 +187,7 @@ class Warm:
             importlib.import_module(name)
         forget_project_code()
         self.imported = {name: value for name, value in os.environ.items() if self.env.get(name) != value}
-        print(f"warm process {self.pid}: imported {', '.join(preload)}; {threading.active_count()} thread(s)",
+        print(f"warm process {self.pid}: {READY} {', '.join(preload)}; {threading.active_count()} thread(s)",
               flush=True)
         for end in (self.wakeup, self.wakeup_write):
             end.setblocking(False)
