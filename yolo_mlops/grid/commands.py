@@ -11,7 +11,7 @@ from typing import Any
 
 from mlflow import MlflowClient
 
-from yolo_mlops.core import vocabulary, warm
+from yolo_mlops.core import vocabulary
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.git import head_rev
 from yolo_mlops.core.params import Params, load_params
@@ -140,11 +140,9 @@ def run_queued(root: Path, jobs: int) -> Iterator[str]:
     DVC's output. What several of them share is computed once first (`run_shared`)."""
     waiting = [experiment for experiment in experiments.list_experiments(root) if experiment.queued]
     if waiting:
-        with warm.serving(root) as server:  # the stages and their forwarders fork from it
-            if jobs > 1:
-                yield from run_shared(root, waiting)
-            yield from experiments.run_queue(root, len(waiting), min(jobs, len(waiting)))
-        yield f"grid: {warm.summary(server)}\n"
+        if jobs > 1:
+            yield from run_shared(root, waiting)
+        yield from experiments.run_queue(root, len(waiting), min(jobs, len(waiting)))
 
 
 def run_shared(root: Path, waiting: list[DvcExperiment]) -> Iterator[str]:
