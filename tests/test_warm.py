@@ -1,7 +1,8 @@
 """The warm process (core/warm.py), with real forks: a server started from one copy of the project
 (`root`) runs stages from another (`copy`, the experiment's temporary copy, whose code differs), and
 everything a DVC stage relies on passes through: stdin, stdout, stderr, exit status, signals, kill -9.
-The server imports only `json` here: what it imports does not change how it forks."""
+The server imports only `json` and `envsetter` (which sets a variable as Ultralytics' import does) here:
+what it imports does not change how it forks."""
 
 import json
 import os
@@ -71,9 +72,14 @@ def make_copy(destination: Path, version: str) -> Path:
     return destination
 
 
+PRELOAD = ("json", "envsetter")
+
+
 @pytest.fixture
 def copies(tmp_path: Path) -> tuple[Path, Path]:
-    return make_copy(tmp_path / "root", "root"), make_copy(tmp_path / "copy", "copy")
+    root = make_copy(tmp_path / "root", "root")
+    (root / "envsetter.py").write_text("import os\nos.environ['OMP_NUM_THREADS'] = '1'\n")
+    return root, make_copy(tmp_path / "copy", "copy")
 
 
 @pytest.fixture
@@ -83,7 +89,7 @@ def server(copies: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> Iterat
         monkeypatch.delenv(name)
     for name, value in wanted.items():
         monkeypatch.setenv(name, value)
-    with warm.serving(copies[0], preload=("json",)) as started:
+    with warm.serving(copies[0], preload=PRELOAD) as started:
         assert started is not None and started.pid is not None
         yield started
 
@@ -208,6 +214,14 @@ def test_a_client_with_another_environment_the_libraries_read_at_import_starts_c
     assert json.loads(result.stdout)["ppid"] == os.getpid()
     assert "warm process: $OMP_NUM_THREADS differs" in result.stderr
     assert server.forks() == []
+
+
+def test_what_the_imports_set_in_the_environment_is_the_childs_and_may_be_passed_on(server, copies):
+    script = "import os, sys; print(os.environ.get('OMP_NUM_THREADS'), os.getppid()); sys.exit(0)"
+    (copies[1] / "stages" / "threads.py").write_text(script)
+    first = run("stages.threads", copies[1])  # as a stage that imported the libraries itself would see it
+    passed_on = run("stages.threads", copies[1], env=dict(os.environ) | {"OMP_NUM_THREADS": "1"})  # its forwarder
+    assert first.stdout == passed_on.stdout == f"1 {server.pid}\n"
 
 
 def test_only_a_python_dash_m_entry_hands_over(server, copies):

@@ -215,13 +215,17 @@ class Warm:
                     os.kill(pid, signal.SIGKILL)
 
     def refusal(self, request: dict[str, Any]) -> str | None:
-        """Why this server cannot run the request's process as the client itself would, if it cannot."""
+        """Why this server cannot run the request's process as the client itself would, if it cannot. A
+        variable that the imports set here (`LD_LIBRARY_PATH`, `OMP_NUM_THREADS`) may come with that value:
+        a stage passes them on to its forwarder."""
         if request["identity"] != self.started:
             return "another Python interpreter, sys.path or interpreter flags than the warm process's"
         client = request["env"]
         for name in sorted(set(self.env) | set(client)):
-            if name.startswith(IMPORT_ENV) and not name.startswith(ADDRESS_VARIABLE) \
-                    and client.get(name) != self.env.get(name) and not (name in self.defaulted and name not in client):
+            value = client.get(name)
+            if name.startswith(IMPORT_ENV) and not name.startswith(ADDRESS_VARIABLE) and value != self.env.get(name) \
+                    and not (name in self.imported and value == self.imported[name]) \
+                    and not (name in self.defaulted and value is None):
                 return f"${name} differs from the warm process's, and its libraries read it as they are imported"
         return None
 
