@@ -9,6 +9,7 @@ import csv
 import json
 import re
 import zipfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from mlflow.entities import LoggedModelOutput, Metric, Param
 
 from tests.conftest import COCO128_ZIP, TINY_PARAMS, copy_project, needs_coco128, run, tracking_uri
 from yolo_mlops.core import vocabulary
+from yolo_mlops.core.paths import WARM_DIR
+from yolo_mlops.core.warm import FORKS_LOG
 from yolo_mlops.grid.experiments import parse_exp_show, stop_leftover_workers
 from yolo_mlops.grid.points import experiment_name
 from yolo_mlops.grid.resampling import artifact_path
@@ -82,6 +85,7 @@ def grid_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     # Two workers on a new store: the first log stages open (and so create) the store at the same time.
     parallel = run(["python", "-m", "yolo_mlops.grid", "start", "--jobs", "2"], project, timeout=1500)
     workers_left = stop_leftover_workers(project, since=0)  # DVC may leave one: the grid stops it itself
+    forks = (project / WARM_DIR / FORKS_LOG).read_text().splitlines()  # before the next grid run empties it
     first = grid_run(project)
     after_first = state(project)
     again = grid_run(project)
@@ -100,7 +104,7 @@ def grid_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     itself = run(["python", "-m", "yolo_mlops.grid", "promote"], project)
     return {"project": project, "queued": queued, "new_store": new_store, "parallel": parallel,
             "after_requeue": after_requeue,
-            "workers_left": workers_left,
+            "workers_left": workers_left, "forks": forks,
             "first": first, "after_first": after_first, "again": again,
             "after_again": after_again, "failing": failing, "after_failing": after_failing, "requeued": requeued,
             "copied": copied, "itself": itself, "after_itself": state(project)}
@@ -121,6 +125,16 @@ def test_two_queue_workers_on_a_new_store_run_the_whole_grid(grid_runs):
     assert len(experiments) == 8 and not any(e.failed for e in experiments)  # 8 of 8
     points = {(e.params["train.imgsz"], e.params["train.lr0"], e.params["train.seed"]) for e in experiments}
     assert points == {(i, lr, s) for i in (64, 96) for lr in (0.005, 0.01) for s in (1, 42)}
+
+
+def test_every_stage_and_forwarder_of_the_queue_forked_from_the_warm_process(grid_runs):
+    forked = Counter(line.split()[2] for line in grid_runs["forks"])
+    # Each experiment: train, evaluate and log, and the forwarders of train and evaluate; prepare ran once
+    # before the queue (the experiments restored it from DVC's run-cache).
+    assert forked == {"stages.prepare": 1, "stages.train": 8, "stages.evaluate": 8, "stages.log": 8,
+                      "yolo_mlops.tracking.forwarder": 16}
+    assert all("/.dvc/tmp/exps/" in line for line in grid_runs["forks"] if "stages.prepare" not in line)
+    assert "grid: forked from the warm process (1 prepare, 8 train, " in grid_runs["parallel"].stdout
 
 
 def value_name(experiment: Any) -> str:

@@ -56,6 +56,7 @@ ULTRALYTICS_CONFIG_DIR = Path(".ultralytics")
 WEIGHTS_DIR = Path("weights")  # pretrained weights, downloaded once
 DOWNLOAD_CACHE_DIR = Path("data/cache")  # COCO128 downloaded once
 TEMP_DIR = Path(".tmp")  # each stage's temporary folder, .tmp/<stage>/ (core/tempdir.py)
+WARM_DIR = TEMP_DIR / "warm"  # the warm process's socket, its log and forks.log (core/warm.py)
 DVC_TMP_DIR = Path(".dvc/tmp")  # DVC's own temporary state (git-ignored by DVC)
 GRID_LOCK = DVC_TMP_DIR / "grid.lock"  # the running grid driver's pid (grid/lock.py)
 GRID_STOPPING = DVC_TMP_DIR / "grid-stopping.json"  # the experiments an interrupted grid stops (grid/experiments.py)

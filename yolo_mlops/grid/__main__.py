@@ -13,6 +13,7 @@ from typing import NoReturn
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from yolo_mlops.core import warm
 from yolo_mlops.core.entry import run_main
 from yolo_mlops.core.errors import PipelineError
 from yolo_mlops.core.params import Params, load_params
@@ -83,12 +84,14 @@ def start(client: MlflowClient, root: Path, params: Params, jobs: int, plan: com
         before = plan.experiments if plan is not None else experiments.list_experiments(root)
         if plan is None and repair(root, before):
             before = experiments.list_experiments(root)
-        try:
-            for line in commands.run_queued(root, jobs):
-                sys.stdout.write(line)
-                sys.stdout.flush()
-        except KeyboardInterrupt:
-            stop(client, root, params, before)
+        with warm.serving(root) as server:  # the queue's stages and forwarders fork from it; it outlives `stop`
+            try:
+                for line in commands.run_queued(root, jobs):
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+            except KeyboardInterrupt:
+                stop(client, root, params, before)
+        print(f"grid: {warm.summary(server)}", flush=True)
     return print_sync(commands.sync_grid(client, root, params, known=known), LOCAL_RETRY)
 
 
