@@ -58,6 +58,8 @@ DOWNLOAD_CACHE_DIR = Path("data/cache")  # COCO128 downloaded once
 TEMP_DIR = Path(".tmp")  # each stage's temporary folder, .tmp/<stage>/ (core/tempdir.py)
 DVC_TMP_DIR = Path(".dvc/tmp")  # DVC's own temporary state (git-ignored by DVC)
 GRID_LOCK = DVC_TMP_DIR / "grid.lock"  # the running grid driver's pid (grid/lock.py)
+GRID_PER_IMAGE_CACHE = TEMP_DIR / "grid-per-image"  # finished runs' per-image statistics and replicates, <run id>/
+DVC_PLOTS_STAMP = TEMP_DIR / "grid-dvc-plots.json"  # what made reports/dvc_plots/ (grid/experiments.py plots_diff)
 GRID_STOPPING = DVC_TMP_DIR / "grid-stopping.json"  # the experiments an interrupted grid stops (grid/experiments.py)
 
 

@@ -84,7 +84,8 @@ def start(client: MlflowClient, root: Path, params: Params, jobs: int, plan: com
         if plan is None and repair(root, before):
             before = experiments.list_experiments(root)
         try:
-            for line in commands.run_queued(root, jobs):
+            current = before if plan is None or not plan.missing else None  # None: queued since it was listed
+            for line in commands.run_queued(root, jobs, current):
                 sys.stdout.write(line)
                 sys.stdout.flush()
         except KeyboardInterrupt:
