@@ -69,6 +69,7 @@ def image_stats(client: MlflowClient, run_id: str, split: str, keep: Path | None
 
 
 def _fresh_replicates(client: MlflowClient, run: RunSummary, split: str) -> dict[str, np.ndarray] | None:
+    """The run's replicates over `split`, downloaded and resampled now; None without per-image statistics."""
     stats = image_stats(client, run.run_id, split)
     return replicates(stats, resamples_of(run), BOOTSTRAP_SEED) if stats is not None and stats.images else None
 

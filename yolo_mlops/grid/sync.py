@@ -9,6 +9,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.entities import Param, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from yolo_mlops.core import vocabulary
 from yolo_mlops.core.params import PIPELINE_SECTIONS
@@ -160,8 +161,8 @@ def sync(client: MlflowClient, experiment_id: str, root: Path, experiments: list
             result.notes.append(deleted_note(experiment.name, run_id))
             result.unlogged.append(experiment.name)
             continue
-        _set_tags(client, run_id, tags, run.data.tags)
-        if run.info.run_name != experiment.name:
-            client.update_run(run_id, name=experiment.name)
+        # The run's name too, as MLflow's run-name tag (which renames the run): one request for all of them.
+        current = run.data.tags | {MLFLOW_RUN_NAME: run.info.run_name}
+        _set_tags(client, run_id, tags | {MLFLOW_RUN_NAME: experiment.name}, current)
         result.linked.append(run_id)
     return result
