@@ -92,15 +92,13 @@ def deleted_note(name: str, run_id: str) -> str:
             f"restore it with `mlflow runs restore --run-id {run_id}`")
 
 
-def deleted_runs(client: MlflowClient, experiment_id: str, root: Path,
-                 listed: list[DvcExperiment] | None = None) -> dict[str, str]:
-    """This commit's finished experiments (`listed`, else listed now) whose MLflow run is deleted in MLflow (in
-    its trash): name → run id. One search of the trash; DVC's experiments and their links are read only when it
-    holds runs."""
+def deleted_runs(client: MlflowClient, experiment_id: str, root: Path) -> dict[str, str]:
+    """This commit's finished experiments whose MLflow run is deleted in MLflow (in its trash): name → run id.
+    One search of the trash; DVC's experiments and their links are read only when it holds runs."""
     trash = {run.info.run_id for run in client.search_runs([experiment_id], run_view_type=ViewType.DELETED_ONLY)}
     if not trash:
         return {}
-    done = [experiment for experiment in (list_experiments(root) if listed is None else listed) if experiment.done]
+    done = [experiment for experiment in list_experiments(root) if experiment.done]
     return {name: run_id for name, run_id in mlflow_run_ids(root, done).items() if run_id in trash}
 
 
