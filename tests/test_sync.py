@@ -19,7 +19,7 @@ def test_a_run_missing_from_the_store_is_left_out_with_advice_and_the_others_are
     experiment_id = mlflow_store.create_experiment("sync-missing")
     present = log_synthetic_run(mlflow_store, experiment_id, "old-name", {"val.mAP50": 0.5})
     run_ids = {"kept": present, "elsewhere": "0123456789abcdef0123456789abcdef"}
-    monkeypatch.setattr(sync, "mlflow_run_id", lambda root, exp: run_ids[exp.name])
+    monkeypatch.setattr(sync, "mlflow_run_ids", lambda root, listed: {exp.name: run_ids[exp.name] for exp in listed})
 
     result = sync.sync(mlflow_store, experiment_id, Path("."), [experiment("elsewhere"), experiment("kept")])
 

@@ -59,6 +59,8 @@ TEMP_DIR = Path(".tmp")  # each stage's temporary folder, .tmp/<stage>/ (core/te
 WARM_DIR = TEMP_DIR / "warm"  # the warm process's socket, its log and forks.log (core/warm.py)
 DVC_TMP_DIR = Path(".dvc/tmp")  # DVC's own temporary state (git-ignored by DVC)
 GRID_LOCK = DVC_TMP_DIR / "grid.lock"  # the running grid driver's pid (grid/lock.py)
+GRID_PER_IMAGE_CACHE = TEMP_DIR / "grid-per-image"  # finished runs' per-image statistics and replicates, <run id>/
+DVC_PLOTS_STAMP = TEMP_DIR / "grid-dvc-plots.json"  # what made reports/dvc_plots/ (grid/experiments.py plots_diff)
 GRID_STOPPING = DVC_TMP_DIR / "grid-stopping.json"  # the experiments an interrupted grid stops (grid/experiments.py)
 DVC_QUEUE_DIR = DVC_TMP_DIR / "exps" / "celery"  # DVC queue workers' logs, dvc-exp-worker-<k>.out (grid/workers.py)
 

@@ -84,9 +84,10 @@ def start(client: MlflowClient, root: Path, params: Params, jobs: int, plan: com
         before = plan.experiments if plan is not None else experiments.list_experiments(root)
         if plan is None and repair(root, before):
             before = experiments.list_experiments(root)
+        current = before if plan is None or not plan.missing else None  # None: queued since it was listed
         with warm.serving(root) as server:  # the queue's stages and forwarders fork from it; it outlives `stop`
             try:
-                for line in commands.run_queued(root, jobs):
+                for line in commands.run_queued(root, jobs, current):
                     sys.stdout.write(line)
                     sys.stdout.flush()
             except KeyboardInterrupt:

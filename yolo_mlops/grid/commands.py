@@ -23,6 +23,7 @@ from yolo_mlops.core.paths import (
     DECISION_TEMPLATE,
     DVC_PLOTS_DIR,
     GRID_FILE,
+    GRID_PER_IMAGE_CACHE,
     PARAMS_FILE,
     RUNS_CSV,
 )
@@ -30,13 +31,15 @@ from yolo_mlops.data.source import resolve_source
 from yolo_mlops.grid import charts, experiments, points, workers
 from yolo_mlops.grid.experiments import DvcExperiment
 from yolo_mlops.grid.insights import Insights, insights
-from yolo_mlops.grid.ranking import Comparison, RunSummary, compare, export_csv, select_best
+from yolo_mlops.grid.ranking import Comparison, RunSummary, compare, export_csv, grid_runs, select_best
 from yolo_mlops.grid.registry import Promotion, promote, report_uri
 from yolo_mlops.grid.report import ReportData, render
 from yolo_mlops.grid.resampling import run_replicates
 from yolo_mlops.grid.sync import SyncResult, deleted_runs, sync
 from yolo_mlops.tracking.store import experiment_id, experiment_page, public_uri
 from yolo_mlops.yolo.model import resolve_device, resolve_model
+
+HISTORIES = 8  # runs whose metric history is read at once
 
 
 @dataclass(frozen=True)
@@ -103,12 +106,12 @@ def plan_grid(root: Path, params: Params, overrides: list[str]) -> Plan:
     return Plan(head_rev(root), extra, every, points.missing_combinations(every, extra, known), known)
 
 
-def queue_plan(root: Path, plan: Plan) -> list[tuple[list[str], str]]:
-    """Queue the missing points (checked before: `check_before_queueing`), one `dvc exp run --queue` each,
-    named after its values (`points.experiment_name`; DVC's own `key=a,b` expansion would number one name
-    instead). Returns (command, DVC's output)."""
-    return [experiments.queue(root, points.experiment_name(plan.baseline, values, plan.overrides),
-                              points.set_args(values | plan.overrides)) for values in plan.missing]
+def queue_plan(root: Path, plan: Plan) -> Iterator[tuple[list[str], str]]:
+    """Queue the missing points (checked before: `check_before_queueing`), as `dvc exp run --queue` each, in
+    one process (`experiments.queue_all`), named after its values (`points.experiment_name`; DVC's own
+    `key=a,b` expansion would number one name instead). Yields (the command, DVC's output) as each is queued."""
+    return experiments.queue_all(root, [(points.experiment_name(plan.baseline, values, plan.overrides),
+                                         points.set_args(values | plan.overrides)) for values in plan.missing])
 
 
 def check_before_queueing(grid_points: list[dict[str, Any]], overrides: dict[str, Any],
@@ -136,11 +139,13 @@ def check_before_queueing(grid_points: list[dict[str, Any]], overrides: dict[str
     return checked
 
 
-def run_queued(root: Path, jobs: int) -> Iterator[str]:
+def run_queued(root: Path, jobs: int, listed: list[DvcExperiment] | None = None) -> Iterator[str]:
     """Run every experiment waiting in DVC's queue (those queued earlier too), `jobs` at once, yielding
     DVC's output. What several of them share is computed once first (`run_shared`). A queue worker that
-    dies is replaced, and its experiment run again (`workers.WorkerWatch`)."""
-    waiting = [experiment for experiment in experiments.list_experiments(root) if experiment.queued]
+    dies is replaced, and its experiment run again (`workers.WorkerWatch`). `listed`: this commit's
+    experiments, when just listed (else listed now)."""
+    listed = experiments.list_experiments(root) if listed is None else listed
+    waiting = [experiment for experiment in listed if experiment.queued]
     if waiting:
         if jobs > 1:
             yield from run_shared(root, waiting)
@@ -198,25 +203,30 @@ def sync_grid(client: MlflowClient, root: Path, params: Params, failed_elsewhere
 
 def compare_grid(client: MlflowClient, root: Path, params: Params) -> Compared:
     """Rank the grid's runs (on the tracking server); write reports/runs.csv, the charts and DVC's
-    plots of every experiment."""
+    plots of every experiment. One search of the grid's runs serves the ranking and the CSV."""
     exp_id = experiment_id(client, params.mlflow.experiment_name, create=False)
     baseline = head_rev(root)
-    comparison = compare(client, [exp_id], baseline, params.compare.rank_by)
+    found = grid_runs(client, [exp_id], baseline, params.compare.rank_by)
+    comparison = compare(client, [exp_id], baseline, params.compare.rank_by, found)
+    revs = {run.info.run_id: run.data.tags.get(vocabulary.EXP_REV_TAG, "") for run in found}
     # DVC draws its plots in a process of its own, beside the charts drawn here.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        plots = pool.submit(experiments.plots_diff, root, [run.name for run in comparison.ranked], DVC_PLOTS_DIR)
-        found, curves, curve_metric = _charts(client, root, comparison, [exp_id], baseline)
-    return Compared(comparison, found, curves, curve_metric, plots.result(),
+        plots = pool.submit(experiments.plots_diff, root, {run.name: revs[run.run_id] for run in comparison.ranked},
+                            DVC_PLOTS_DIR)
+        export_csv(client, [exp_id], baseline, comparison.rank_by, root / RUNS_CSV, found)
+        found_insights, curves, curve_metric = _charts(client, root, comparison)
+    return Compared(comparison, found_insights, curves, curve_metric, plots.result(),
                     experiment_page(client.tracking_uri, exp_id),
                     deleted_runs(client, exp_id, root))
 
 
-def _charts(client: MlflowClient, root: Path, comparison: Comparison, experiment_ids: list[str], baseline: str
+def _charts(client: MlflowClient, root: Path, comparison: Comparison
             ) -> tuple[Insights, dict[str, list[tuple[int, float]]], str | None]:
-    """reports/runs.csv and the charts of the comparison: (insights, per-epoch curves, their metric). The factor
-    effects' intervals come from each run's per-image statistics of the primary metric's split, resampled."""
-    found = insights(comparison, run_replicates(client, comparison.ranked, comparison.primary.split(".")[0]))
-    export_csv(client, experiment_ids, baseline, comparison.rank_by, root / RUNS_CSV)
+    """The charts of the comparison: (insights, per-epoch curves, their metric). The factor effects' intervals
+    come from each run's per-image statistics of the primary metric's split, resampled (finished runs' kept in
+    GRID_PER_IMAGE_CACHE); metric histories are read HISTORIES at a time."""
+    found = insights(comparison, run_replicates(client, comparison.ranked, comparison.primary.split(".")[0],
+                                                root / GRID_PER_IMAGE_CACHE))
     charts.config_chart(found, root / CONFIG_CHART)
     # Training records a per-epoch history on val only: the primary metric's, or its val counterpart's.
     val_counterpart = "val." + comparison.primary.split(".", 1)[1]
@@ -226,8 +236,10 @@ def _charts(client: MlflowClient, root: Path, comparison: Comparison, experiment
         (root / CURVES_CHART).unlink(missing_ok=True)  # an older chart would belong to another comparison
     else:
         history = vocabulary.history_of(curve_metric)
-        curves = {run.name: [(m.step, m.value) for m in client.get_metric_history(run.run_id, history)]
-                  for run in comparison.ranked}
+        with ThreadPoolExecutor(max_workers=HISTORIES) as pool:
+            read = pool.map(lambda run: [(m.step, m.value) for m in client.get_metric_history(run.run_id, history)],
+                            comparison.ranked)
+            curves = dict(zip((run.name for run in comparison.ranked), read, strict=True))
         charts.curves_chart(curves, curve_metric, root / CURVES_CHART)
     return found, curves, curve_metric
 

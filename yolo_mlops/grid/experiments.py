@@ -2,6 +2,8 @@
 the experiments back from `dvc exp show --json`, and what a failed one logged."""
 
 import contextlib
+import importlib.metadata
+import io
 import json
 import os
 import shutil
@@ -20,10 +22,11 @@ import yaml
 from yolo_mlops.core.atomic import write_json
 from yolo_mlops.core.entry import ERROR_PREFIX
 from yolo_mlops.core.errors import PipelineError
-from yolo_mlops.core.git import git, show
+from yolo_mlops.core.git import git, show, show_many
 from yolo_mlops.core.params import PIPELINE_SECTIONS, read_yaml
 from yolo_mlops.core.paths import (
     DVC_CONFIG,
+    DVC_PLOTS_STAMP,
     DVC_TMP_DIR,
     DVC_YAML,
     EVAL_METRICS_FILE,
@@ -33,6 +36,7 @@ from yolo_mlops.core.paths import (
 )
 from yolo_mlops.core.tools import run_tool
 from yolo_mlops.core.vocabulary import RUN_LINK_ID, flatten, numbers
+from yolo_mlops.data.source import sha256_of
 
 if TYPE_CHECKING:
     from yolo_mlops.grid.workers import WorkerWatch
@@ -152,11 +156,28 @@ def list_experiments(root: Path) -> list[DvcExperiment]:
     return parse_exp_show(json.loads(dvc(root, "exp", "show", "--json")))
 
 
-def queue(root: Path, name: str, set_args: list[str]) -> tuple[list[str], str]:
-    """`dvc exp run --queue --name <name> <set_args>`: the command run and DVC's output. DVC refuses a name
-    that an experiment of the same baseline holds already."""
-    command = ["dvc", "exp", "run", "--queue", "--name", name, *set_args]
-    return command, dvc(root, *command[1:])
+def queue_all(root: Path, entries: list[tuple[str, list[str]]]) -> Iterator[tuple[list[str], str]]:
+    """`dvc exp run --queue --name <name> <set_args>` for each (name, set_args), through DVC's Python API in this
+    one process (`Repo.experiments.run(queue=True)`, what that command calls), instead of one `dvc` process each:
+    yields the equivalent command and DVC's output as each is queued. A PipelineError with DVC's message
+    when DVC refuses one (those before it stay queued)."""
+    from dvc.exceptions import DvcException  # DVC's Python API: imported on this path only
+    from dvc.repo import Repo
+    from dvc.ui import ui
+
+    if not entries:
+        return
+    ui.enable()  # DVC's messages, written to this process's stdout as its command line writes them
+    with contextlib.chdir(root), Repo(str(root)) as repo:  # as `dvc` runs: parts of DVC's API read the cwd
+        for name, set_args in entries:
+            command = ["dvc", "exp", "run", "--queue", "--name", name, *set_args]
+            output = io.StringIO()
+            try:
+                with contextlib.redirect_stdout(output):
+                    repo.experiments.run(name=name, queue=True, params=set_args[1::2])
+            except DvcException as error:
+                raise PipelineError(f"{' '.join(command)} failed in {root}: {error}") from None
+            yield command, output.getvalue()
 
 
 def run_queue(root: Path, total: int, jobs: int, watch: "WorkerWatch | None" = None) -> Iterator[str]:
@@ -320,19 +341,43 @@ def run_stage_once(root: Path, stage: str, experiment: DvcExperiment) -> str | N
     return None
 
 
-def plots_diff(root: Path, names: list[str], output: Path) -> str | None:
-    """`dvc plots diff` of the experiments into `output` (HTML); DVC's error when it failed, else None."""
+def plots_stamp(revs: dict[str, str]) -> dict[str, Any]:
+    """What made `dvc plots diff`'s output: the experiments (name → revision, a commit: its plots never change)
+    and DVC's version."""
+    return {"revs": dict(sorted(revs.items())), "dvc": importlib.metadata.version("dvc")}
+
+
+def plots_diff(root: Path, revs: dict[str, str], output: Path) -> str | None:
+    """`dvc plots diff` of the experiments (name → revision) into `output` (HTML); DVC's error when it failed,
+    else None. Skipped when the stamp (DVC_PLOTS_STAMP) says that the same revisions and the same DVC version
+    made the index.html present (its sha256). With one experiment DVC adds the workspace, which changes, and a
+    revision may be unknown (""): then it always runs."""
+    stamp_file, index = root / DVC_PLOTS_STAMP, root / output / "index.html"
+    stamp = plots_stamp(revs)
+    if len(revs) > 1 and all(revs.values()) and index.is_file():
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(stamp_file.read_text()) == stamp | {"index_sha256": sha256_of(index)}:
+                return None
+    stamp_file.unlink(missing_ok=True)  # the output changes now: the stamp no longer holds
+    (root / output).parent.mkdir(parents=True, exist_ok=True)  # DVC writes into it, and does not make it
     try:
-        dvc(root, "plots", "diff", *names, "-o", str(output))
+        dvc(root, "plots", "diff", *revs, "-o", str(output))
     except PipelineError as error:
         return str(error)[-500:]
+    if len(revs) > 1 and index.is_file():
+        write_json(stamp_file, stamp | {"index_sha256": sha256_of(index)})
     return None
 
 
-def mlflow_run_id(root: Path, experiment: DvcExperiment) -> str | None:
-    """The MLflow run the experiment's log stage wrote to (metrics/mlflow_run.json in its commit)."""
-    text = show(root, experiment.rev, MLFLOW_RUN_FILE)
-    return json.loads(text)[RUN_LINK_ID] if text else None
+def mlflow_run_ids(root: Path, listed: list[DvcExperiment]) -> dict[str, str | None]:
+    """The MLflow run each experiment's log stage wrote to (metrics/mlflow_run.json in its commit), by name
+    (None without one): one batched git read (`show_many`) for all of them."""
+    with_rev = [experiment for experiment in listed if experiment.rev]
+    texts = show_many(root, [(experiment.rev, MLFLOW_RUN_FILE) for experiment in with_rev])
+    found: dict[str, str | None] = {experiment.name: None for experiment in listed}
+    for experiment, text in zip(with_rev, texts, strict=True):
+        found[experiment.name] = json.loads(text)[RUN_LINK_ID] if text else None
+    return found
 
 
 def error_line(log: str) -> str | None:

@@ -147,9 +147,12 @@ def grid_runs(client: MlflowClient, experiment_ids: list[str], baseline_rev: str
     return [run for run in runs if vocabulary.PREVIOUS_ATTEMPT_TAG not in run.data.tags]
 
 
-def compare(client: MlflowClient, experiment_ids: list[str], baseline_rev: str, rank_by: tuple[str, ...]) -> Comparison:
-    """Every run of the grid, best first; fails when there is nothing to rank."""
-    runs = [RunSummary.from_run(run) for run in grid_runs(client, experiment_ids, baseline_rev, rank_by)]
+def compare(client: MlflowClient, experiment_ids: list[str], baseline_rev: str, rank_by: tuple[str, ...],
+            found: list[Run] | None = None) -> Comparison:
+    """Every run of the grid, best first; fails when there is nothing to rank. `found`: the grid's runs
+    (`grid_runs`), when searched already."""
+    found = grid_runs(client, experiment_ids, baseline_rev, rank_by) if found is None else found
+    runs = [RunSummary.from_run(run) for run in found]
     if not runs:
         raise PipelineError(
             f"no MLflow run of a DVC experiment from commit {baseline_rev[:7]} in the experiment; run the grid "
@@ -178,8 +181,9 @@ def runs_frame(runs: list[Run]) -> pd.DataFrame:
 
 
 def export_csv(client: MlflowClient, experiment_ids: list[str], baseline_rev: str, rank_by: tuple[str, ...],
-               target: Path) -> None:
-    """The grid's runs in the columns of MLflow's own CSV export (`mlflow experiments csv`), best first."""
-    frame = runs_frame(grid_runs(client, experiment_ids, baseline_rev, rank_by))
+               target: Path, found: list[Run] | None = None) -> None:
+    """The grid's runs in the columns of MLflow's own CSV export (`mlflow experiments csv`), best first.
+    `found`: the grid's runs (`grid_runs`), when searched already."""
+    frame = runs_frame(grid_runs(client, experiment_ids, baseline_rev, rank_by) if found is None else found)
     with atomic_file(target) as staging:
         frame.to_csv(staging, index=False)

@@ -7,12 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlflow import MlflowClient
-from mlflow.entities import Param, Run, ViewType
+from mlflow.entities import Param, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from yolo_mlops.core import vocabulary
 from yolo_mlops.core.params import PIPELINE_SECTIONS
-from yolo_mlops.grid.experiments import DvcExperiment, failure_reason, list_experiments, mlflow_run_id
+from yolo_mlops.grid.experiments import DvcExperiment, failure_reason, list_experiments, mlflow_run_ids
+
+SEARCH_CHUNK = 200  # run ids in one `attributes.run_id IN (...)` filter
 
 
 @dataclass(frozen=True)
@@ -38,9 +41,10 @@ def experiment_tags(experiment: DvcExperiment) -> dict[str, str]:
 
 
 def _set_tags(client: MlflowClient, run_id: str, tags: dict[str, str], current: dict[str, str]) -> None:
-    for name, value in tags.items():
-        if current.get(name) != value:
-            client.set_tag(run_id, name, value)
+    """The tags that do not hold their value yet, in one request."""
+    changed = [RunTag(name, value) for name, value in tags.items() if current.get(name) != value]
+    if changed:
+        client.log_batch(run_id, tags=changed)
 
 
 def _opened_run(client: MlflowClient, experiment_id: str, experiment: DvcExperiment) -> Run | None:
@@ -94,35 +98,57 @@ def deleted_runs(client: MlflowClient, experiment_id: str, root: Path) -> dict[s
     trash = {run.info.run_id for run in client.search_runs([experiment_id], run_view_type=ViewType.DELETED_ONLY)}
     if not trash:
         return {}
-    linked = {experiment.name: mlflow_run_id(root, experiment) for experiment in list_experiments(root)
-              if experiment.done}
-    return {name: run_id for name, run_id in linked.items() if run_id in trash}
+    done = [experiment for experiment in list_experiments(root) if experiment.done]
+    return {name: run_id for name, run_id in mlflow_run_ids(root, done).items() if run_id in trash}
+
+
+def runs_by_id(client: MlflowClient, experiment_id: str, run_ids: list[str]) -> dict[str, Run]:
+    """The runs of `run_ids` that the experiment holds, deleted ones included, in a few searches (one per
+    SEARCH_CHUNK ids) instead of one request per run."""
+    found: dict[str, Run] = {}
+    unique = sorted({run_id for run_id in run_ids if run_id.isalnum()})  # MLflow's ids: hex, safe to quote
+    for start in range(0, len(unique), SEARCH_CHUNK):
+        chunk = unique[start:start + SEARCH_CHUNK]
+        listed = ", ".join(f"'{run_id}'" for run_id in chunk)
+        for run in client.search_runs([experiment_id], filter_string=f"attributes.run_id IN ({listed})",
+                                      run_view_type=ViewType.ALL, max_results=len(chunk)):
+            found[run.info.run_id] = run
+    return found
+
+
+def _get_run(client: MlflowClient, run_id: str) -> Run | None:
+    """A run another experiment holds; None when the tracking store has no such run."""
+    try:
+        return client.get_run(run_id)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        return None
 
 
 def sync(client: MlflowClient, experiment_id: str, root: Path, experiments: list[DvcExperiment],
          extra_tags: dict[str, dict[str, str]] | None = None) -> SyncResult:
     """Idempotent: tags that already hold the right value are not written again. Experiments still
     waiting in DVC's queue are left for a later sync. `extra_tags`: more tags for the runs of some
-    experiments, by experiment name (the Ray node a point ran on)."""
+    experiments, by experiment name (the Ray node a point ran on). The experiments' links are read from git
+    at once, and their runs in a few searches."""
     result = SyncResult([], [], [])
-    for experiment in experiments:
-        if experiment.queued:
-            continue
+    ended = [experiment for experiment in experiments if not experiment.queued]
+    run_ids = mlflow_run_ids(root, [experiment for experiment in ended if not experiment.failed])
+    runs = runs_by_id(client, experiment_id, [run_id for run_id in run_ids.values() if run_id])
+    for experiment in ended:
         tags = experiment_tags(experiment) | (extra_tags or {}).get(experiment.name, {})
         if experiment.failed:
             note = _record_failure(client, experiment_id, root, experiment, tags)
             result.notes.extend([note] if note else [])
             result.failed.append(experiment.name)
             continue
-        run_id = mlflow_run_id(root, experiment)
+        run_id = run_ids[experiment.name]
         if run_id is None:
             result.unlogged.append(experiment.name)
             continue
-        try:
-            run = client.get_run(run_id)
-        except MlflowException as error:
-            if error.error_code != "RESOURCE_DOES_NOT_EXIST":
-                raise
+        run = runs.get(run_id) or _get_run(client, run_id)
+        if run is None:
             result.notes.append(
                 f"experiment {experiment.name} logged MLflow run {run_id}, which this tracking store does not hold "
                 f"(another MLFLOW_TRACKING_URI, or a deleted run); left out. To run it again here: "
@@ -133,8 +159,8 @@ def sync(client: MlflowClient, experiment_id: str, root: Path, experiments: list
             result.notes.append(deleted_note(experiment.name, run_id))
             result.unlogged.append(experiment.name)
             continue
-        _set_tags(client, run_id, tags, run.data.tags)
-        if run.info.run_name != experiment.name:
-            client.update_run(run_id, name=experiment.name)
+        # The run's name too, as MLflow's run-name tag (which renames the run): one request for all of them.
+        current = run.data.tags | {MLFLOW_RUN_NAME: run.info.run_name}
+        _set_tags(client, run_id, tags | {MLFLOW_RUN_NAME: experiment.name}, current)
         result.linked.append(run_id)
     return result
