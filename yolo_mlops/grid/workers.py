@@ -226,11 +226,12 @@ class WorkerWatch:
             experiments.record_stopping(self.root, list(lost))
             listed = experiments.list_experiments(self.root)
             experiments.repair_queue(self.root, listed)
-            for experiment in listed:
-                if experiment.name in lost:
-                    if Path(lost[experiment.name]).is_relative_to(self.root / DVC_TMP_DIR):
-                        shutil.rmtree(lost[experiment.name], ignore_errors=True)
-                    experiments.queue(self.root, experiment.name, point_args(self.root, experiment))
+            again = [experiment for experiment in listed if experiment.name in lost]
+            for experiment in again:
+                if Path(lost[experiment.name]).is_relative_to(self.root / DVC_TMP_DIR):
+                    shutil.rmtree(lost[experiment.name], ignore_errors=True)
+            list(experiments.queue_all(self.root, [(experiment.name, point_args(self.root, experiment))
+                                                   for experiment in again]))  # DVC's output not shown
         return list(lost)
 
     def start(self, dead: Worker, status: int | None) -> Iterator[str]:
