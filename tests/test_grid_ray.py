@@ -89,8 +89,9 @@ def ray_grid(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         (project / "grid.yaml").write_text(FAILING_GRID)
         failing = run(grid_command(ray.address), project, env=env, check=False)
         # The workers run the driver's clone's code (Ray passes them its sys.path), so their tasks' clones were
-        # under its .tmp/: every one is gone, the killed task's included (its retry emptied it first).
-        leftovers = [path.name for path in (project / TEMP_DIR).glob("*")]
+        # under its .tmp/ (ray-*, beside the grid's own caches): every one is gone, the killed task's included
+        # (its retry emptied it first).
+        leftovers = [path.name for path in (project / TEMP_DIR).glob("ray-*")]
         return {"working": working, "leftovers": leftovers, "project": project, "output": output, "status": status,
                 "killed": killed, "first": first, "removed": removed, "again": again.stdout, "after_again": after_again,
                 "failing": failing,
