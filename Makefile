@@ -67,7 +67,7 @@ run: setup
 	$(if $(RAY),@$(RAY_TOKEN) set -x; )python -m yolo_mlops.grid run $(OVERRIDES) $(if $(RAY),--ray $(RAY)) $(if $(JOBS),--jobs $(JOBS))
 	@echo
 	@echo "Results: reports/decision.md, reports/runs.csv, reports/*.png, reports/dvc_plots/index.html"
-	@echo "MLflow:  run 'make ui' and open http://127.0.0.1:5000 (experiment cv_yolo_tiny, model yolo_tiny_person)"
+	@echo "MLflow:  run 'make ui', then open the experiment address printed above (experiment cv_yolo_tiny, model yolo_tiny_person)"
 
 rollback: setup
 	python -m yolo_mlops.grid rollback $(if $(TO),--to $(TO))
@@ -76,7 +76,7 @@ lint: $(VENV)/.installed-dev
 	ruff check .
 
 test: lint
-	pytest -n $(TEST_WORKERS) --dist loadfile
+	pytest -n $(TEST_WORKERS) --dist loadfile --durations=40
 
 ui: setup
 	@if [ -n "$$MLFLOW_TRACKING_URI" ]; then echo "MLFLOW_TRACKING_URI is set: open $$MLFLOW_TRACKING_URI"; \

@@ -37,11 +37,17 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         yield server
 
 
-def grid(project: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
-    """`python -m yolo_mlops.grid run` in a session and process group of its own, as a terminal starts it."""
+def grid(project: Path, env: dict[str, str], log: Path, sigint_ignored: bool = False) -> subprocess.Popen:
+    """`python -m yolo_mlops.grid run` in a session and process group of its own, as a terminal starts it.
+    `sigint_ignored`: started with SIGINT ignored, as a script's background job (`... &`) starts it."""
     with log.open("w") as sink:
         return subprocess.Popen(["python", "-m", "yolo_mlops.grid", "run"], cwd=project, env=env, stdout=sink,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=ignore_sigint if sigint_ignored else None)
+
+
+def ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def training_runs(client: MlflowClient) -> list:
@@ -92,7 +98,9 @@ def store(request: pytest.FixtureRequest, s3: S3Server,
 def test_ctrl_c_stops_the_queue_cleanly_and_the_next_run_completes_it(store, tmp_path: Path) -> None:
     project, env, client = store
     log = tmp_path / "grid.log"
-    driver = grid(project, env, log)
+    # Against the server, the driver starts with SIGINT ignored (a script's `python -m yolo_mlops.grid run &`,
+    # then `kill -INT -<pgid>`): it still stops the grid, not only DVC's follower.
+    driver = grid(project, env, log, sigint_ignored=client.tracking_uri.startswith("http"))
     lock = project / ".dvc" / "tmp" / "grid.lock"
     try:
         wait_for(lambda: (lock.is_file() and lock.read_text().strip() == str(driver.pid)) or driver.poll() is not None,
@@ -178,10 +186,13 @@ def test_a_driver_killed_with_kill_9_leaves_a_lock_and_a_queue_the_next_run_repa
     assert done.done and done.name == stuck.name  # the point run again keeps its name
 
 
-def test_sigterm_to_the_driver_alone_stops_the_queue_too(tmp_path: Path) -> None:
-    """SIGTERM to the driver only (`kill <pid>`, a service manager): DVC's follower and the queue's process
-    groups get nothing from the terminal, and the driver stops them itself. The pipeline is cut to one stage
-    that waits (committed), so that the test trains nothing."""
+@pytest.mark.parametrize("target", ["driver", "follower"])
+def test_sigterm_to_the_driver_or_sigint_to_dvcs_follower_alone_stops_the_queue_too(target: str,
+                                                                                      tmp_path: Path) -> None:
+    """SIGTERM to the driver only (`kill <pid>`, a service manager), or SIGINT to DVC's `dvc exp run --run-all`
+    only (which then stops following and exits 0, the queue running on): the queue's process groups get
+    nothing from a terminal, and the driver stops them itself. The pipeline is cut to one stage that waits
+    (committed), so that the test trains nothing."""
     project = copy_project(tmp_path / "project")
     (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"wait": {
         "cmd": "python -c 'import time; time.sleep(600)'", "params": ["train.seed"]}}}))
@@ -199,8 +210,15 @@ def test_sigterm_to_the_driver_alone_stops_the_queue_too(tmp_path: Path) -> None
 
         wait_for(waiting, "the stage running", timeout=300)
         assert driver.poll() is None, log.read_text()[-3000:]
-        driver.send_signal(signal.SIGTERM)
+        if target == "driver":
+            driver.send_signal(signal.SIGTERM)
+        else:
+            [follower] = [child for child in psutil.Process(driver.pid).children()
+                          if "--run-all" in child.cmdline()]
+            follower.send_signal(signal.SIGINT)
         assert_stopped_cleanly(project, project_env(), driver, log)
+        stopped = "grid: dvc exp run --run-all stopped while DVC's queue still holds "
+        assert (stopped in log.read_text()) == (target == "follower")
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)

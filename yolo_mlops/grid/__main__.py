@@ -280,7 +280,10 @@ def main(argv: list[str] | None = None) -> None:
         sub.set_defaults(func=func)
         add_options(sub)
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, interrupt)  # stops the grid as Ctrl-C does
+    # Ctrl-C stops the grid even where the driver started with SIGINT ignored (a script's background job),
+    # and SIGTERM stops it as Ctrl-C does; DVC's processes started from here get SIGINT back.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, interrupt)
     root, params = Path.cwd(), load_params()
     try:
         with driver_lock(root) if args.command in DRIVERS else contextlib.nullcontext() as left:

@@ -224,10 +224,22 @@ def run_queue(root: Path, total: int, jobs: int, watch: "WorkerWatch | None" = N
         total += len(again)
         yield ("grid: dvc exp run --run-all again, for what a dead queue worker left"
                + (f" (queued again: {', '.join(again)})" if again else "") + "\n")
+    if process.returncode == 0 and (left := still_queued(root)):  # DVC's command stops following on SIGINT
+        yield f"grid: dvc exp run --run-all stopped while DVC's queue still holds {', '.join(left)}\n"
+        raise KeyboardInterrupt  # stopped as Ctrl-C stops the grid: its workers are not left running
     for pid in stop_leftover_workers(root, since):
         yield f"grid: stopped DVC queue worker {pid}, left running after the last experiment\n"
     if process.returncode != 0:
         raise PipelineError(f"dvc exp run --run-all exited with {process.returncode}; see its output above")
+
+
+def still_queued(root: Path) -> list[str]:
+    """The experiments DVC's queue is running or holds, through DVC's Python API (it reads the queue's files)."""
+    from dvc.repo import Repo  # DVC's Python API: imported on this path only
+
+    with contextlib.chdir(root), Repo(str(root)) as repo:
+        queue = repo.experiments.celery_queue
+        return [entry.name or entry.stash_rev[:7] for entry in [*queue.iter_active(), *queue.iter_queued()]]
 
 
 def queue_workers(root: Path, since: float = 0.0) -> list[psutil.Process]:
