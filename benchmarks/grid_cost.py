@@ -17,7 +17,8 @@ fresh clone: DVC's queue (one queued experiment against `dvc repro --force`), DV
 `python` importing what the stage imports before it works), MLflow (train and evaluate against
 themselves with live tracking replaced by nothing, and the log stage less its process start).
 Prints the machine, each timing, the ratios against the targets (grid / plain two at a time: course
-<= 1.10, stretch 1.0; short <= 2.0, stretch 1.5; the no-op run <= 10 s) and the breakdown.
+<= 1.10, stretch 1.0; short <= 2.0, stretch 1.5; the no-op run <= 10 s), each grid run split into its
+experiments (their MLflow runs' span) and what comes before and after them, and the breakdown.
 
     .venv/bin/python benchmarks/grid_cost.py [--config course|short] [--rounds 1] [--skip SIDE ...]
                                              [--coco128 PATH]
@@ -50,7 +51,7 @@ from mlflow import MlflowClient  # noqa: E402
 from benchmarks.live_tracking import UNTRACKED  # noqa: E402
 from benchmarks.pipeline_overhead import CONFIG, STAGES, machine, prepared_clone, set_params, timed  # noqa: E402
 from yolo_mlops.core.params import load_params, read_yaml  # noqa: E402
-from yolo_mlops.core.paths import DATA_YAML, DATASET_DIR, GRID_FILE, PARAMS_FILE  # noqa: E402
+from yolo_mlops.core.paths import DATA_YAML, DATASET_DIR, EMBEDDED_DB, GRID_FILE, PARAMS_FILE  # noqa: E402
 from yolo_mlops.grid.experiments import list_experiments  # noqa: E402
 from yolo_mlops.grid.points import combinations, load_grid  # noqa: E402
 from yolo_mlops.yolo.model import ULTRALYTICS_SETTINGS  # noqa: E402
@@ -144,12 +145,17 @@ def grid_command(coco128: str, *options: str) -> list[str]:
             "-S", f"train.model={MODEL}", *options]
 
 
-def grid_way(clone: Path, coco128: str, env: dict[str, str], grid: dict[str, list[object]], *options: str) -> float:
+def grid_way(clone: Path, coco128: str, env: dict[str, str], grid: dict[str, list[object]],
+             *options: str) -> tuple[float, float]:
     """`run` in a fresh clone of the last commit, nothing cached from another side, over `grid` (written to
-    the clone's grid.yaml, which no stage depends on)."""
+    the clone's grid.yaml, which no stage depends on). Returns its seconds and its experiments' span: the first
+    MLflow run's start (its train stage opens it) to the last one's end (its log stage)."""
     subprocess.run(["git", "clone", "-q", str(PROJECT), str(clone)], check=True)
     (clone / GRID_FILE).write_text(yaml.safe_dump(grid, sort_keys=False))
-    return timed(grid_command(coco128, *options), clone, env)
+    seconds = timed(grid_command(coco128, *options), clone, env)
+    client = MlflowClient(f"sqlite:///{clone / EMBEDDED_DB}")
+    runs = client.search_runs([experiment.experiment_id for experiment in client.search_experiments()])
+    return seconds, (max(run.info.end_time for run in runs) - min(run.info.start_time for run in runs)) / 1000
 
 
 def breakdown_round(project: Path, env: dict[str, str], k: int, samples: dict[str, list[float]]) -> None:
@@ -230,6 +236,7 @@ def main() -> None:
         plain: dict[str, list[float]] = {"two at a time": []} | ({} if "serial" in args.skip else {"serial": []})
         sides = {"default": ()} | ({} if "jobs1" in args.skip else {"--jobs 1": ("--jobs", "1")})
         timings: dict[str, list[float]] = {side: [] for side in sides}
+        spans: dict[str, list[float]] = {side: [] for side in sides}
         for k in range(1, args.rounds + 1):
             for side in plain:
                 folder = root / f"plain-{k}-{side.replace(' ', '-')}"
@@ -239,8 +246,11 @@ def main() -> None:
                       f"{check_plain_store(folder, len(runs))}", flush=True)
             for side, options in sides.items():
                 clone = root / f"grid-{k}{options[-1] if options else ''}"
-                timings[side].append(grid_way(clone, coco128, env, grid, *options))
-                print(f"round {k}: grid run ({side}) {timings[side][-1]:.1f} s", flush=True)
+                seconds, span = grid_way(clone, coco128, env, grid, *options)
+                timings[side].append(seconds)
+                spans[side].append(span)
+                print(f"round {k}: grid run ({side}) {seconds:.1f} s, its experiments' MLflow runs {span:.1f} s of it",
+                      flush=True)
         no_op = timed(grid_command(coco128), root / f"grid-{args.rounds}", env)
         print(f"grid run again, nothing changed: {no_op:.1f} s", flush=True)
         pieces = {}
@@ -260,6 +270,10 @@ def main() -> None:
         goal = f"target <= {target}, stretch <= {stretch}" if side == "default" else "informational"
         print(f"grid run ({side}): median {median:.1f} s of {[round(t, 1) for t in times]} "
               f"({median / len(runs):.1f} s a point); grid / plain two at a time {median / base:.3f} ({goal})")
+        span = statistics.median(spans[side])
+        print(f"  its experiments, the first MLflow run's start to the last one's end: median {span:.1f} s, "
+              f"{span / base:.3f} x the baseline; before and after them (checks, queueing, prepare once, DVC's "
+              f"workers starting; the comparison, charts, promotion, report): {median - span:.1f} s")
     print(f"grid run again, nothing changed: {no_op:.1f} s (target <= {NO_OP_TARGET_S:.0f} s)")
     if pieces:
         print(f"one experiment's overhead, seconds per experiment (config {CONFIG | BREAKDOWN_CONFIG}, medians of "
